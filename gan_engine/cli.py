@@ -1,0 +1,155 @@
+"""The `gan-engine` command: train, sample, info.
+
+A mistake in the input (an unknown option value, a missing or corrupt file, bad data) prints one
+`error: ...` line and exits with status 2; an interrupted `train` exits with 130 after writing a checkpoint.
+"""
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .backends import backend_status
+from .checkpoint import resolve_checkpoint
+from .config import TrainConfig
+from .errors import GanEngineError
+from .io import atomic_path
+from .run import Run, generate_from_checkpoint, save_samples
+
+
+def _sizes(text):
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512 or 256,256, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="gan-engine", description="Train GANs on hand-written kernels.")
+    p.add_argument("--version", action="version", version=f"gan-engine {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = TrainConfig()
+    t = sub.add_parser("train", help="train a GAN into a run folder",
+                       description="Train a GAN. Every option defaults to the value shown (None: unset).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Train options default to None so that --resume can tell which ones were given.
+    t.add_argument("--dataset", help=f"digits, ring8, grid25, mnist, fashion-mnist [{d.dataset}]")
+    t.add_argument("--data", help="path of the data for mnist / fashion-mnist (IDX folder or file, or .npz)")
+    t.add_argument("--model", help=f"model family [{d.model}]")
+    t.add_argument("--backend", help=f"numpy, numba, cuda or auto [{d.backend}]")
+    t.add_argument("--dtype", help=f"float32 or float64 [{d.dtype}]")
+    t.add_argument("--steps", type=int, help=f"total training steps (k D steps + 1 G step each) [{d.steps}]")
+    t.add_argument("--batch-size", type=int, help=f"samples per batch [{d.batch_size}]")
+    t.add_argument("--seed", type=int, help=f"seed of weights, noise and batches [{d.seed}]")
+    t.add_argument("--k-disc", type=int, help=f"discriminator steps per generator step [{d.k_disc}]")
+    t.add_argument("--loss", help=f"generator loss: non-saturating or minimax [{d.loss}]")
+    t.add_argument("--prior", help=f"noise prior: normal or uniform (on [-1, 1]) [{d.prior}]")
+    t.add_argument("--z-dim", type=int, help=f"noise dimension [{d.z_dim}]")
+    t.add_argument("--hidden", type=_sizes, help="hidden sizes of both G and D, e.g. 512 or 256,256")
+    t.add_argument("--g-hidden", type=_sizes, help=f"hidden sizes of G [{','.join(map(str, d.g_hidden))}]")
+    t.add_argument("--d-hidden", type=_sizes, help=f"hidden sizes of D [{','.join(map(str, d.d_hidden))}]")
+    t.add_argument("--alpha", type=float, help=f"leaky ReLU slope [{d.alpha}]")
+    t.add_argument("--init", help=f"weight initialiser: xavier, he or normal [{d.init}]")
+    t.add_argument("--optimizer", help=f"adam or sgd [{d.optimizer}]")
+    t.add_argument("--lr", type=float, help="learning rate of both G and D")
+    t.add_argument("--lr-g", type=float, help=f"generator learning rate [{d.lr_g}]")
+    t.add_argument("--lr-d", type=float, help=f"discriminator learning rate [{d.lr_d}]")
+    t.add_argument("--beta1", type=float, help=f"Adam beta1 [{d.beta1}]")
+    t.add_argument("--beta2", type=float, help=f"Adam beta2 [{d.beta2}]")
+    t.add_argument("--momentum", type=float, help=f"SGD momentum [{d.momentum}]")
+    t.add_argument("--label-smoothing", type=float, help=f"one-sided smoothing of D's real labels [{d.label_smoothing}]")
+    t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
+    t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
+    t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")
+    t.add_argument("--out", help="run folder to create [runs/<dataset>-<model>-<time>]")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
+    s.add_argument("--n", type=int, default=64, help="number of samples [64]")
+    s.add_argument("--out", default="samples.png", help="PNG to write [samples.png]")
+    s.add_argument("--npz", help="also save the raw samples (n, D) to this .npz as `samples`")
+    s.add_argument("--seed", type=int, default=0, help="noise seed [0]")
+    s.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+
+    sub.add_parser("info", help="version and which backends are available here")
+    return p
+
+
+def _train_options(args):
+    """The TrainConfig fields given on the command line (name -> value)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    if args.hidden is not None:
+        given.setdefault("g_hidden", args.hidden)
+        given.setdefault("d_hidden", args.hidden)
+    if args.lr is not None:
+        given.setdefault("lr_g", args.lr)
+        given.setdefault("lr_d", args.lr)
+    return given
+
+
+def cmd_train(args):
+    given = _train_options(args)
+    if args.resume:
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise GanEngineError("--resume continues the run in its own folder; drop --out")
+        run = Run.resume(args.resume, given, progress=not args.quiet)
+    else:
+        config = TrainConfig(**given)
+        out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run = Run(out, config, progress=not args.quiet)
+    print(f"training {run.config.model} GAN on {run.config.dataset} with backend {run.trainer.backend.name} "
+          f"into {run.out} (step {run.trainer.step_count} of {run.config.steps})", flush=True)
+    status = run.train()
+    step = run.trainer.step_count
+    if status == "interrupted":
+        print(f"interrupted at step {step}: checkpoint written; resume with: gan-engine train --resume {run.out}",
+              flush=True)
+        return 130
+    print(f"done: {step} steps. samples: {os.path.join(run.out, 'samples')}, metrics: {run.metrics_path}, "
+          f"checkpoints: {os.path.join(run.out, 'checkpoints')}")
+    return 0
+
+
+def cmd_sample(args):
+    path = resolve_checkpoint(args.checkpoint)
+    samples, info = generate_from_checkpoint(path, args.n, seed=args.seed, backend=args.backend)
+    save_samples(samples, info, args.out, title=f"{info['name']}: {args.n} samples")
+    if args.npz:
+        with atomic_path(args.npz) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=samples)
+    print(f"wrote {args.n} samples from {path} to {args.out}" + (f" and {args.npz}" if args.npz else ""))
+    return 0
+
+
+def cmd_info(args):
+    print(f"gan-engine {__version__} (Python {platform.python_version()}, NumPy {np.__version__})")
+    print("backends (auto picks the first available):")
+    for name, available, reason in backend_status():
+        print(f"  {name:6s} {'yes' if available else 'no '}  {reason}")
+    return 0
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    try:
+        return command(args)
+    except GanEngineError as exc:
+        print(f"gan-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""TrainConfig: every option of a training run, validated, and stored in config.json and every checkpoint."""
+import dataclasses
+from dataclasses import dataclass, field
+
+from .backends.numpy_ref import PRIORS
+from .data import DATASETS
+from .errors import GanEngineError
+from .layers import INITS
+from .losses import GENERATOR_LOSSES
+from .models import MODELS
+from .optim import OPTIMIZERS
+
+# Options that may change when a run is resumed: where it runs and how often it reports, not what it computes.
+RESUMABLE = ("steps", "backend", "log_every", "sample_every", "checkpoint_every")
+
+
+@dataclass
+class TrainConfig:
+    """Options of a run. The defaults train the MLP GAN on the embedded digits in under a minute on 2 cores."""
+    dataset: str = "digits"
+    data: str | None = None
+    model: str = "mlp"
+    backend: str = "auto"
+    dtype: str = "float32"
+    steps: int = 10000
+    batch_size: int = 64
+    seed: int = 0
+    k_disc: int = 1
+    loss: str = "non-saturating"
+    prior: str = "normal"
+    z_dim: int = 64
+    g_hidden: tuple = field(default=(512,))
+    d_hidden: tuple = field(default=(512,))
+    alpha: float = 0.2
+    init: str = "xavier"
+    optimizer: str = "adam"
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    log_every: int = 50
+    sample_every: int = 1000
+    checkpoint_every: int = 2000
+
+    def __post_init__(self):
+        self.g_hidden, self.d_hidden = tuple(self.g_hidden), tuple(self.d_hidden)
+        self.validate()
+
+    def validate(self):
+        """Raise GanEngineError naming the first bad option."""
+        choices = {"dataset": DATASETS, "model": MODELS, "dtype": ("float32", "float64"), "loss": GENERATOR_LOSSES,
+                   "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise GanEngineError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+        for name in ("steps", "batch_size", "k_disc", "z_dim", "log_every", "sample_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GanEngineError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        for name in ("g_hidden", "d_hidden"):
+            if not all(isinstance(h, int) and h >= 1 for h in getattr(self, name)):
+                raise GanEngineError(f"{name.replace('_', '-')} must be positive integers, got {getattr(self, name)}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self, name) > 0:
+                raise GanEngineError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("alpha", "beta1", "beta2", "momentum", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise GanEngineError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["g_hidden"], d["d_hidden"] = list(self.g_hidden), list(self.d_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise GanEngineError(f"unknown config options: {', '.join(unknown)}")
+        return cls(**d)

@@ -1,0 +1,174 @@
+"""A training run in a folder: config.json, metrics.csv, loss.png, samples/, checkpoints/; resumable and
+interruptible (Ctrl-C finishes the current step, writes a checkpoint and says how to resume).
+"""
+import csv
+import os
+import signal
+import sys
+
+from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RESUMABLE, TrainConfig
+from .data import load_dataset
+from .errors import GanEngineError
+from .io import write_json, write_text
+from .models import build_discriminator, build_generator
+from .optim import make_optimizer
+from .plots import save_image_grid, save_loss_curve, save_scatter
+from .trainer import METRICS, Trainer, TrainingDiverged, generate, sample_noise
+
+FIXED_IMAGES = 64   # the sample grid's fixed noise batch
+FIXED_POINTS = 2500  # the scatter plot's fixed noise batch (the VEEGAN / PacGAN sample count)
+SCATTER_REAL = 5000
+
+
+def build_trainer(config, dataset):
+    """A Trainer for a TrainConfig on a Dataset (models seeded from config.seed)."""
+    G = build_generator(config, dataset.dim, dataset.output)
+    D = build_discriminator(config, dataset.dim)
+    adam = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
+    return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
+                   prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed,
+                   opt_g=make_optimizer(config.optimizer, G, config.lr_g, **adam),
+                   opt_d=make_optimizer(config.optimizer, D, config.lr_d, **adam))
+
+
+def data_info(dataset):
+    """What sampling needs to know of the data without loading it again."""
+    return {"name": dataset.name, "dim": dataset.dim, "output": dataset.output,
+            "image_shape": list(dataset.image_shape) if dataset.image_shape else None}
+
+
+def save_samples(samples, info, path, real=None, title=None):
+    """Samples (n, D) -> a PNG: an image grid, or a scatter plot (over `real` points when given) for 2-D data."""
+    if info["image_shape"]:
+        save_image_grid(samples, tuple(info["image_shape"]), path)
+    else:
+        save_scatter(samples, path, real=real, title=title)
+
+
+class Run:
+    """A run folder. `Run(out, config).train()` starts one; `Run.resume(out, overrides).train()` continues one."""
+
+    def __init__(self, out, config, state=None, progress=True):
+        self.out, self.config, self.progress = out, config, progress
+        self.dataset = load_dataset(config.dataset, config.data)
+        self.trainer = build_trainer(config, self.dataset)
+        self.info = data_info(self.dataset)
+        self.history = {"step": [], **{k: [] for k in METRICS}}
+        if state is None:
+            if os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out):
+                raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
+                                     "or choose another --out")
+            os.makedirs(out, exist_ok=True)
+            write_text(self.metrics_path, ",".join(("step",) + METRICS) + "\n")
+        else:
+            self.trainer.load_state_dict(state)
+            self._load_history()
+        write_json(os.path.join(out, "config.json"), config.to_dict())
+        n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
+        self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
+
+    @classmethod
+    def resume(cls, out, overrides=None, progress=True):
+        """Continue the run in `out` from its latest checkpoint; `overrides` may change only RESUMABLE options."""
+        path = latest_checkpoint(out)
+        if path is None:
+            raise GanEngineError(f"nothing to resume: no checkpoints in {os.path.join(out, 'checkpoints')}")
+        state, saved, _ = load_checkpoint(path)
+        for key, value in (overrides or {}).items():
+            if key not in RESUMABLE and value != saved.get(key):
+                raise GanEngineError(f"cannot change {key.replace('_', '-')} when resuming (the run used "
+                                     f"{saved.get(key)!r}); only {', '.join(RESUMABLE)} may change")
+        config = TrainConfig.from_dict({**saved, **{k: v for k, v in (overrides or {}).items() if k in RESUMABLE}})
+        if config.steps <= state["step"]:
+            raise GanEngineError(f"the run is already at step {state['step']}; pass --steps N with N > "
+                                 f"{state['step']} to train further")
+        return cls(out, config, state, progress)
+
+    @property
+    def metrics_path(self):
+        return os.path.join(self.out, "metrics.csv")
+
+    def _load_history(self):
+        """Read metrics.csv, dropping rows past the checkpoint's step (a run killed after its last checkpoint)."""
+        step = self.trainer.step_count
+        try:
+            with open(self.metrics_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        except (OSError, KeyError, ValueError) as exc:
+            raise GanEngineError(f"cannot read {self.metrics_path} ({exc})") from exc
+        lines = [",".join(("step",) + METRICS)] + [",".join(r[k] for k in ("step",) + METRICS) for r in rows]
+        write_text(self.metrics_path, "\n".join(lines) + "\n")
+        for r in rows:
+            self.history["step"].append(int(r["step"]))
+            for k in METRICS:
+                self.history[k].append(float(r[k]))
+
+    def train(self):
+        """Train to config.steps. Returns "done" or "interrupted" (after Ctrl-C, with a checkpoint written).
+
+        Raises GanEngineError when training diverges; the last good checkpoint stays as it was.
+        """
+        from tqdm import tqdm
+        cfg, trainer = self.config, self.trainer
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
+        try:
+            while trainer.step_count < cfg.steps and not interrupted:
+                metrics = trainer.step()
+                step = trainer.step_count
+                bar.update(1)
+                last = step == cfg.steps
+                if step % cfg.log_every == 0 or last:
+                    self._log(step, metrics, bar)
+                if step % cfg.sample_every == 0 or last:
+                    self.save_pictures(step)
+                if step % cfg.checkpoint_every == 0 or last:
+                    self.checkpoint()
+        except TrainingDiverged as exc:
+            good = latest_checkpoint(self.out)
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
+            raise GanEngineError(f"{exc}; {where}. Try a smaller learning rate.") from exc
+        finally:
+            bar.close()
+            signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            self.checkpoint()
+            return "interrupted"
+        return "done"
+
+    def _log(self, step, metrics, bar):
+        values = self.trainer.read_metrics(metrics)
+        self.history["step"].append(step)
+        for k in METRICS:
+            self.history[k].append(values[k])
+        with open(self.metrics_path, "a") as f:
+            f.write(",".join([str(step)] + [repr(values[k]) for k in METRICS]) + "\n")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
+
+    def save_pictures(self, step):
+        """samples/step_N.png from the fixed noise batch, and loss.png."""
+        samples = self.trainer.generate(self.fixed_noise)
+        real = self.dataset.x[:SCATTER_REAL] if self.info["image_shape"] is None else None
+        save_samples(samples, self.info, os.path.join(self.out, "samples", f"step_{step:08d}.png"), real,
+                     title=f"{self.dataset.name}, step {step}")
+        if self.history["step"]:
+            save_loss_curve(self.history["step"], self.history, os.path.join(self.out, "loss.png"))
+
+    def checkpoint(self):
+        """Write checkpoints/step_N.npz for the current step (atomically)."""
+        state = self.trainer.state_dict()
+        path = os.path.join(self.out, checkpoint_name(state["step"]))
+        save_checkpoint(path, state, self.config.to_dict(), self.info)
+        return path
+
+
+def generate_from_checkpoint(path, n, seed=0, backend="auto"):
+    """(samples (n, D) host array, data_info) from a checkpoint file, with G rebuilt from its config."""
+    state, saved, info = load_checkpoint(path)
+    config = TrainConfig.from_dict({**saved, "backend": backend})
+    G = build_generator(config, info["dim"], info["output"])
+    G.load_state_dict(state["G"])
+    return generate(G, sample_noise(n, config.z_dim, config.prior, seed)), info

@@ -1,0 +1,191 @@
+"""The seeds' Algorithm 1 (Goodfellow et al. 2014): k discriminator steps, then one generator step.
+
+Every step draws a fresh real batch (indices uniform with replacement) and fresh noise from the trainer's own
+random state, so the same seed gives bit-identical losses and a restored state continues the same sequence.
+"""
+import math
+
+import numpy as np
+
+from .backends.numpy_ref import PRIORS
+from .errors import GanEngineError
+from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
+from .optim import Adam
+
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+class TrainingDiverged(GanEngineError):
+    """A loss became NaN or infinite."""
+
+
+class Trainer:
+    """Trains generator G against discriminator D on `data` (N, D) with the seeds' Algorithm 1.
+
+    G and D must share a backend and dtype. `opt_g`/`opt_d` default to Adam(lr=2e-4, beta1=0.5), the DCGAN
+    setting. `k_disc` D steps per G step; `loss` is the generator loss ("non-saturating" or "minimax");
+    `prior` the noise prior ("normal" or "uniform" on [-1, 1]); `label_smoothing` the one-sided smoothing of
+    D's real targets (1 -> 1 - s).
+    """
+
+    def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0):
+        G, D = generator, discriminator
+        if G.backend is not D.backend or G.dtype != D.dtype:
+            raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
+                                 f"and {D.backend.name}/{D.dtype}")
+        if loss not in GENERATOR_LOSSES:
+            raise GanEngineError(f"unknown generator loss {loss!r}; choose one of: {', '.join(GENERATOR_LOSSES)}")
+        if prior not in PRIORS:
+            raise GanEngineError(f"unknown noise prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise GanEngineError(f"batch size must be a positive integer, got {batch_size}")
+        if int(k_disc) != k_disc or k_disc < 1:
+            raise GanEngineError(f"k_disc (D steps per G step) must be a positive integer, got {k_disc}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise GanEngineError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        data = check_data(data, D.in_features)
+        if G.out_features != D.in_features:
+            raise GanEngineError(f"G makes samples of size {G.out_features} but D reads {D.in_features}")
+        self.G, self.D, self.backend = G, D, G.backend
+        self.opt_g = opt_g or Adam(G, lr=2e-4, beta1=0.5)
+        self.opt_d = opt_d or Adam(D, lr=2e-4, beta1=0.5)
+        if self.opt_g.model is not G or self.opt_d.model is not D:
+            raise GanEngineError("opt_g must be built on the generator and opt_d on the discriminator")
+        self.batch_size, self.k_disc, self.loss, self.prior = int(batch_size), int(k_disc), loss, prior
+        self.label_smoothing = float(label_smoothing)
+        self.z_dim = G.in_features
+        be, xp, B = self.backend, self.backend.xp, self.batch_size
+        self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
+        self.rng = be.new_rng(seed)
+        self.step_count = 0
+        self._idx = xp.empty(B, dtype=np.int64)                  # (B,)
+        self._real = xp.empty((B, D.in_features), dtype=G.dtype)  # (B, D)
+        self._z = xp.empty((B, self.z_dim), dtype=G.dtype)        # (B, Z)
+        self._dlogits = xp.empty((B, 1), dtype=G.dtype)           # (B, 1)
+
+    def _noise(self):
+        return self.backend.noise(self.rng, self.prior, self._z)
+
+    def d_step(self):
+        """One discriminator update on a fresh real batch and fresh fakes; G gets no gradient.
+
+        Returns (loss, mean D(x), mean D(G(z))) as backend 0-d arrays.
+        """
+        be, D = self.backend, self.D
+        D.zero_grad()
+        be.batch_indices(self.rng, self.data.shape[0], self._idx)
+        real = be.gather_rows(self.data, self._idx, self._real)
+        fake = self.G.forward(self._noise())
+        loss_real, d_real = d_loss_real(be, D.forward(real), self._dlogits, self.label_smoothing)
+        D.backward(self._dlogits)
+        loss_fake, d_fake = d_loss_fake(be, D.forward(fake), self._dlogits)
+        D.backward(self._dlogits)
+        self.opt_d.step()
+        return loss_real + loss_fake, d_real, d_fake
+
+    def g_step(self):
+        """One generator update through a fixed D (D's gradients are not accumulated). Returns the loss."""
+        be, G, D = self.backend, self.G, self.D
+        G.zero_grad()
+        loss, _ = g_loss(be, D.forward(G.forward(self._noise())), self._dlogits, self.loss)
+        dfake = D.backward(self._dlogits, need_dx=True, param_grads=False)
+        G.backward(dfake)
+        self.opt_g.step()
+        return loss
+
+    def step(self):
+        """k_disc D steps, then one G step. Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake
+        (D's figures are from the last D step, before its update)."""
+        for _ in range(self.k_disc):
+            d_loss, d_real, d_fake = self.d_step()
+        g = self.g_step()
+        self.step_count += 1
+        return {"d_loss": d_loss, "g_loss": g, "d_real": d_real, "d_fake": d_fake}
+
+    def read_metrics(self, metrics):
+        """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite."""
+        values = {k: float(self.backend.to_numpy(v)) for k, v in metrics.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingDiverged(f"training diverged at step {self.step_count}: {values}")
+        return values
+
+    def train(self, steps, callback=None, every=100):
+        """Run `steps` steps; every `every` steps (and at the last) call callback(step, metrics as floats).
+
+        Returns the last metrics as floats. Raises TrainingDiverged on a NaN or infinite loss.
+        """
+        if int(steps) != steps or steps < 1:
+            raise GanEngineError(f"steps must be a positive integer, got {steps}")
+        for i in range(int(steps)):
+            metrics = self.step()
+            if (i + 1) % every == 0 or i + 1 == steps:
+                values = self.read_metrics(metrics)
+                if callback is not None:
+                    callback(self.step_count, values)
+        return values
+
+    def generate(self, z):
+        """Host noise z (n, Z) -> host samples (n, D) float32: G in eval mode, a copy safe to keep."""
+        return generate(self.G, z)
+
+    def sample(self, n=64, seed=None):
+        """n host samples (n, D) from fresh prior noise drawn by its own generator (the training stream is
+        left alone)."""
+        return self.generate(sample_noise(n, self.z_dim, self.prior, seed))
+
+    def state_dict(self):
+        """Everything a resumed run needs: step, random state, both models and both optimizers (host arrays)."""
+        return {"step": self.step_count, "rng": self.backend.rng_state(self.rng),
+                "G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state):
+        """Restore a `state_dict`; the next step continues exactly as the saved run would have."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.backend.set_rng_state(self.rng, state["rng"])
+        self.step_count = int(state["step"])
+
+
+def generate(G, z):
+    """Host noise z (n, Z) -> host samples (n, D) float32 from generator G in eval mode (a copy)."""
+    z = np.asarray(z)
+    if z.ndim != 2 or z.shape[1] != G.in_features:
+        raise GanEngineError(f"noise must have shape (n, {G.in_features}), got {z.shape}")
+    out = G.forward(G.backend.asarray(z, G.dtype), train=False)
+    return np.array(G.backend.to_numpy(out), dtype=np.float32)
+
+
+def sample_noise(n, z_dim, prior="normal", seed=None):
+    """Host float32 noise (n, z_dim) from the prior, drawn by NumPy's generator seeded with `seed`."""
+    if int(n) != n or n < 1:
+        raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
+    rng = np.random.default_rng(seed)
+    if prior == "normal":
+        return rng.standard_normal((int(n), z_dim), dtype=np.float32)
+    if prior == "uniform":
+        return rng.uniform(-1.0, 1.0, (int(n), z_dim)).astype(np.float32)
+    raise GanEngineError(f"unknown noise prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+
+
+def check_data(data, dim=None):
+    """Validate training data: a finite float array (N, dim) with N >= 1. Returns it as a NumPy array."""
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise GanEngineError(f"training data must be a 2-D array (samples, features), got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.floating):
+        raise GanEngineError(f"training data must be floating point (scaled to the model's range), got {data.dtype}")
+    if data.shape[0] < 1:
+        raise GanEngineError("training data is empty")
+    if dim is not None and data.shape[1] != dim:
+        raise GanEngineError(f"training data has {data.shape[1]} features per sample but the discriminator "
+                             f"reads {dim}")
+    bad = ~np.isfinite(data)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise GanEngineError(f"training data has {int(bad.sum())} NaN or infinite values (first in sample {row}); "
+                             "clean or drop those samples")
+    return data
