@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+import numpy as np
+
 from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig
 from .data import load_dataset
@@ -110,23 +112,13 @@ class Run:
         Raises GanEngineError when training diverges; the last good checkpoint stays as it was.
         """
         from tqdm import tqdm
-        cfg, trainer = self.config, self.trainer
         interrupted = []
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-        bar = tqdm(total=cfg.steps, initial=trainer.step_count, disable=not self.progress, unit="step",
+        bar = tqdm(total=self.config.steps, initial=self.trainer.step_count, disable=not self.progress, unit="step",
                    dynamic_ncols=True, file=sys.stderr)
         try:
-            while trainer.step_count < cfg.steps and not interrupted:
-                metrics = trainer.step()
-                step = trainer.step_count
-                bar.update(1)
-                last = step == cfg.steps
-                if step % cfg.log_every == 0 or last:
-                    self._log(step, metrics, bar)
-                if step % cfg.sample_every == 0 or last:
-                    self.save_pictures(step)
-                if step % cfg.checkpoint_every == 0 or last:
-                    self.checkpoint()
+            with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf are detected and reported below
+                self._loop(bar, interrupted)
         except TrainingDiverged as exc:
             good = latest_checkpoint(self.out)
             where = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
@@ -138,6 +130,20 @@ class Run:
             self.checkpoint()
             return "interrupted"
         return "done"
+
+    def _loop(self, bar, interrupted):
+        cfg, trainer = self.config, self.trainer
+        while trainer.step_count < cfg.steps and not interrupted:
+            metrics = trainer.step()
+            step = trainer.step_count
+            bar.update(1)
+            last = step == cfg.steps
+            if step % cfg.log_every == 0 or last:
+                self._log(step, metrics, bar)
+            if step % cfg.sample_every == 0 or last:
+                self.save_pictures(step)
+            if step % cfg.checkpoint_every == 0 or last:
+                self.checkpoint()
 
     def _log(self, step, metrics, bar):
         values = self.trainer.read_metrics(metrics)

@@ -1,0 +1,49 @@
+"""One full training step (1 D step + 1 G step) of the seeds' MLP GAN, on every available backend.
+
+    pytest benchmarks --benchmark-json benchmarks/results/<machine>.json
+    python -m benchmarks.report benchmarks/results/<machine>.json
+
+Each case first checks one step against the NumPy reference, then times steps in steady state (buffers
+allocated, kernels compiled: the warm-up runs outside the timed region). FLOP/s is recorded in extra_info.
+"""
+import numpy as np
+import pytest
+
+from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator
+from gan_engine.backends import BACKENDS, backend_status
+
+from .flops import step_flops
+
+# name -> (batch, z_dim, hidden, data_dim): the seeds' 100-128-784 / 784-128-1 GAN, and a wider one.
+CASES = {"seed-mlp-b64": (64, 100, 128, 784), "mlp-h512-b256": (256, 100, 512, 784)}
+AVAILABLE = [name for name, ok, _ in backend_status() if ok and name in BACKENDS]
+
+
+def make_trainer(backend, batch, z_dim, hidden, dim):
+    data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
+    G = mlp_generator(z_dim, (hidden,), dim, backend=backend, seed=0)
+    D = mlp_discriminator(dim, (hidden,), backend=backend, seed=1)
+    return Trainer(G, D, data, batch_size=batch, seed=0,
+                   opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("case", list(CASES))
+def test_training_step(benchmark, backend, case):
+    batch, z_dim, hidden, dim = CASES[case]
+    trainer = make_trainer(backend, batch, z_dim, hidden, dim)
+    reference = make_trainer("numpy", batch, z_dim, hidden, dim)
+    got, want = trainer.read_metrics(trainer.step()), reference.read_metrics(reference.step())
+    for k in want:
+        assert abs(got[k] - want[k]) <= 1e-4 + 1e-3 * abs(want[k]), (k, got[k], want[k])
+    for _ in range(3):  # warm-up: compile, allocate
+        trainer.step()
+
+    def step():
+        metrics = trainer.step()
+        trainer.read_metrics(metrics)  # reads the losses back, which also synchronises a device
+
+    benchmark.pedantic(step, rounds=20, iterations=5, warmup_rounds=1)
+    flops = step_flops(batch, (z_dim, hidden, dim), (dim, hidden, 1))
+    benchmark.extra_info.update(backend=backend, case=case, flops=flops,
+                                gflops_per_s=flops / benchmark.stats.stats.median / 1e9)

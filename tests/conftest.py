@@ -1,0 +1,27 @@
+"""Shared fixtures: every backend through one parametrised fixture (unavailable ones skipped with the reason)."""
+import pytest
+
+from gan_engine.backends import BACKENDS, backend_status, get_backend
+
+
+def _backend_params():
+    status = {name: reason for name, ok, reason in backend_status() if not ok}
+    params = []
+    for name in BACKENDS:
+        marks = [pytest.mark.gpu] if name == "cuda" else []
+        if name in status:
+            marks.append(pytest.mark.skip(reason=f"backend {name} unavailable: {status[name]}"))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """Each registered backend module in turn."""
+    return get_backend(request.param)
+
+
+@pytest.fixture
+def ref():
+    """The NumPy reference backend."""
+    return get_backend("numpy")
