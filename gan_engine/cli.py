@@ -38,8 +38,7 @@ def _parser():
 
     d = TrainConfig()
     t = sub.add_parser("train", help="train a GAN into a run folder",
-                       description="Train a GAN. Every option defaults to the value shown (None: unset).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description="Train a GAN into a run folder. Defaults are shown in brackets.")
     # Train options default to None so that --resume can tell which ones were given.
     t.add_argument("--dataset", help=f"digits, ring8, grid25, mnist, fashion-mnist [{d.dataset}]")
     t.add_argument("--data", help="path of the data for mnist / fashion-mnist (IDX folder or file, or .npz)")
@@ -100,6 +99,8 @@ def _train_options(args):
 
 def cmd_train(args):
     given = _train_options(args)
+    if args.data:
+        given["data"] = os.path.abspath(args.data)  # the run stays resumable from any folder
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise GanEngineError("--resume continues the run in its own folder; drop --out")
@@ -149,6 +150,9 @@ def main(argv=None):
     except GanEngineError as exc:
         print(f"gan-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop, which handles Ctrl-C itself
+        print(f"gan-engine {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ from .losses import GENERATOR_LOSSES
 from .models import MODELS
 from .optim import OPTIMIZERS
 
-# Options that may change when a run is resumed: where it runs and how often it reports, not what it computes.
-RESUMABLE = ("steps", "backend", "log_every", "sample_every", "checkpoint_every")
+# Options that may change when a run is resumed: where it runs, where its data lies now and how often it reports,
+# not what it computes.
+RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoint_every")
 
 
 @dataclass

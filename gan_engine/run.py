@@ -2,6 +2,7 @@
 interruptible (Ctrl-C finishes the current step, writes a checkpoint and says how to resume).
 """
 import csv
+import dataclasses
 import os
 import signal
 import sys
@@ -77,11 +78,12 @@ class Run:
         if path is None:
             raise GanEngineError(f"nothing to resume: no checkpoints in {os.path.join(out, 'checkpoints')}")
         state, saved, _ = load_checkpoint(path)
+        config = TrainConfig.from_dict(saved)
         for key, value in (overrides or {}).items():
-            if key not in RESUMABLE and value != saved.get(key):
+            if key not in RESUMABLE and value != getattr(config, key):
                 raise GanEngineError(f"cannot change {key.replace('_', '-')} when resuming (the run used "
-                                     f"{saved.get(key)!r}); only {', '.join(RESUMABLE)} may change")
-        config = TrainConfig.from_dict({**saved, **{k: v for k, v in (overrides or {}).items() if k in RESUMABLE}})
+                                     f"{getattr(config, key)!r}); only {', '.join(RESUMABLE)} may change")
+        config = dataclasses.replace(config, **{k: v for k, v in (overrides or {}).items() if k in RESUMABLE})
         if config.steps <= state["step"]:
             raise GanEngineError(f"the run is already at step {state['step']}; pass --steps N with N > "
                                  f"{state['step']} to train further")

@@ -69,7 +69,7 @@ def test_resume_gives_the_same_losses_as_one_run(tmp_path):
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert train(whole, "--steps", "30") == 0
     assert train(part, "--steps", "10") == 0
-    assert main(["train", "--resume", str(part), "--steps", "30", "--quiet"]) == 0
+    assert main(["train", "--resume", str(part), "--steps", "30", "--hidden", "16", "--quiet"]) == 0
     assert rows(part) == rows(whole)
     a, _, _ = load_checkpoint(str(whole / "checkpoints/step_00000030.npz"))
     b, _, _ = load_checkpoint(str(part / "checkpoints/step_00000030.npz"))
