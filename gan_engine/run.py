@@ -28,11 +28,11 @@ def build_trainer(config, dataset):
     """A Trainer for a TrainConfig on a Dataset (models seeded from config.seed)."""
     G = build_generator(config, dataset.dim, dataset.output)
     D = build_discriminator(config, dataset.dim)
-    adam = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
+    hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
     return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
                    prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed,
-                   opt_g=make_optimizer(config.optimizer, G, config.lr_g, **adam),
-                   opt_d=make_optimizer(config.optimizer, D, config.lr_d, **adam))
+                   opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
+                   opt_d=make_optimizer(config.optimizer, D, config.lr_d, **hyper))
 
 
 def data_info(dataset):
