@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 from .backends.numpy_ref import PRIORS
 from .data import DATASETS
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
 from .layers import INITS
 from .losses import GENERATOR_LOSSES
 from .models import MODELS
@@ -54,8 +54,7 @@ class TrainConfig:
         choices = {"dataset": DATASETS, "model": MODELS, "dtype": ("float32", "float64"), "loss": GENERATOR_LOSSES,
                    "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise GanEngineError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+            check_choice(name, getattr(self, name), allowed)
         for name in ("steps", "batch_size", "k_disc", "z_dim", "log_every", "sample_every", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
 
 DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist")
 FILE_DATASETS = ("mnist", "fashion-mnist")
@@ -43,8 +43,7 @@ class Dataset:
 
 def load_dataset(name="digits", path=None):
     """Load a dataset by name (see the module doc); `path` is required for the file datasets."""
-    if name not in DATASETS:
-        raise GanEngineError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    check_choice("dataset", name, DATASETS)
     if name in FILE_DATASETS:
         if not path:
             raise GanEngineError(f"dataset {name!r} is read from local files: pass --data PATH (a folder with "

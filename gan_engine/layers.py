@@ -11,7 +11,7 @@ import numpy as np
 
 from .backends import get_backend
 from .backends.numpy_ref import ACTIVATIONS
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
 
 INITS = ("xavier", "he", "normal")
 
@@ -23,14 +23,13 @@ def init_weight(rng, shape, fan_in, fan_out, init, alpha=0.0):
     "he": Kaiming normal for (leaky) ReLU, N(0, 2 / ((1 + alpha^2) fan_in));
     "normal": N(0, 0.02^2), the DCGAN initialisation.
     """
+    check_choice("initialiser", init, INITS)
     if init == "xavier":
         a = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-a, a, size=shape)
     if init == "he":
         return rng.normal(0.0, math.sqrt(2.0 / ((1.0 + alpha * alpha) * fan_in)), size=shape)
-    if init == "normal":
-        return rng.normal(0.0, 0.02, size=shape)
-    raise GanEngineError(f"unknown initialiser {init!r}; choose one of: {', '.join(INITS)}")
+    return rng.normal(0.0, 0.02, size=shape)  # "normal"
 
 
 class Layer:
@@ -64,10 +63,8 @@ class Dense(Layer):
     """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features)."""
 
     def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier"):
-        if activation not in ACTIVATIONS:
-            raise GanEngineError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
-        if init not in INITS:
-            raise GanEngineError(f"unknown initialiser {init!r}; choose one of: {', '.join(INITS)}")
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("initialiser", init, INITS)
         if in_features < 1 or out_features < 1:
             raise GanEngineError(f"Dense needs positive sizes, got {in_features} -> {out_features}")
         if not 0.0 <= alpha < 1.0:

@@ -7,7 +7,7 @@ With D(x) = sigmoid(logit(x)):
 - generator, "minimax" (the seeds' theoretical form): mean log(1 - D(G(z))), which G minimises
 The discriminator's loss is the sum of its two halves. Every function writes d loss / d logits into `dlogits`.
 """
-from .errors import GanEngineError
+from .errors import check_choice
 
 GENERATOR_LOSSES = ("non-saturating", "minimax")
 
@@ -24,8 +24,7 @@ def d_loss_fake(backend, logits, dlogits):
 
 def g_loss(backend, logits, dlogits, kind="non-saturating"):
     """The generator's loss on D's logits for fakes. logits, dlogits (N, 1) -> (loss, mean D(G(z)))."""
+    check_choice("generator loss", kind, GENERATOR_LOSSES)
     if kind == "non-saturating":
         return backend.bce_with_logits(logits, 1.0, 1.0, dlogits)
-    if kind == "minimax":  # log(1 - D) = -BCE(target 0)
-        return backend.bce_with_logits(logits, 0.0, -1.0, dlogits)
-    raise GanEngineError(f"unknown generator loss {kind!r}; choose one of: {', '.join(GENERATOR_LOSSES)}")
+    return backend.bce_with_logits(logits, 0.0, -1.0, dlogits)  # minimax: log(1 - D) = -BCE(target 0)

@@ -2,7 +2,7 @@
 returns logits (the sigmoid lives in the loss)."""
 import numpy as np
 
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
 from .layers import Dense, Sequential
 
 MODELS = ("mlp",)
@@ -50,5 +50,4 @@ def build_discriminator(config, dim):
 
 
 def _check_model(name):
-    if name not in MODELS:
-        raise GanEngineError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    check_choice("model", name, MODELS)

@@ -1,5 +1,5 @@
 """Optimizers over a model's flat parameter buffer: one backend call updates the whole model."""
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -57,8 +57,7 @@ class Adam:
 
 def make_optimizer(name, model, lr, beta1=0.5, beta2=0.999, momentum=0.9):
     """An optimizer by name ("adam" or "sgd") for `model`."""
+    check_choice("optimizer", name, OPTIMIZERS)
     if name == "adam":
         return Adam(model, lr=lr, beta1=beta1, beta2=beta2)
-    if name == "sgd":
-        return SGD(model, lr=lr, momentum=momentum)
-    raise GanEngineError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    return SGD(model, lr=lr, momentum=momentum)

@@ -22,6 +22,7 @@ from .trainer import METRICS, Trainer, TrainingDiverged, generate, sample_noise
 FIXED_IMAGES = 64   # the sample grid's fixed noise batch
 FIXED_POINTS = 2500  # the scatter plot's fixed noise batch (the VEEGAN / PacGAN sample count)
 SCATTER_REAL = 5000
+CSV_HEADER = ",".join(("step",) + METRICS)
 
 
 def build_trainer(config, dataset):
@@ -63,7 +64,7 @@ class Run:
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
                                      "or choose another --out")
             os.makedirs(out, exist_ok=True)
-            write_text(self.metrics_path, ",".join(("step",) + METRICS) + "\n")
+            write_text(self.metrics_path, CSV_HEADER + "\n")
         else:
             self.trainer.load_state_dict(state)
             self._load_history()
@@ -101,7 +102,7 @@ class Run:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
         except (OSError, KeyError, ValueError) as exc:
             raise GanEngineError(f"cannot read {self.metrics_path} ({exc})") from exc
-        lines = [",".join(("step",) + METRICS)] + [",".join(r[k] for k in ("step",) + METRICS) for r in rows]
+        lines = [CSV_HEADER] + [",".join(r[k] for k in ("step",) + METRICS) for r in rows]
         write_text(self.metrics_path, "\n".join(lines) + "\n")
         for r in rows:
             self.history["step"].append(int(r["step"]))

@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from .backends.numpy_ref import PRIORS
-from .errors import GanEngineError
+from .backends.numpy_ref import PRIORS, noise
+from .errors import GanEngineError, check_choice
 from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
 from .optim import Adam
 
@@ -34,10 +34,8 @@ class Trainer:
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
                                  f"and {D.backend.name}/{D.dtype}")
-        if loss not in GENERATOR_LOSSES:
-            raise GanEngineError(f"unknown generator loss {loss!r}; choose one of: {', '.join(GENERATOR_LOSSES)}")
-        if prior not in PRIORS:
-            raise GanEngineError(f"unknown noise prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+        check_choice("generator loss", loss, GENERATOR_LOSSES)
+        check_choice("noise prior", prior, PRIORS)
         if int(batch_size) != batch_size or batch_size < 1:
             raise GanEngineError(f"batch size must be a positive integer, got {batch_size}")
         if int(k_disc) != k_disc or k_disc < 1:
@@ -163,12 +161,8 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
     """Host float32 noise (n, z_dim) from the prior, drawn by NumPy's generator seeded with `seed`."""
     if int(n) != n or n < 1:
         raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
-    rng = np.random.default_rng(seed)
-    if prior == "normal":
-        return rng.standard_normal((int(n), z_dim), dtype=np.float32)
-    if prior == "uniform":
-        return rng.uniform(-1.0, 1.0, (int(n), z_dim)).astype(np.float32)
-    raise GanEngineError(f"unknown noise prior {prior!r}; choose one of: {', '.join(PRIORS)}")
+    check_choice("noise prior", prior, PRIORS)
+    return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
 
 
 def check_data(data, dim=None):
