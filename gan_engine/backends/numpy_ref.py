@@ -5,6 +5,9 @@ functions under the same names, in the same order, and is tested against this fi
 
 Conventions shared by every twin:
 - Dense weights are (in_features, out_features): y = act(x @ W + b).
+- Images are NCHW. Conv2d weights are (C_out, C_in, kH, kW) and transposed-convolution weights are
+  (C_in, C_out, kH, kW), as in PyTorch, so one array W serves conv2d and conv_transpose2d as adjoints.
+  Stride and padding are (height, width) pairs.
 - Parameter gradients accumulate (dW += ..., db += ...); activation gradients are written (dx = ...).
 - Outputs go into caller-provided buffers when given (`out=`), so a training step can reuse its buffers.
 - Activation derivatives are taken from the activation's output y, so backward needs no pre-activation.
@@ -19,6 +22,14 @@ xp = np
 OPS = (
     "dense_forward",
     "dense_backward",
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_backward",
+    "batchnorm_forward",
+    "batchnorm_backward",
+    "activation_forward",
+    "activation_backward",
     "bce_with_logits",
     "sgd_update",
     "adam_update",
@@ -65,7 +76,7 @@ def set_rng_state(rng, state):
 # ---- activations ---------------------------------------------------------------------------------------------
 
 def _activate(z, activation, alpha):
-    """In place: z (N, F) pre-activation -> activation output."""
+    """In place: z (any shape) pre-activation -> activation output."""
     if activation == "identity":
         pass
     elif activation == "leaky_relu":
@@ -82,7 +93,7 @@ def _activate(z, activation, alpha):
 
 
 def _activation_grad(y, dy, activation, alpha):
-    """d loss / d pre-activation from the output y (N, F) and d loss / d y (N, F)."""
+    """d loss / d pre-activation (a new array) from the output y and d loss / d y (same shape, any)."""
     if activation == "identity":
         return dy.copy()
     if activation == "leaky_relu":  # y > 0 exactly where z > 0 (alpha >= 0); slope alpha at z <= 0
@@ -130,6 +141,224 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
         db += g.sum(axis=0)
     if dx is not None:
         np.matmul(g, W.T, out=dx)
+    return dx
+
+
+# ---- convolution ---------------------------------------------------------------------------------------------
+
+def conv2d_output_size(size, kernel, stride, padding):
+    """Output side of a convolution: (size + 2 padding - kernel) // stride + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def conv_transpose2d_output_size(size, kernel, stride, padding, output_padding=0):
+    """Output side of a transposed convolution: (size - 1) stride - 2 padding + kernel + output_padding."""
+    return (size - 1) * stride - 2 * padding + kernel + output_padding
+
+
+def _pair(v):
+    """An int or a pair -> a (height, width) pair of ints."""
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def _im2col(x, kernel, stride, padding, out_hw):
+    """x (N, C, H, W) -> cols (N, C, kH, kW, OH, OW), cols[n, c, i, j, p, q] = x_pad[n, c, p sH + i, q sW + j],
+    where x_pad is x with `padding` zeros on every side."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, padding, out_hw
+    n, c = x.shape[:2]
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    cols = np.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x_pad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    return cols
+
+
+def _col2im(cols, stride, padding, hw):
+    """The adjoint of _im2col: cols (N, C, kH, kW, OH, OW) summed back into a new x (N, C, H, W)."""
+    n, c, kh, kw, oh, ow = cols.shape
+    (sh, sw), (ph, pw), (h, w) = stride, padding, hw
+    x_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            x_pad[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cols[:, :, i, j]
+    return x_pad[:, :, ph:ph + h, pw:pw + w]
+
+
+def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, out=None):
+    """y = act(conv2d(x, W) + b), a cross-correlation as in PyTorch.
+
+    x (N, C_in, H, W), W (C_out, C_in, kH, kW), b (C_out,) or None -> out (N, C_out, OH, OW),
+    OH = (H + 2 pH - kH) // sH + 1 (likewise OW).
+    y[n, o, p, q] = act(b[o] + sum_{c, i, j} W[o, c, i, j] x_pad[n, c, p sH + i, q sW + j])
+    """
+    stride, padding = _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    co, _, kh, kw = W.shape
+    oh, ow = conv2d_output_size(h, kh, stride[0], padding[0]), conv2d_output_size(w, kw, stride[1], padding[1])
+    cols = _im2col(x, (kh, kw), stride, padding, (oh, ow)).reshape(n, c * kh * kw, oh * ow)
+    if out is None:
+        out = np.empty((n, co, oh, ow), dtype=x.dtype)
+    out[...] = np.matmul(W.reshape(co, c * kh * kw), cols).reshape(n, co, oh, ow)
+    if b is not None:
+        out += b.reshape(co, 1, 1)
+    return _activate(out, activation, alpha)
+
+
+def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
+    """Backward of conv2d_forward; y is its output.
+
+    x (N, C_in, H, W), W (C_out, C_in, kH, kW), y and dy (N, C_out, OH, OW), g = dy * act'(y)
+    -> dW (C_out, C_in, kH, kW) += sum_n g im2col(x)^T, db (C_out,) += sum_{n, p, q} g,
+       dx (N, C_in, H, W) = col2im(W^T g), which is conv_transpose2d(g, W).
+    Each of dW, db, dx may be None to skip it. Returns dx.
+    """
+    stride, padding = _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    co, _, kh, kw = W.shape
+    oh, ow = y.shape[2:]
+    g = _activation_grad(y, dy, activation, alpha).reshape(n, co, oh * ow)
+    if dW is not None:
+        cols = _im2col(x, (kh, kw), stride, padding, (oh, ow)).reshape(n, c * kh * kw, oh * ow)
+        dW += np.tensordot(g, cols, axes=([0, 2], [0, 2])).reshape(W.shape)
+    if db is not None:
+        db += g.sum(axis=(0, 2))
+    if dx is not None:
+        dcols = np.matmul(W.reshape(co, c * kh * kw).T, g).reshape(n, c, kh, kw, oh, ow)
+        dx[...] = _col2im(dcols, stride, padding, (h, w))
+    return dx
+
+
+def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activation="identity", alpha=0.2,
+                             out=None):
+    """y = act(conv_transpose2d(x, W) + b): the adjoint of conv2d_forward with the same W, stride and padding.
+
+    x (N, C_in, H, W), W (C_in, C_out, kH, kW), b (C_out,) or None -> out (N, C_out, OH, OW),
+    OH = (H - 1) sH - 2 pH + kH + output_padding_H (likewise OW); output_padding < stride picks among the
+    output sizes that a stride-s convolution maps back to H.
+    Each input pixel x[n, c, h, w] adds x[n, c, h, w] * W[c, :, :, :] into the output window whose top-left
+    corner is (h sH - pH, w sW - pW).
+    """
+    stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
+    n, ci, h, w = x.shape
+    _, co, kh, kw = W.shape
+    oh = conv_transpose2d_output_size(h, kh, stride[0], padding[0], output_padding[0])
+    ow = conv_transpose2d_output_size(w, kw, stride[1], padding[1], output_padding[1])
+    cols = np.matmul(W.reshape(ci, co * kh * kw).T, x.reshape(n, ci, h * w)).reshape(n, co, kh, kw, h, w)
+    if out is None:
+        out = np.empty((n, co, oh, ow), dtype=x.dtype)
+    out[...] = _col2im(cols, stride, padding, (oh, ow))
+    if b is not None:
+        out += b.reshape(co, 1, 1)
+    return _activate(out, activation, alpha)
+
+
+def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None,
+                              dx=None):
+    """Backward of conv_transpose2d_forward; y is its output (its shape carries the output padding).
+
+    x (N, C_in, H, W), W (C_in, C_out, kH, kW), y and dy (N, C_out, OH, OW), g = dy * act'(y)
+    -> dW (C_in, C_out, kH, kW) += sum_n x im2col(g)^T, db (C_out,) += sum_{n, p, q} g,
+       dx (N, C_in, H, W) = W im2col(g), which is conv2d(g, W).
+    Each of dW, db, dx may be None to skip it. Returns dx.
+    """
+    stride, padding = _pair(stride), _pair(padding)
+    n, ci, h, w = x.shape
+    _, co, kh, kw = W.shape
+    g = _activation_grad(y, dy, activation, alpha)
+    if db is not None:
+        db += g.sum(axis=(0, 2, 3))
+    gcols = _im2col(g, (kh, kw), stride, padding, (h, w)).reshape(n, co * kh * kw, h * w)
+    if dW is not None:
+        dW += np.tensordot(x.reshape(n, ci, h * w), gcols, axes=([0, 2], [0, 2])).reshape(W.shape)
+    if dx is not None:
+        dx[...] = np.matmul(W.reshape(ci, co * kh * kw), gcols).reshape(x.shape)
+    return dx
+
+
+# ---- batch norm ----------------------------------------------------------------------------------------------
+
+def _channel_shape(x):
+    """The shape that broadcasts a per-channel (C,) vector over x (N, C) or (N, C, H, W)."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _channel_axes(x):
+    """The axes a per-channel statistic reduces over: the batch, and the pixels of an image."""
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum=0.1, eps=1e-5,
+                      activation="identity", alpha=0.2, out=None):
+    """y = act(gamma (x - mean) invstd + beta) per channel: batch norm 1D (after dense) or 2D (after conv).
+
+    x (N, C) or (N, C, H, W) -> out (same shape); gamma, beta, running_mean, running_var, mean, invstd (C,).
+    Statistics are over the M = N (H W) values of each channel.
+    train: mean and (biased) var of the batch; running_mean and running_var move towards them,
+           r = (1 - momentum) r + momentum batch_stat, with the unbiased var M / (M - 1) var (as PyTorch).
+    eval:  mean and var are running_mean and running_var (the running statistics are left alone).
+    Both write mean and invstd = 1 / sqrt(var + eps), which batchnorm_backward reads.
+    """
+    axes, shape = _channel_axes(x), _channel_shape(x)
+    if train:
+        m = x.size // x.shape[1]
+        batch_mean, batch_var = x.mean(axis=axes), x.var(axis=axes)
+        running_mean *= 1 - momentum
+        running_mean += momentum * batch_mean
+        running_var *= 1 - momentum
+        running_var += momentum * batch_var * (m / (m - 1))
+        mean[...], invstd[...] = batch_mean, 1 / np.sqrt(batch_var + eps)
+    else:
+        mean[...], invstd[...] = running_mean, 1 / np.sqrt(running_var + eps)
+    if out is None:
+        out = np.empty_like(x)
+    out[...] = (x - mean.reshape(shape)) * (gamma * invstd).reshape(shape) + beta.reshape(shape)
+    return _activate(out, activation, alpha)
+
+
+def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
+                       dbeta=None, dx=None):
+    """Backward of batchnorm_forward; y is its output, mean and invstd the statistics it wrote.
+
+    x, y, dy (N, C) or (N, C, H, W); gamma, mean, invstd (C,); g = dy * act'(y), x_hat = (x - mean) invstd.
+    -> dgamma (C,) += sum g x_hat, dbeta (C,) += sum g (sums over the M values of each channel),
+       dx = gamma invstd (g - sum(g) / M - x_hat sum(g x_hat) / M)  in train mode (through the batch statistics),
+       dx = gamma invstd g                                         in eval mode.
+    Each of dgamma, dbeta, dx may be None to skip it. Returns dx.
+    """
+    axes, shape = _channel_axes(x), _channel_shape(x)
+    g = _activation_grad(y, dy, activation, alpha)
+    x_hat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    sum_g, sum_g_xhat = g.sum(axis=axes), (g * x_hat).sum(axis=axes)
+    if dgamma is not None:
+        dgamma += sum_g_xhat
+    if dbeta is not None:
+        dbeta += sum_g
+    if dx is not None:
+        scale = (gamma * invstd).reshape(shape)
+        if train:
+            m = x.size // x.shape[1]
+            dx[...] = scale * (g - (sum_g / m).reshape(shape) - x_hat * (sum_g_xhat / m).reshape(shape))
+        else:
+            dx[...] = scale * g
+    return dx
+
+
+# ---- standalone activation -----------------------------------------------------------------------------------
+
+def activation_forward(x, activation, alpha=0.2, out=None):
+    """out = act(x), elementwise over any shape (for activations that no op before them fuses)."""
+    if out is None:
+        out = np.empty_like(x)
+    out[...] = x
+    return _activate(out, activation, alpha)
+
+
+def activation_backward(y, dy, activation, alpha=0.2, dx=None):
+    """dx = dy * act'(y) from the output y of activation_forward; any shape. Returns dx."""
+    if dx is None:
+        dx = np.empty_like(dy)
+    dx[...] = _activation_grad(y, dy, activation, alpha)
     return dx
 
 
