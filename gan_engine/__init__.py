@@ -12,14 +12,17 @@ The API in ten lines:
 from .backends import backend_status, get_backend
 from .data import Dataset, load_dataset
 from .errors import GanEngineError
-from .layers import Dense, Sequential
-from .models import mlp_discriminator, mlp_generator
+from .layers import (Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, LeakyReLU, ReLU, Reshape,
+                     Sequential)
+from .models import dcgan_discriminator, dcgan_generator, mlp_discriminator, mlp_generator
 from .optim import SGD, Adam
 from .trainer import Trainer, TrainingDiverged, sample_noise
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "Dataset", "Dense", "GanEngineError", "SGD", "Sequential", "Trainer", "TrainingDiverged",
-    "backend_status", "get_backend", "load_dataset", "mlp_discriminator", "mlp_generator", "sample_noise",
+    "Activation", "Adam", "BatchNorm", "Conv2d", "ConvTranspose2d", "Dataset", "Dense", "Flatten", "GanEngineError",
+    "LeakyReLU", "ReLU", "Reshape", "SGD", "Sequential", "Trainer", "TrainingDiverged", "backend_status",
+    "dcgan_discriminator", "dcgan_generator", "get_backend", "load_dataset", "mlp_discriminator", "mlp_generator",
+    "sample_noise",
 ]

@@ -1,4 +1,4 @@
-"""The `gan-engine` command: train, sample, info.
+"""The `gan-engine` command: train, sample, interpolate, info.
 
 A mistake in the input (an unknown option value, a missing or corrupt file, bad data) prints one
 `error: ...` line and exits with status 2; an interrupted `train` exits with 130 after writing a checkpoint.
@@ -18,7 +18,9 @@ from .checkpoint import resolve_checkpoint
 from .config import TrainConfig
 from .errors import GanEngineError
 from .io import atomic_path
-from .run import Run, generate_from_checkpoint, save_samples
+from .data import DATASETS, FOLDER_IMAGE_SIZE
+from .plots import save_image_grid
+from .run import Run, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
 def _sizes(text):
@@ -40,9 +42,12 @@ def _parser():
     t = sub.add_parser("train", help="train a GAN into a run folder",
                        description="Train a GAN into a run folder. Defaults are shown in brackets.")
     # Train options default to None so that --resume can tell which ones were given.
-    t.add_argument("--dataset", help=f"digits, ring8, grid25, mnist, fashion-mnist [{d.dataset}]")
-    t.add_argument("--data", help="path of the data for mnist / fashion-mnist (IDX folder or file, or .npz)")
-    t.add_argument("--model", help=f"model family [{d.model}]")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
+    t.add_argument("--data", help="path of the data: for mnist / fashion-mnist an IDX folder or file, or an .npz; "
+                                  "for folder a folder of images (PNG, JPEG, ...)")
+    t.add_argument("--image-size", type=int, help=f"folder: side of the square images [{FOLDER_IMAGE_SIZE}]")
+    t.add_argument("--channels", type=int, help="folder: 1 (grayscale) or 3 (RGB) [auto]")
+    t.add_argument("--model", help=f"mlp or dcgan [{d.model}]")
     t.add_argument("--backend", help=f"numpy, numba, cuda or auto [{d.backend}]")
     t.add_argument("--dtype", help=f"float32 or float64 [{d.dtype}]")
     t.add_argument("--steps", type=int, help=f"total training steps (k D steps + 1 G step each) [{d.steps}]")
@@ -53,10 +58,14 @@ def _parser():
     t.add_argument("--prior", help=f"noise prior: normal or uniform (on [-1, 1]) [{d.prior}]")
     t.add_argument("--z-dim", type=int, help=f"noise dimension [{d.z_dim}]")
     t.add_argument("--hidden", type=_sizes, help="hidden sizes of both G and D, e.g. 512 or 256,256")
-    t.add_argument("--g-hidden", type=_sizes, help=f"hidden sizes of G [{','.join(map(str, d.g_hidden))}]")
-    t.add_argument("--d-hidden", type=_sizes, help=f"hidden sizes of D [{','.join(map(str, d.d_hidden))}]")
+    t.add_argument("--g-hidden", type=_sizes, help="hidden sizes of G: mlp layer widths [512], or dcgan channels "
+                                                   "from the smallest feature map up, one per upsampling layer "
+                                                   "[by image size: 128,64 for 8x8 and 28x28, 512,256,128,64 for 64x64]")
+    t.add_argument("--d-hidden", type=_sizes, help="hidden sizes of D: mlp layer widths [512], or dcgan channels, "
+                                                   "one per strided convolution [by image size: 64,128 for 28x28]")
     t.add_argument("--alpha", type=float, help=f"leaky ReLU slope [{d.alpha}]")
-    t.add_argument("--init", help=f"weight initialiser: xavier, he or normal [{d.init}]")
+    t.add_argument("--init", help="weight initialiser: xavier, he or normal (N(0, 0.02)) [xavier for mlp, normal "
+                                  "for dcgan]")
     t.add_argument("--optimizer", help=f"adam or sgd [{d.optimizer}]")
     t.add_argument("--lr", type=float, help="learning rate of both G and D")
     t.add_argument("--lr-g", type=float, help=f"generator learning rate [{d.lr_g}]")
@@ -79,6 +88,15 @@ def _parser():
     s.add_argument("--npz", help="also save the raw samples (n, D) to this .npz as `samples`")
     s.add_argument("--seed", type=int, default=0, help="noise seed [0]")
     s.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+
+    i = sub.add_parser("interpolate", help="decode latent paths into an image grid (one path per row)")
+    i.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
+    i.add_argument("--rows", type=int, default=8, help="paths, one per row [8]")
+    i.add_argument("--steps", type=int, default=10, help="points per path, both ends included [10]")
+    i.add_argument("--method", default="linear", help="linear (straight line) or slerp (great circle) [linear]")
+    i.add_argument("--out", default="interpolation.png", help="PNG to write [interpolation.png]")
+    i.add_argument("--seed", type=int, default=0, help="seed of the path ends [0]")
+    i.add_argument("--backend", default="auto", help="backend to run G on [auto]")
 
     sub.add_parser("info", help="version and which backends are available here")
     return p
@@ -134,6 +152,14 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_interpolate(args):
+    path = resolve_checkpoint(args.checkpoint)
+    samples, info = interpolate_from_checkpoint(path, args.rows, args.steps, args.method, args.seed, args.backend)
+    save_image_grid(samples, tuple(info["image_shape"]), args.out, cols=args.steps)
+    print(f"wrote {args.rows} {args.method} paths of {args.steps} steps from {path} to {args.out}")
+    return 0
+
+
 def cmd_info(args):
     print(f"gan-engine {__version__} (Python {platform.python_version()}, NumPy {np.__version__})")
     print("backends (auto picks the first available):")
@@ -144,7 +170,7 @@ def cmd_info(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "sample": cmd_sample, "info": cmd_info}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "info": cmd_info}[args.command]
     try:
         return command(args)
     except GanEngineError as exc:

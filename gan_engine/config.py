@@ -1,6 +1,6 @@
 """TrainConfig: every option of a training run, validated, and stored in config.json and every checkpoint."""
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .backends.numpy_ref import PRIORS
 from .data import DATASETS
@@ -17,7 +17,11 @@ RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoin
 
 @dataclass
 class TrainConfig:
-    """Options of a run. The defaults train the MLP GAN on the embedded digits in under a minute on 2 cores."""
+    """Options of a run. The defaults train the MLP GAN on the embedded digits in under a minute on 2 cores.
+
+    Options left at None take the model's default: hidden sizes (512 for mlp, by image size for dcgan) and the
+    initialiser (xavier for mlp, the DCGAN N(0, 0.02) for dcgan).
+    """
     dataset: str = "digits"
     data: str | None = None
     model: str = "mlp"
@@ -30,10 +34,12 @@ class TrainConfig:
     loss: str = "non-saturating"
     prior: str = "normal"
     z_dim: int = 64
-    g_hidden: tuple = field(default=(512,))
-    d_hidden: tuple = field(default=(512,))
+    g_hidden: tuple | None = None  # None: 512 for mlp; by image size for dcgan (models.dcgan_channels)
+    d_hidden: tuple | None = None
     alpha: float = 0.2
-    init: str = "xavier"
+    init: str | None = None        # None: xavier for mlp, normal (N(0, 0.02)) for dcgan
+    image_size: int | None = None  # folder dataset: side of the square images [64]
+    channels: int | None = None    # folder dataset: 1 (grayscale) or 3 (RGB) [auto]
     optimizer: str = "adam"
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -46,7 +52,11 @@ class TrainConfig:
     checkpoint_every: int = 2000
 
     def __post_init__(self):
-        self.g_hidden, self.d_hidden = tuple(self.g_hidden), tuple(self.d_hidden)
+        for name in ("g_hidden", "d_hidden"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
+        if self.init is None:
+            self.init = "normal" if self.model == "dcgan" else "xavier"
         self.validate()
 
     def validate(self):
@@ -60,8 +70,16 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GanEngineError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("g_hidden", "d_hidden"):
-            if not all(isinstance(h, int) and h >= 1 for h in getattr(self, name)):
-                raise GanEngineError(f"{name.replace('_', '-')} must be positive integers, got {getattr(self, name)}")
+            sizes = getattr(self, name)
+            if sizes is not None and not (sizes and all(isinstance(h, int) and h >= 1 for h in sizes)):
+                raise GanEngineError(f"{name.replace('_', '-')} must be positive integers, got {sizes}")
+        if self.dataset != "folder" and (self.image_size is not None or self.channels is not None):
+            raise GanEngineError("--image-size and --channels apply to --dataset folder only")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 4):
+            raise GanEngineError(f"image-size must be an integer >= 4, got {self.image_size!r}")
+        if self.channels not in (None, 1, 3):
+            raise GanEngineError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         for name in ("lr_g", "lr_d"):
             if not getattr(self, name) > 0:
                 raise GanEngineError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -71,7 +89,8 @@ class TrainConfig:
 
     def to_dict(self):
         d = dataclasses.asdict(self)
-        d["g_hidden"], d["d_hidden"] = list(self.g_hidden), list(self.d_hidden)
+        for name in ("g_hidden", "d_hidden"):
+            d[name] = list(d[name]) if d[name] is not None else None
         return d
 
     @classmethod

@@ -6,19 +6,24 @@
 - "mnist", "fashion-mnist": 28x28 images from local files (`path`): a folder holding
   train-images-idx3-ubyte[.gz] (and train-labels-idx1-ubyte[.gz] if present), one IDX image file (raw or .gz),
   or an .npz with `x_train` (and `y_train`).
+- "folder": your own pictures (PNG, JPEG, ...) under the folder `path`, centre-cropped and resized to
+  image_size x image_size, grayscale or RGB (see image_folder.read_image_folder).
 """
 import gzip
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import GanEngineError, check_choice
+from .image_folder import read_image_folder
 
-DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist")
-FILE_DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist", "folder")
+FILE_DATASETS = ("mnist", "fashion-mnist", "folder")
 MIXTURE_POINTS = 100_000
+FOLDER_IMAGE_SIZE = 64
 
 
 @dataclass
@@ -41,9 +46,19 @@ class Dataset:
         return self.x.shape[1]
 
 
-def load_dataset(name="digits", path=None):
-    """Load a dataset by name (see the module doc); `path` is required for the file datasets."""
+def load_dataset(name="digits", path=None, image_size=None, channels=None):
+    """Load a dataset by name (see the module doc); `path` is required for the file datasets.
+
+    `image_size` (default 64) and `channels` (1, 3 or None for auto) apply to "folder" only. Unreadable files in
+    a folder are skipped with a warning that counts them.
+    """
     check_choice("dataset", name, DATASETS)
+    if name != "folder" and (image_size is not None or channels is not None):
+        raise GanEngineError("image_size and channels apply to the folder dataset only")
+    if name == "folder":
+        if not path:
+            raise GanEngineError("dataset 'folder' reads your images: pass --data DIR, a folder of PNG or JPEG files")
+        return load_image_folder(path, image_size or FOLDER_IMAGE_SIZE, channels)
     if name in FILE_DATASETS:
         if not path:
             raise GanEngineError(f"dataset {name!r} is read from local files: pass --data PATH (a folder with "
@@ -85,6 +100,17 @@ def gaussian_mixture(name, modes, sigma, n=MIXTURE_POINTS, seed=0):
     labels = rng.integers(0, len(modes), size=n)
     x = (modes[labels] + sigma * rng.standard_normal((n, 2))).astype(np.float32)
     return Dataset(name, x, None, labels.astype(np.int64), "identity", modes.astype(np.float32), sigma)
+
+
+def load_image_folder(path, size=FOLDER_IMAGE_SIZE, channels=None):
+    """A folder of images -> Dataset (N, C*size*size) in [-1, 1], warning once about unreadable files."""
+    images, skipped = read_image_folder(path, size, channels)  # (N, C, size, size) uint8
+    if skipped:
+        name, reason = skipped[0]
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {path} (first: {name}: {reason}); "
+                      f"training on the other {len(images)}", stacklevel=3)
+    n = images.shape[0]
+    return Dataset("folder", scale_images(images).reshape(n, -1), images.shape[1:], None)
 
 
 def _image_dataset(name, images, labels):

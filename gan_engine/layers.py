@@ -1,5 +1,7 @@
 """Layers with hand-written backprop, and Sequential, which owns every parameter in one flat buffer.
 
+Dense, Conv2d, ConvTranspose2d, BatchNorm (1D and 2D), Activation (ReLU, LeakyReLU), Reshape and Flatten.
+
 A layer's `forward(x)` caches what its backward needs and returns its output buffer; `backward(dy)` returns
 d loss / d x and accumulates (+=) its parameter gradients. Layers call backend ops only, never NumPy maths, so
 the same layer runs on every backend. Outputs live in buffers allocated once per batch shape and reused: an
@@ -10,7 +12,7 @@ import math
 import numpy as np
 
 from .backends import get_backend
-from .backends.numpy_ref import ACTIVATIONS
+from .backends.numpy_ref import ACTIVATIONS, conv2d_output_size, conv_transpose2d_output_size
 from .errors import GanEngineError, check_choice
 
 INITS = ("xavier", "he", "normal")
@@ -33,21 +35,38 @@ def init_weight(rng, shape, fan_in, fan_out, init, alpha=0.0):
 
 
 class Layer:
-    """Base class: parameters are declared by `param_shapes` and bound to views of the model's flat buffers."""
+    """Base class. A layer declares its parameters (`param_shapes`, learned) and running statistics
+    (`stat_shapes`, updated by forward, saved in checkpoints, never touched by an optimizer); Sequential binds
+    both to views of its flat buffers and walks the per-sample shapes through `output_shape` once, when the
+    model is built, so a mismatch is reported before any data flows.
+    """
 
     label = "layer"
 
     def param_shapes(self):
-        """name -> shape of each parameter (none by default)."""
+        """name -> shape of each learned parameter (none by default)."""
         return {}
 
-    def bind(self, backend, dtype, params, grads, label):
-        """Attach the backend and this layer's parameter and gradient views (dicts name -> array)."""
-        self.backend, self.dtype, self.params, self.grads, self.label = backend, dtype, params, grads, label
+    def stat_shapes(self):
+        """name -> shape of each running statistic (none by default)."""
+        return {}
+
+    def output_shape(self, in_shape):
+        """Per-sample output shape for a per-sample input shape (without N); raises GanEngineError on a mismatch."""
+        return in_shape
+
+    def bind(self, backend, dtype, params, grads, stats, label):
+        """Attach the backend and this layer's parameter, gradient and statistic views (dicts name -> array)."""
+        self.backend, self.dtype, self.label = backend, dtype, label
+        self.params, self.grads, self.stats = params, grads, stats
         self._buffers = {}
 
     def init_params(self, rng):
         """name -> host array of initial values (none by default)."""
+        return {}
+
+    def init_stats(self):
+        """name -> host array of the initial running statistics (none by default)."""
         return {}
 
     def _buffer(self, key, shape, dtype=None):
@@ -58,25 +77,44 @@ class Layer:
             self._buffers[(key, shape)] = buf
         return buf
 
+    def _error(self, message):
+        return GanEngineError(f"{self.label} ({self!r}): {message}")
+
+
+def _check_activation(activation, alpha):
+    check_choice("activation", activation, ACTIVATIONS)
+    if not 0.0 <= alpha < 1.0:
+        raise GanEngineError(f"leaky ReLU alpha must be in [0, 1), got {alpha}")
+    return activation, float(alpha)
+
+
+def _check_positive(what, **sizes):
+    bad = {k: v for k, v in sizes.items() if int(v) != v or v < 1}
+    if bad:
+        raise GanEngineError(f"{what} needs positive integer sizes, got {bad}")
+
 
 class Dense(Layer):
     """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features)."""
 
     def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier"):
-        check_choice("activation", activation, ACTIVATIONS)
+        self.activation, self.alpha = _check_activation(activation, alpha)
         check_choice("initialiser", init, INITS)
         if in_features < 1 or out_features < 1:
             raise GanEngineError(f"Dense needs positive sizes, got {in_features} -> {out_features}")
-        if not 0.0 <= alpha < 1.0:
-            raise GanEngineError(f"leaky ReLU alpha must be in [0, 1), got {alpha}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.activation, self.alpha, self.init = activation, float(alpha), init
+        self.init = init
 
     def __repr__(self):
         return f"Dense({self.in_features}, {self.out_features}, {self.activation})"
 
     def param_shapes(self):
         return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
+
+    def output_shape(self, in_shape):
+        if in_shape != (self.in_features,):
+            raise self._error(f"expects input of shape (N, {self.in_features}), got (N, {', '.join(map(str, in_shape))})")
+        return (self.out_features,)
 
     def init_params(self, rng):
         W = init_weight(rng, (self.in_features, self.out_features), self.in_features, self.out_features,
@@ -85,9 +123,6 @@ class Dense(Layer):
 
     def forward(self, x, train=True):
         """x (N, in_features) -> y (N, out_features); caches x and y for backward."""
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise GanEngineError(f"{self.label} ({self!r}) expects input of shape (N, {self.in_features}), "
-                                 f"got {tuple(x.shape)}")
         y = self._buffer("y", (x.shape[0], self.out_features))
         self._x = x
         self._y = self.backend.dense_forward(x, self.params["W"], self.params["b"], self.activation, self.alpha, out=y)
@@ -102,14 +137,272 @@ class Dense(Layer):
                                            dW=dW, db=db, dx=dx)
 
 
-class Sequential:
-    """A chain of layers whose parameters and gradients are views into two flat buffers (P,).
+class _Convolution(Layer):
+    """What Conv2d and ConvTranspose2d share: square kernels, stride, padding, optional bias, fused activation."""
 
-    The flat buffers let an optimizer update a whole model in one call and a checkpoint save it in one array.
-    Parameters are named "<layer index>.<name>", e.g. "0.W", "0.b", "1.W".
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, output_padding, bias, activation,
+                 alpha, init):
+        _check_positive(type(self).__name__, in_channels=in_channels, out_channels=out_channels,
+                        kernel_size=kernel_size, stride=stride)
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size, self.stride, self.padding = int(kernel_size), int(stride), int(padding)
+        self.output_padding = int(output_padding)
+        self.bias = bool(bias)
+        self.activation, self.alpha = _check_activation(activation, alpha)
+        check_choice("initialiser", init, INITS)
+        self.init = init
+        if self.padding < 0 or self.output_padding < 0:
+            raise GanEngineError(f"{self!r}: padding and output_padding must be >= 0")
+
+    def __repr__(self):
+        extra = f", output_padding={self.output_padding}" if self.output_padding else ""
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}{extra}, {self.activation})")
+
+    def param_shapes(self):
+        shapes = {"W": self.weight_shape}
+        if self.bias:
+            shapes["b"] = (self.out_channels,)
+        return shapes
+
+    def init_params(self, rng):
+        k2 = self.kernel_size ** 2
+        W = init_weight(rng, self.weight_shape, self.in_channels * k2, self.out_channels * k2, self.init,
+                        self.alpha if self.activation == "leaky_relu" else 0.0)
+        return {"W": W, "b": np.zeros(self.out_channels)} if self.bias else {"W": W}
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3 or in_shape[0] != self.in_channels:
+            raise self._error(f"expects input of shape (N, {self.in_channels}, H, W), got "
+                              f"(N, {', '.join(map(str, in_shape))})")
+        out = tuple(self.output_side(side, in_shape) for side in in_shape[1:])
+        return (self.out_channels,) + out
+
+    def forward(self, x, train=True):
+        """x (N, C_in, H, W) -> y (N, C_out, OH, OW); caches x and y for backward."""
+        y = self._buffer("y", (x.shape[0],) + self.output_shape(tuple(x.shape[1:])))
+        self._x = x
+        self._y = self._forward_op(x, self.params["W"], self.params.get("b"), out=y)
+        return self._y
+
+    def backward(self, dy, need_dx=True, param_grads=True):
+        """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W) (None when not needed); dW, db accumulate."""
+        x = self._x
+        dx = self._buffer("dx", x.shape) if need_dx else None
+        dW, db = (self.grads["W"], self.grads.get("b")) if param_grads else (None, None)
+        return self._backward_op(x, self.params["W"], self._y, dy, dW=dW, db=db, dx=dx)
+
+
+class Conv2d(_Convolution):
+    """y = act(conv2d(x, W) + b): x (N, C_in, H, W) -> y (N, C_out, OH, OW), W (C_out, C_in, k, k),
+    OH = (H + 2 padding - k) // stride + 1. The DCGAN discriminator's strided convolution."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=True,
+                 activation="identity", alpha=0.2, init="normal"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 0, bias, activation, alpha, init)
+        self.weight_shape = (self.out_channels, self.in_channels, self.kernel_size, self.kernel_size)
+
+    def output_side(self, side, in_shape):
+        k, p = self.kernel_size, self.padding
+        if side + 2 * p < k:
+            raise self._error(f"kernel {k}x{k} is larger than the padded input {in_shape[1] + 2 * p}x"
+                              f"{in_shape[2] + 2 * p} (input (N, {', '.join(map(str, in_shape))}), padding {p})")
+        return conv2d_output_size(side, k, self.stride, p)
+
+    def _forward_op(self, x, W, b, out):
+        return self.backend.conv2d_forward(x, W, b, (self.stride,) * 2, (self.padding,) * 2, self.activation,
+                                           self.alpha, out=out)
+
+    def _backward_op(self, x, W, y, dy, dW, db, dx):
+        return self.backend.conv2d_backward(x, W, y, dy, (self.stride,) * 2, (self.padding,) * 2, self.activation,
+                                            self.alpha, dW=dW, db=db, dx=dx)
+
+
+class ConvTranspose2d(_Convolution):
+    """y = act(conv_transpose2d(x, W) + b): x (N, C_in, H, W) -> y (N, C_out, OH, OW), W (C_in, C_out, k, k),
+    OH = (H - 1) stride - 2 padding + k + output_padding. The DCGAN generator's upsampling layer; kernel 4,
+    stride 2, padding 1 doubles the side."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, output_padding=0, bias=True,
+                 activation="identity", alpha=0.2, init="normal"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, bias, activation,
+                         alpha, init)
+        if self.output_padding >= self.stride:
+            raise GanEngineError(f"{self!r}: output_padding ({self.output_padding}) must be smaller than stride "
+                                 f"({self.stride})")
+        self.weight_shape = (self.in_channels, self.out_channels, self.kernel_size, self.kernel_size)
+
+    def output_side(self, side, in_shape):
+        out = conv_transpose2d_output_size(side, self.kernel_size, self.stride, self.padding, self.output_padding)
+        if out < 1:
+            raise self._error(f"padding {self.padding} leaves no output for input (N, {', '.join(map(str, in_shape))})")
+        return out
+
+    def _forward_op(self, x, W, b, out):
+        return self.backend.conv_transpose2d_forward(x, W, b, (self.stride,) * 2, (self.padding,) * 2,
+                                                     (self.output_padding,) * 2, self.activation, self.alpha, out=out)
+
+    def _backward_op(self, x, W, y, dy, dW, db, dx):
+        return self.backend.conv_transpose2d_backward(x, W, y, dy, (self.stride,) * 2, (self.padding,) * 2,
+                                                      self.activation, self.alpha, dW=dW, db=db, dx=dx)
+
+
+class BatchNorm(Layer):
+    """Batch norm over the batch, per feature of (N, C) input (1D) or per channel of (N, C, H, W) input (2D),
+    with learned scale gamma and shift beta, running statistics, and a fused activation.
+
+    train=True normalises by the batch's statistics and moves the running ones by `momentum`; train=False
+    normalises by the running statistics (generation, evaluation). gamma starts at 1 (N(1, 0.02) with the
+    DCGAN "normal" initialiser) and beta at 0.
     """
 
-    def __init__(self, layers, backend="auto", dtype=np.float32, seed=0):
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
+        _check_positive("BatchNorm", num_features=num_features)
+        self.num_features = int(num_features)
+        if not 0.0 <= momentum <= 1.0 or not eps > 0:
+            raise GanEngineError(f"BatchNorm needs momentum in [0, 1] and eps > 0, got {momentum}, {eps}")
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.activation, self.alpha = _check_activation(activation, alpha)
+        check_choice("initialiser", init, INITS)
+        self.init = init
+
+    def __repr__(self):
+        return f"BatchNorm({self.num_features}, {self.activation})"
+
+    def param_shapes(self):
+        return {"gamma": (self.num_features,), "beta": (self.num_features,)}
+
+    def stat_shapes(self):
+        return {"running_mean": (self.num_features,), "running_var": (self.num_features,)}
+
+    def init_params(self, rng):
+        c = self.num_features
+        gamma = rng.normal(1.0, 0.02, size=c) if self.init == "normal" else np.ones(c)
+        return {"gamma": gamma, "beta": np.zeros(c)}
+
+    def init_stats(self):
+        return {"running_mean": np.zeros(self.num_features), "running_var": np.ones(self.num_features)}
+
+    def output_shape(self, in_shape):
+        if len(in_shape) not in (1, 3) or in_shape[0] != self.num_features:
+            raise self._error(f"expects input of shape (N, {self.num_features}) or (N, {self.num_features}, H, W), "
+                              f"got (N, {', '.join(map(str, in_shape))})")
+        return in_shape
+
+    def forward(self, x, train=True):
+        """x (N, C) or (N, C, H, W) -> y (same shape); caches x, y, the mode and the statistics for backward."""
+        if train and x.size == x.shape[1]:
+            raise self._error(f"train mode needs more than one value per channel to normalise, got input "
+                              f"{tuple(x.shape)}; use a batch size above 1")
+        c = self.num_features
+        y = self._buffer("y", tuple(x.shape))
+        self._mean, self._invstd = self._buffer("mean", (c,)), self._buffer("invstd", (c,))
+        self._x, self._train = x, train
+        self._y = self.backend.batchnorm_forward(x, self.params["gamma"], self.params["beta"],
+                                                 self.stats["running_mean"], self.stats["running_var"],
+                                                 self._mean, self._invstd, train, self.momentum, self.eps,
+                                                 self.activation, self.alpha, out=y)
+        return self._y
+
+    def backward(self, dy, need_dx=True, param_grads=True):
+        """dy -> dx (through the batch statistics in train mode); dgamma, dbeta accumulate."""
+        x = self._x
+        dx = self._buffer("dx", tuple(x.shape)) if need_dx else None
+        dgamma, dbeta = (self.grads["gamma"], self.grads["beta"]) if param_grads else (None, None)
+        return self.backend.batchnorm_backward(x, self.params["gamma"], self._y, dy, self._mean, self._invstd,
+                                               self._train, self.activation, self.alpha, dgamma=dgamma,
+                                               dbeta=dbeta, dx=dx)
+
+
+class Activation(Layer):
+    """y = act(x) elementwise, any shape: for an activation that no layer before it fuses."""
+
+    def __init__(self, activation, alpha=0.2):
+        self.activation, self.alpha = _check_activation(activation, alpha)
+
+    def __repr__(self):
+        return f"Activation({self.activation})"
+
+    def forward(self, x, train=True):
+        self._y = self.backend.activation_forward(x, self.activation, self.alpha,
+                                                  out=self._buffer("y", tuple(x.shape)))
+        return self._y
+
+    def backward(self, dy, need_dx=True, param_grads=True):
+        if not need_dx:
+            return None
+        return self.backend.activation_backward(self._y, dy, self.activation, self.alpha,
+                                                dx=self._buffer("dx", tuple(dy.shape)))
+
+
+class ReLU(Activation):
+    """y = max(x, 0)."""
+
+    def __init__(self):
+        super().__init__("relu")
+
+
+class LeakyReLU(Activation):
+    """y = x for x > 0, alpha x otherwise."""
+
+    def __init__(self, alpha=0.2):
+        super().__init__("leaky_relu", alpha)
+
+
+class Reshape(Layer):
+    """x (N, prod(shape)) -> a view (N, *shape), e.g. a flat image to (N, C, H, W). No copy, no parameters."""
+
+    def __init__(self, shape):
+        self.shape = tuple(int(s) for s in shape)
+        _check_positive("Reshape", **{f"dim{i}": s for i, s in enumerate(self.shape)})
+        self.in_features = self.out_features = math.prod(self.shape)
+
+    def __repr__(self):
+        return f"Reshape({self.shape})"
+
+    def output_shape(self, in_shape):
+        if math.prod(in_shape) != self.in_features:
+            raise self._error(f"cannot reshape (N, {', '.join(map(str, in_shape))}) to (N, "
+                              f"{', '.join(map(str, self.shape))}): {math.prod(in_shape)} != {self.in_features} values")
+        return self.shape
+
+    def forward(self, x, train=True):
+        self._in_shape = tuple(x.shape)
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def backward(self, dy, need_dx=True, param_grads=True):
+        return dy.reshape(self._in_shape) if need_dx else None
+
+
+class Flatten(Reshape):
+    """x (N, ...) -> a view (N, features): the image to vector step before a Dense layer or at G's output."""
+
+    def __init__(self):
+        self.shape = None
+
+    def __repr__(self):
+        return "Flatten()"
+
+    def output_shape(self, in_shape):
+        return (math.prod(in_shape),)
+
+    def forward(self, x, train=True):
+        self._in_shape = tuple(x.shape)
+        return x.reshape(x.shape[0], -1)
+
+
+class Sequential:
+    """A chain of layers whose parameters, gradients and running statistics are views into flat buffers.
+
+    The flat buffers let an optimizer update a whole model in one call and a checkpoint save it in one array.
+    Parameters are named "<layer index>.<name>", e.g. "0.W", "0.b", "1.gamma"; running statistics likewise
+    ("1.running_mean"). `in_shape` is the per-sample input shape; it defaults to (in_features,) of the first
+    layer (Dense or Reshape). Shapes are checked through every layer when the model is built.
+    The model's interface is flat: forward takes (N, in_features) and returns (N, out_features) when its
+    layers begin with a Reshape and end with a Flatten, as the DCGAN models do.
+    """
+
+    def __init__(self, layers, backend="auto", dtype=np.float32, seed=0, in_shape=None):
         self.layers = list(layers)
         if not self.layers:
             raise GanEngineError("Sequential needs at least one layer")
@@ -117,23 +410,40 @@ class Sequential:
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise GanEngineError(f"dtype must be float32 or float64, got {self.dtype}")
-        shapes = [(i, k, tuple(s)) for i, layer in enumerate(self.layers) for k, s in layer.param_shapes().items()]
-        total = sum(math.prod(s) for _, _, s in shapes)
-        xp = self.backend.xp
-        self.flat_params = xp.zeros(total, dtype=self.dtype)  # (P,)
-        self.flat_grads = xp.zeros(total, dtype=self.dtype)   # (P,)
-        self._params, self._grads = {}, {}
-        offset = 0
+        self.flat_params, params = self._flat("param_shapes")  # (P,), one name -> view dict per layer
+        self.flat_grads, grads = self._flat("param_shapes")    # (P,)
+        self.flat_stats, stats = self._flat("stat_shapes")     # (S,)
         for i, layer in enumerate(self.layers):
-            p, g = {}, {}
-            for k, s in layer.param_shapes().items():
-                size = math.prod(s)
-                p[k] = self.flat_params[offset:offset + size].reshape(s)
-                g[k] = self.flat_grads[offset:offset + size].reshape(s)
-                self._params[f"{i}.{k}"], self._grads[f"{i}.{k}"] = p[k], g[k]
-                offset += size
-            layer.bind(self.backend, self.dtype, p, g, f"layer {i}")
+            layer.bind(self.backend, self.dtype, params[i], grads[i], stats[i], f"layer {i}")
+        self._params, self._grads, self._stats = (
+            {f"{i}.{k}": v for i, views in enumerate(per_layer) for k, v in views.items()}
+            for per_layer in (params, grads, stats))
+        if in_shape is None:
+            first = self.layers[0]
+            if not hasattr(first, "in_features"):
+                raise GanEngineError(f"pass in_shape: the first layer {first!r} does not fix the input shape")
+            in_shape = (first.in_features,)
+        self.shapes = [tuple(int(s) for s in in_shape)]  # per-sample shape before each layer, and the output's
+        for layer in self.layers:
+            self.shapes.append(tuple(layer.output_shape(self.shapes[-1])))
+        self.in_shape, self.out_shape = self.shapes[0], self.shapes[-1]
+        # backward needs no input gradient below the first layer with parameters (a leading Reshape, say)
+        self._first_trainable = next((i for i, layer in enumerate(self.layers) if layer.param_shapes()), 0)
         self.reset_parameters(seed)
+
+    def _flat(self, shapes_method):
+        """A zeroed flat buffer holding the arrays every layer declares in `shapes_method`, and per layer a dict
+        name -> view of it."""
+        shapes = [getattr(layer, shapes_method)() for layer in self.layers]
+        flat = self.backend.xp.zeros(sum(math.prod(s) for d in shapes for s in d.values()), dtype=self.dtype)
+        views, offset = [], 0
+        for layer_shapes in shapes:
+            views.append({})
+            for name, s in layer_shapes.items():
+                size = math.prod(s)
+                views[-1][name] = flat[offset:offset + size].reshape(s)
+                offset += size
+        return flat, views
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
@@ -141,18 +451,21 @@ class Sequential:
 
     @property
     def in_features(self):
-        return self.layers[0].in_features
+        return math.prod(self.in_shape)
 
     @property
     def out_features(self):
-        return self.layers[-1].out_features
+        return math.prod(self.out_shape)
 
     def reset_parameters(self, seed=0):
-        """Draw every parameter again from its initialiser with a host NumPy generator seeded by `seed`."""
+        """Draw every parameter again from its initialiser with a host NumPy generator seeded by `seed`, and reset
+        the running statistics."""
         rng = np.random.default_rng(seed)
         for i, layer in enumerate(self.layers):
             for k, value in layer.init_params(rng).items():
                 self._params[f"{i}.{k}"][...] = self.backend.asarray(value, self.dtype)
+            for k, value in layer.init_stats().items():
+                self._stats[f"{i}.{k}"][...] = self.backend.asarray(value, self.dtype)
 
     def parameters(self):
         """name -> parameter array (a view into `flat_params`; writing to it changes the model)."""
@@ -162,37 +475,49 @@ class Sequential:
         """name -> gradient array (a view into `flat_grads`)."""
         return dict(self._grads)
 
+    def statistics(self):
+        """name -> running statistic array (a view into `flat_stats`), e.g. "1.running_mean"."""
+        return dict(self._stats)
+
     def zero_grad(self):
         """Set every parameter gradient to zero (they accumulate across backward calls until then)."""
         self.flat_grads.fill(0)
 
     def forward(self, x, train=True):
-        """x (N, in_features) backend array -> output (N, out_features), a buffer reused by the next forward."""
+        """x (N, *in_shape) backend array -> output (N, *out_shape), a buffer reused by the next forward.
+
+        train=False runs batch norm on its running statistics (each sample independent of the batch) and leaves
+        them alone; train=True normalises by the batch and updates them.
+        """
         if getattr(x, "dtype", None) != self.dtype:
             raise GanEngineError(f"model expects {self.dtype.name} input, got {getattr(x, 'dtype', type(x).__name__)}")
+        if tuple(x.shape[1:]) != self.in_shape or x.shape[0] < 1:
+            first = self.layers[0]
+            raise GanEngineError(f"{first.label} ({first!r}) expects input of shape "
+                                 f"(N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}")
         for layer in self.layers:
             x = layer.forward(x, train)
         return x
 
     def backward(self, dy, need_dx=False, param_grads=True):
-        """dy (N, out_features) -> d loss / d input (or None); parameter gradients accumulate if param_grads."""
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            dy = self.layers[i].backward(dy, need_dx=need_dx or i > 0, param_grads=param_grads)
+        """dy (N, *out_shape) -> d loss / d input (or None); parameter gradients accumulate if param_grads."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy, need_dx=need_dx or i > self._first_trainable, param_grads=param_grads)
         return dy
 
     def state_dict(self):
-        """name -> host NumPy copy of every parameter."""
-        return {k: np.array(self.backend.to_numpy(v)) for k, v in self._params.items()}
+        """name -> host NumPy copy of every parameter and running statistic."""
+        return {k: np.array(self.backend.to_numpy(v)) for k, v in {**self._params, **self._stats}.items()}
 
     def load_state_dict(self, state):
-        """Copy parameters from a name -> array mapping; names and shapes must match exactly."""
-        missing = sorted(set(self._params) - set(state))
-        extra = sorted(set(state) - set(self._params))
+        """Copy parameters and running statistics from a name -> array mapping; names and shapes must match."""
+        own = {**self._params, **self._stats}
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
         if missing or extra:
             raise GanEngineError(f"parameters do not match the model: missing {missing}, unexpected {extra}")
         for k, v in state.items():
-            if tuple(v.shape) != tuple(self._params[k].shape):
+            if tuple(v.shape) != tuple(own[k].shape):
                 raise GanEngineError(f"parameter {k!r} has shape {tuple(v.shape)}, the model expects "
-                                     f"{tuple(self._params[k].shape)}")
-            self._params[k][...] = self.backend.asarray(v, self.dtype)
+                                     f"{tuple(own[k].shape)}")
+            own[k][...] = self.backend.asarray(v, self.dtype)

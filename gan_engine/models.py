@@ -1,11 +1,17 @@
-"""The seeds' MLP GAN: a generator of leaky-ReLU Dense layers with a tanh output, and a discriminator that
-returns logits (the sigmoid lives in the loss)."""
+"""The models: the seeds' MLP GAN, and DCGAN (Radford et al. 2016) sized by the image shape.
+
+Both discriminators return logits (the sigmoid lives in the loss). Every model has a flat interface: G maps
+noise (N, z_dim) to samples (N, D) and D maps samples (N, D) to logits (N, 1), with D = C*H*W for images.
+"""
 import numpy as np
 
+from .backends.numpy_ref import conv2d_output_size
 from .errors import GanEngineError, check_choice
-from .layers import Dense, Sequential
+from .layers import BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Sequential
 
-MODELS = ("mlp",)
+MODELS = ("mlp", "dcgan")
+MLP_HIDDEN = (512,)
+DCGAN_WIDTH = 64  # channels of G's last and D's first hidden layer; the others double towards the middle
 
 
 def _check_hidden(hidden):
@@ -35,19 +41,103 @@ def mlp_discriminator(in_dim=784, hidden=(128,), alpha=0.2, init="xavier", backe
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
 
 
-def build_generator(config, dim, output="tanh"):
-    """G for a TrainConfig, a data dimension and an output activation; seeded by config.seed."""
-    _check_model(config.model)
-    return mlp_generator(config.z_dim, config.g_hidden, dim, config.alpha, config.init, config.backend,
-                         np.dtype(config.dtype), seed=config.seed, output=output)
+def dcgan_depth(side):
+    """How many stride-2 layers a DCGAN gets for square images of this side: as many as keep the smallest
+    feature map at 4 pixels or more (2 for images under 16 pixels), at most 4 (28 -> 2, 32 -> 3, 64 -> 4, 8 -> 2)."""
+    smallest = 2 if side < 16 else 4
+    depth = 0
+    while depth < 4 and side % 2 ** (depth + 1) == 0 and side // 2 ** (depth + 1) >= smallest:
+        depth += 1
+    return depth
 
 
-def build_discriminator(config, dim):
-    """D for a TrainConfig and a data dimension; seeded by config.seed + 1."""
-    _check_model(config.model)
-    return mlp_discriminator(dim, config.d_hidden, config.alpha, config.init, config.backend,
-                             np.dtype(config.dtype), seed=config.seed + 1)
+def dcgan_channels(image_shape, width=DCGAN_WIDTH):
+    """Default (G channels, D channels) for an image shape: G halves from width * 2^(n-1) down to width, D doubles
+    from width up; n = dcgan_depth. 28x28: (128, 64) and (64, 128); 64x64: (512, 256, 128, 64) and the reverse."""
+    depth = dcgan_depth(_check_image_shape(image_shape)[1])
+    if depth == 0:
+        raise GanEngineError(f"dcgan needs image sides divisible by 2 (at least 4 pixels), got "
+                             f"{image_shape[1]}x{image_shape[2]}")
+    g = tuple(width * 2 ** (depth - 1 - i) for i in range(depth))
+    return g, g[::-1]
 
 
-def _check_model(name):
-    check_choice("model", name, MODELS)
+def _check_image_shape(image_shape):
+    if image_shape is None or len(image_shape) != 3:
+        raise GanEngineError("dcgan needs image data (C, H, W); for 2-D points use --model mlp")
+    c, h, w = (int(s) for s in image_shape)
+    if h != w:
+        raise GanEngineError(f"dcgan needs square images, got {h}x{w}")
+    return c, h, w
+
+
+def dcgan_generator(z_dim=100, image_shape=(1, 28, 28), channels=None, init="normal", backend="auto",
+                    dtype=np.float32, seed=0):
+    """DCGAN G: z (N, z_dim) -> Dense -> (c0, s, s) -> BN + ReLU -> [ConvT(4, 2, 1) + BN + ReLU] ...
+    -> ConvT(4, 2, 1) + tanh -> x (N, C*H*W).
+
+    `channels` (c0, ..., c_{n-1}) gives the n hidden feature maps; every ConvT doubles the side, so the start
+    side is s = H / 2^n. No batch norm on the output; convolutions before batch norm have no bias.
+    Defaults: dcgan_channels(image_shape).
+    """
+    c, h, _ = _check_image_shape(image_shape)
+    channels = _check_hidden(channels or dcgan_channels(image_shape)[0])
+    n = len(channels)
+    if h % 2 ** n:
+        raise GanEngineError(f"a dcgan generator with {n} upsampling layers (channels {','.join(map(str, channels))}) "
+                             f"makes images whose side is a multiple of {2 ** n}, but the data is {h}x{h}; "
+                             f"give {dcgan_depth(h)} channel sizes (the default for this size)")
+    s = h // 2 ** n
+    layers = [Dense(z_dim, channels[0] * s * s, init=init), Reshape((channels[0], s, s)),
+              BatchNorm(channels[0], activation="relu", init=init)]
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False, init=init),
+                   BatchNorm(c_out, activation="relu", init=init)]
+    layers += [ConvTranspose2d(channels[-1], c, 4, 2, 1, activation="tanh", init=init), Flatten()]
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+
+
+def dcgan_discriminator(image_shape=(1, 28, 28), channels=None, alpha=0.2, init="normal", backend="auto",
+                        dtype=np.float32, seed=1):
+    """DCGAN D: x (N, C*H*W) -> (C, H, W) -> Conv(4, 2, 1) + LeakyReLU -> [Conv(4, 2, 1) + BN + LeakyReLU] ...
+    -> Flatten -> Dense -> logits (N, 1).
+
+    `channels` (c0, ..., c_{n-1}): every strided convolution halves the side. No batch norm on the input
+    layer; no pooling. Defaults: dcgan_channels(image_shape).
+    """
+    c, h, w = _check_image_shape(image_shape)
+    channels = _check_hidden(channels or dcgan_channels(image_shape)[1])
+    layers = [Reshape((c, h, w)), Conv2d(c, channels[0], 4, 2, 1, activation="leaky_relu", alpha=alpha, init=init)]
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [Conv2d(c_in, c_out, 4, 2, 1, bias=False, init=init),
+                   BatchNorm(c_out, activation="leaky_relu", alpha=alpha, init=init)]
+    side = h
+    for _ in channels:
+        if side < 2:
+            raise GanEngineError(f"a dcgan discriminator with {len(channels)} stride-2 layers needs images of at least "
+                                 f"{2 ** len(channels)}x{2 ** len(channels)} pixels, got {h}x{w}; give fewer channel sizes")
+        side = conv2d_output_size(side, 4, 2, 1)
+    layers += [Flatten(), Dense(channels[-1] * side * side, 1, init=init)]
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+
+
+def build_generator(config, info):
+    """G for a TrainConfig and the data's info (dim, output, image_shape); seeded by config.seed."""
+    check_choice("model", config.model, MODELS)
+    dtype = np.dtype(config.dtype)
+    if config.model == "dcgan":
+        return dcgan_generator(config.z_dim, info["image_shape"], config.g_hidden, config.init, config.backend,
+                               dtype, seed=config.seed)
+    return mlp_generator(config.z_dim, config.g_hidden or MLP_HIDDEN, info["dim"], config.alpha, config.init,
+                         config.backend, dtype, seed=config.seed, output=info["output"])
+
+
+def build_discriminator(config, info):
+    """D for a TrainConfig and the data's info; seeded by config.seed + 1."""
+    check_choice("model", config.model, MODELS)
+    dtype = np.dtype(config.dtype)
+    if config.model == "dcgan":
+        return dcgan_discriminator(info["image_shape"], config.d_hidden, config.alpha, config.init, config.backend,
+                                   dtype, seed=config.seed + 1)
+    return mlp_discriminator(info["dim"], config.d_hidden or MLP_HIDDEN, config.alpha, config.init, config.backend,
+                             dtype, seed=config.seed + 1)

@@ -12,7 +12,8 @@ import numpy as np
 from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RESUMABLE, TrainConfig
 from .data import load_dataset
-from .errors import GanEngineError
+from .errors import GanEngineError, check_choice
+from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
 from .models import build_discriminator, build_generator
 from .optim import make_optimizer
@@ -27,8 +28,9 @@ CSV_HEADER = ",".join(("step",) + METRICS)
 
 def build_trainer(config, dataset):
     """A Trainer for a TrainConfig on a Dataset (models seeded from config.seed)."""
-    G = build_generator(config, dataset.dim, dataset.output)
-    D = build_discriminator(config, dataset.dim)
+    info = data_info(dataset)
+    G = build_generator(config, info)
+    D = build_discriminator(config, info)
     hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
     return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
                    prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed,
@@ -55,7 +57,7 @@ class Run:
 
     def __init__(self, out, config, state=None, progress=True):
         self.out, self.config, self.progress = out, config, progress
-        self.dataset = load_dataset(config.dataset, config.data)
+        self.dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
         self.trainer = build_trainer(config, self.dataset)
         self.info = data_info(self.dataset)
         self.history = {"step": [], **{k: [] for k in METRICS}}
@@ -174,10 +176,26 @@ class Run:
         return path
 
 
-def generate_from_checkpoint(path, n, seed=0, backend="auto"):
-    """(samples (n, D) host array, data_info) from a checkpoint file, with G rebuilt from its config."""
+def load_generator(path, backend="auto"):
+    """(G with the checkpoint's weights, its TrainConfig, its data_info) from a checkpoint file."""
     state, saved, info = load_checkpoint(path)
     config = TrainConfig.from_dict({**saved, "backend": backend})
-    G = build_generator(config, info["dim"], info["output"])
+    G = build_generator(config, info)
     G.load_state_dict(state["G"])
+    return G, config, info
+
+
+def generate_from_checkpoint(path, n, seed=0, backend="auto"):
+    """(samples (n, D) host array, data_info) from a checkpoint file, with G rebuilt from its config."""
+    G, config, info = load_generator(path, backend)
     return generate(G, sample_noise(n, config.z_dim, config.prior, seed)), info
+
+
+def interpolate_from_checkpoint(path, rows=8, steps=10, method="linear", seed=0, backend="auto"):
+    """(samples (rows * steps, D) host array, data_info): G decodes `rows` latent paths of `steps` points each."""
+    check_choice("interpolation", method, METHODS)
+    G, config, info = load_generator(path, backend)
+    if not info["image_shape"]:
+        raise GanEngineError(f"interpolate draws image grids, but {info['name']} is 2-D points; "
+                             "use `gan-engine sample` for a scatter plot")
+    return generate(G, interpolation_grid(rows, steps, config.z_dim, config.prior, method, seed)), info
