@@ -1,4 +1,4 @@
-"""One full training step (1 D step + 1 G step) of the seeds' MLP GAN, on every available backend.
+"""One full training step (1 D step + 1 G step) of the seeds' MLP GAN and of DCGANs, on every available backend.
 
     pytest benchmarks --benchmark-json benchmarks/results/<machine>.json
     python -m benchmarks.report benchmarks/results/<machine>.json
@@ -11,18 +11,37 @@ import pytest
 
 from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator
 from gan_engine.backends import BACKENDS, backend_status
+from gan_engine.models import dcgan_discriminator, dcgan_generator
 
 from .flops import step_flops
 
-# name -> (batch, z_dim, hidden, data_dim): the seeds' 100-128-784 / 784-128-1 GAN, and a wider one.
-CASES = {"seed-mlp-b64": (64, 100, 128, 784), "mlp-h512-b256": (256, 100, 512, 784)}
+
+def mlp(batch, z_dim, hidden, dim):
+    return batch, dim, lambda backend: (mlp_generator(z_dim, (hidden,), dim, backend=backend, seed=0),
+                                        mlp_discriminator(dim, (hidden,), backend=backend, seed=1))
+
+
+def dcgan(batch, z_dim, image_shape):
+    dim = int(np.prod(image_shape))
+    return batch, dim, lambda backend: (dcgan_generator(z_dim, image_shape, backend=backend, seed=0),
+                                        dcgan_discriminator(image_shape, backend=backend, seed=1))
+
+
+# name -> (batch, data dim, backend -> (G, D)): the seeds' 100-128-784 / 784-128-1 GAN, a wider MLP, and the
+# default DCGANs for 8x8 digits (G 128-64 channels, D 64-128) and 28x28 MNIST (the same channels).
+CASES = {
+    "seed-mlp-b64": mlp(64, 100, 128, 784),
+    "mlp-h512-b256": mlp(256, 100, 512, 784),
+    "dcgan-digits-b64": dcgan(64, 100, (1, 8, 8)),
+    "dcgan-28x28-b64": dcgan(64, 100, (1, 28, 28)),
+}
 AVAILABLE = [name for name, ok, _ in backend_status() if ok and name in BACKENDS]
 
 
-def make_trainer(backend, batch, z_dim, hidden, dim):
+def make_trainer(backend, case):
+    batch, dim, models = CASES[case]
     data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
-    G = mlp_generator(z_dim, (hidden,), dim, backend=backend, seed=0)
-    D = mlp_discriminator(dim, (hidden,), backend=backend, seed=1)
+    G, D = models(backend)
     return Trainer(G, D, data, batch_size=batch, seed=0,
                    opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
 
@@ -30,9 +49,7 @@ def make_trainer(backend, batch, z_dim, hidden, dim):
 @pytest.mark.parametrize("backend", AVAILABLE)
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_step(benchmark, backend, case):
-    batch, z_dim, hidden, dim = CASES[case]
-    trainer = make_trainer(backend, batch, z_dim, hidden, dim)
-    reference = make_trainer("numpy", batch, z_dim, hidden, dim)
+    trainer, reference = make_trainer(backend, case), make_trainer("numpy", case)
     got, want = trainer.read_metrics(trainer.step()), reference.read_metrics(reference.step())
     for k in want:
         assert abs(got[k] - want[k]) <= 1e-4 + 1e-3 * abs(want[k]), (k, got[k], want[k])
@@ -43,7 +60,7 @@ def test_training_step(benchmark, backend, case):
         metrics = trainer.step()
         trainer.read_metrics(metrics)  # reads the losses back, which also synchronises a device
 
-    benchmark.pedantic(step, rounds=20, iterations=5, warmup_rounds=1)
-    flops = step_flops(batch, (z_dim, hidden, dim), (dim, hidden, 1))
+    benchmark.pedantic(step, rounds=20, iterations=5 if "mlp" in case else 1, warmup_rounds=1)
+    flops = step_flops(trainer.G, trainer.D, trainer.batch_size)
     benchmark.extra_info.update(backend=backend, case=case, flops=flops,
                                 gflops_per_s=flops / benchmark.stats.stats.median / 1e9)

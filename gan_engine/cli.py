@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -171,8 +172,14 @@ def cmd_info(args):
 def main(argv=None):
     args = _parser().parse_args(argv)
     command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "info": cmd_info}[args.command]
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # one line, no source
+        print(f"gan-engine {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
     try:
-        return command(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return command(args)
     except GanEngineError as exc:
         print(f"gan-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2

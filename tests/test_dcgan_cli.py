@@ -1,7 +1,6 @@
 """DCGAN from the command line: training on digits and on a folder of images, resume, interpolation grids,
 and the errors of the new options."""
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -47,12 +46,14 @@ def _folder(path, n=6, size=(20, 14), mode="RGB"):
     return path
 
 
-def test_dcgan_trains_on_a_folder_of_images(tmp_path):
+def test_dcgan_trains_on_a_folder_of_images(tmp_path, capsys):
     images = _folder(tmp_path / "imgs")
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file.*broken.jpg.*other 6"):
-        assert train(out, "--dataset", "folder", "--data", str(images), "--image-size", "16", "--steps", "4") == 0
+    assert train(out, "--dataset", "folder", "--data", str(images), "--image-size", "16", "--steps", "4") == 0
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("gan-engine train: warning: skipped 1 unreadable image file(s)")
+    assert "broken.jpg" in warning and "training on the other 6" in warning and "\n" not in warning
     _, config, info = load_checkpoint(str(out / "checkpoints/step_00000004.npz"))
     assert info["image_shape"] == [3, 16, 16] and config["image_size"] == 16
     grid = Image.open(out / "samples/step_00000004.png")
@@ -65,6 +66,9 @@ def test_folder_dataset_is_scaled_and_shaped(tmp_path):
     assert -1 <= data.x.min() < data.x.max() <= 1
     rgb = load_dataset("folder", str(tmp_path / "g"), image_size=8, channels=3)
     assert rgb.image_shape == (3, 8, 8)
+    (tmp_path / "g" / "bad.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) .*bad.png.*other 3"):
+        load_dataset("folder", str(tmp_path / "g"), image_size=8)
 
 
 def test_folder_errors(tmp_path, capsys):
