@@ -71,11 +71,17 @@ def load_checkpoint(path):
     return state, meta["config"], meta["data"]
 
 
-def latest_checkpoint(run_dir):
-    """Path of the highest-step checkpoint in run_dir/checkpoints, or None."""
+def all_checkpoints(run_dir):
+    """Paths of the step checkpoints in run_dir/checkpoints, in step order."""
     paths = glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, "step_*.npz"))
     steps = [(int(m.group(1)), p) for p in paths if (m := re.search(r"step_(\d+)\.npz$", p))]
-    return max(steps)[1] if steps else None
+    return [p for _, p in sorted(steps)]
+
+
+def latest_checkpoint(run_dir):
+    """Path of the highest-step checkpoint in run_dir/checkpoints, or None."""
+    paths = all_checkpoints(run_dir)
+    return paths[-1] if paths else None
 
 
 def resolve_checkpoint(path):

@@ -1,4 +1,4 @@
-"""The `gan-engine` command: train, sample, interpolate, info.
+"""The `gan-engine` command: train, sample, interpolate, evaluate, info.
 
 A mistake in the input (an unknown option value, a missing or corrupt file, bad data) prints one
 `error: ...` line and exits with status 2; an interrupted `train` exits with 130 after writing a checkpoint.
@@ -15,13 +15,13 @@ import numpy as np
 
 from . import __version__
 from .backends import backend_status
-from .checkpoint import resolve_checkpoint
+from .checkpoint import all_checkpoints, resolve_checkpoint
 from .config import TrainConfig
-from .errors import GanEngineError
-from .io import atomic_path
 from .data import DATASETS, FOLDER_IMAGE_SIZE
-from .plots import save_image_grid
-from .run import Run, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
+from .errors import GanEngineError
+from .io import atomic_path, write_json
+from .plots import save_image_grid, save_metric_curves
+from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
 def _sizes(text):
@@ -99,6 +99,14 @@ def _parser():
     i.add_argument("--seed", type=int, default=0, help="seed of the path ends [0]")
     i.add_argument("--backend", default="auto", help="backend to run G on [auto]")
 
+    e = sub.add_parser("evaluate", help="sample-quality metrics of a checkpoint, or of every checkpoint of a run")
+    e.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (every checkpoint, and "
+                                                       "a plot of the metrics over training)")
+    e.add_argument("--json", help="also write the results to this JSON file")
+    e.add_argument("--plot", help="for a run folder: PNG of the metrics over steps [RUN/metrics.png]")
+    e.add_argument("--seed", type=int, default=0, help="noise seed [0]")
+    e.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+
     sub.add_parser("info", help="version and which backends are available here")
     return p
 
@@ -161,6 +169,36 @@ def cmd_interpolate(args):
     return 0
 
 
+def cmd_evaluate(args):
+    if os.path.isdir(args.checkpoint):
+        paths = all_checkpoints(args.checkpoint)
+        if not paths:
+            raise GanEngineError(f"no checkpoints in {os.path.join(args.checkpoint, 'checkpoints')}")
+    else:
+        paths = [resolve_checkpoint(args.checkpoint)]
+    results = []
+    for result in evaluate_checkpoints(paths, args.seed, args.backend):
+        results.append(result)
+        print(_metrics_table(result), flush=True)
+    if len(results) > 1:
+        plot = args.plot or os.path.join(args.checkpoint, "metrics.png")
+        save_metric_curves(results, plot)
+        print(f"plot of {len(results)} checkpoints: {plot}")
+    if args.json:
+        write_json(args.json, results if len(results) > 1 else results[0])
+        print(f"results: {args.json}")
+    return 0
+
+
+def _metrics_table(result):
+    lines = [f"{result['checkpoint']} (step {result['step']}):", f"  {'metric':20s} {'generated':>12s} {'real data':>12s}"]
+    for name, value in result["generated"].items():
+        lines.append(f"  {name:20s} {value:12.4g} {result['real'][name]:12.4g}")
+    if "classifier_accuracy" in result:
+        lines.append(f"  (classifier held-out accuracy {100 * result['classifier_accuracy']:.1f}%)")
+    return "\n".join(lines)
+
+
 def cmd_info(args):
     print(f"gan-engine {__version__} (Python {platform.python_version()}, NumPy {np.__version__})")
     print("backends (auto picks the first available):")
@@ -171,7 +209,8 @@ def cmd_info(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "info": cmd_info}[args.command]
+    command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate,
+               "info": cmd_info}[args.command]
 
     def show_warning(message, category, filename, lineno, file=None, line=None):  # one line, no source
         print(f"gan-engine {args.command}: warning: {message}", file=sys.stderr, flush=True)

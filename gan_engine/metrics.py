@@ -205,6 +205,12 @@ def image_metrics(samples, dataset, classifier):
 
 # ---- one call for any dataset ---------------------------------------------------------------------------------
 
+def evaluation_size(dataset):
+    """How many samples an evaluation draws: 2,500 for mixtures (the protocol), else as many as the held-out
+    real images, so the generated and the real Frechet distances are estimated from equal sample sizes."""
+    return MIXTURE_SAMPLES if dataset.modes is not None else len(split(len(dataset.x))[1])
+
+
 def evaluate_samples(samples, dataset, cache_dir=None):
     """Every metric that applies to `dataset`, for `samples` and for real data (the calibration).
 

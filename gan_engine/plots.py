@@ -68,6 +68,24 @@ def save_loss_curve(steps, metrics, path):
     _save(fig, path)
 
 
+def save_metric_curves(results, path):
+    """Write each generated-sample metric against the checkpoint step as a PNG, its real-data value dashed.
+
+    results: evaluate_checkpoint dicts ({"step", "generated": {...}, "real": {...}}) in step order.
+    """
+    names = list(results[0]["generated"])
+    fig = _figure(figsize=(8, 2.2 * len(names)))
+    steps = [r["step"] for r in results]
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(len(names), 1, i + 1)
+        ax.plot(steps, [r["generated"][name] for r in results], marker="o", label="generated")
+        ax.axhline(results[0]["real"][name], color="tab:green", linestyle="--", label="real data")
+        ax.set_ylabel(name.replace("_", " "))
+        ax.legend(loc="best")
+    ax.set_xlabel("step")
+    _save(fig, path)
+
+
 def _figure(figsize=(6, 6)):
     from matplotlib.figure import Figure
     return Figure(figsize=figsize, dpi=100)

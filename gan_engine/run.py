@@ -15,6 +15,7 @@ from .data import load_dataset
 from .errors import GanEngineError, check_choice
 from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
+from .metrics import evaluate_samples, evaluation_size
 from .models import build_discriminator, build_generator
 from .optim import make_optimizer
 from .plots import save_image_grid, save_loss_curve, save_scatter
@@ -177,24 +178,36 @@ class Run:
 
 
 def load_generator(path, backend="auto"):
-    """(G with the checkpoint's weights, its TrainConfig, its data_info) from a checkpoint file."""
+    """(G with the checkpoint's weights, its TrainConfig, its data_info, its step) from a checkpoint file."""
     state, saved, info = load_checkpoint(path)
     config = TrainConfig.from_dict({**saved, "backend": backend})
     G = build_generator(config, info)
     G.load_state_dict(state["G"])
-    return G, config, info
+    return G, config, info, state["step"]
 
 
 def generate_from_checkpoint(path, n, seed=0, backend="auto"):
     """(samples (n, D) host array, data_info) from a checkpoint file, with G rebuilt from its config."""
-    G, config, info = load_generator(path, backend)
+    G, config, info, _ = load_generator(path, backend)
     return generate(G, sample_noise(n, config.z_dim, config.prior, seed)), info
+
+
+def evaluate_checkpoints(paths, seed=0, backend="auto", cache_dir=None):
+    """For each checkpoint path in turn, yield the sample-quality metrics of its generator and their real-data
+    calibration (metrics.evaluate_samples) with "step" and "checkpoint". The run's data is loaded once."""
+    dataset = None
+    for path in paths:
+        G, config, _, step = load_generator(path, backend)
+        if dataset is None:
+            dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
+        samples = generate(G, sample_noise(evaluation_size(dataset), config.z_dim, config.prior, seed))
+        yield {"step": step, "checkpoint": path, **evaluate_samples(samples, dataset, cache_dir)}
 
 
 def interpolate_from_checkpoint(path, rows=8, steps=10, method="linear", seed=0, backend="auto"):
     """(samples (rows * steps, D) host array, data_info): G decodes `rows` latent paths of `steps` points each."""
     check_choice("interpolation", method, METHODS)
-    G, config, info = load_generator(path, backend)
+    G, config, info, _ = load_generator(path, backend)
     if not info["image_shape"]:
         raise GanEngineError(f"interpolate draws image grids, but {info['name']} is 2-D points; "
                              "use `gan-engine sample` for a scatter plot")

@@ -140,3 +140,4 @@ def test_interpolate_errors(tmp_path, capsys):
     assert "unknown interpolation 'zigzag'" in error_of(
         capsys, ["interpolate", "--checkpoint", str(out), "--method", "zigzag"])
     assert "does not exist" in error_of(capsys, ["interpolate", "--checkpoint", str(tmp_path / "none.npz")])
+
