@@ -25,3 +25,9 @@ def backend(request):
 def ref():
     """The NumPy reference backend."""
     return get_backend("numpy")
+
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory):
+    """A classifier cache folder shared by the whole run, so the digits classifier is trained once."""
+    return str(tmp_path_factory.mktemp("classifier-cache"))

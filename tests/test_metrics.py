@@ -79,10 +79,9 @@ def test_frechet_distance():
 
 
 @pytest.fixture(scope="module")
-def digits_eval(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("cache"))
+def digits_eval(classifier_cache):
     data = load_dataset("digits")
-    return data, cache, Classifier.for_dataset(data, cache)
+    return data, classifier_cache, Classifier.for_dataset(data, classifier_cache)
 
 
 def test_digits_classifier_reaches_95_percent_on_held_out_data(digits_eval):

@@ -4,6 +4,7 @@ import pytest
 
 from gan_engine import Adam, GanEngineError, SGD, Trainer, TrainingDiverged, load_dataset
 from gan_engine import mlp_discriminator, mlp_generator
+from gan_engine.metrics import evaluate_samples, evaluation_size, mode_metrics
 
 
 def make(backend="numpy", seed=0, data=None, **kw):
@@ -120,17 +121,34 @@ def test_sample_leaves_the_training_stream_alone():
 
 
 def test_training_on_ring8_covers_the_ring(backend):
-    """A short run must put most samples on the ring and visit several modes: broken maths fails this."""
+    """A short run must put most samples on the ring and spread them over the modes: broken maths fails this.
+
+    Over seeds 0-3 the reference reaches: reverse KL 0.01-0.05, 9-27% of samples within 3 sigma of a mode.
+    """
     data = load_dataset("ring8")
     G = mlp_generator(z_dim=8, hidden=(64, 64), out_dim=2, output="identity", backend=backend, seed=0)
     D = mlp_discriminator(in_dim=2, hidden=(64, 64), backend=backend, seed=1)
     t = Trainer(G, D, data.x, batch_size=128, seed=0,
                 opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5))
     t.train(2000)
-    s = t.sample(1000, seed=5)
-    dist = np.linalg.norm(s[:, None, :] - data.modes[None], axis=2)  # (1000, 8)
+    s = t.sample(2500, seed=5)
     on_ring = np.mean(np.abs(np.linalg.norm(s, axis=1) - 1) < 0.15)
-    near = dist.min(axis=1) < 0.15
-    modes = len(set(dist.argmin(axis=1)[near].tolist()))
+    m = mode_metrics(s, data.modes, data.sigma)
     assert on_ring > 0.8, f"only {on_ring:.0%} of samples lie near the ring"
-    assert modes >= 4, f"only {modes} of 8 modes covered"
+    assert m["reverse_kl"] < 0.3 and m["high_quality"] > 5, m  # collapse to one mode: KL 2.08
+
+
+def test_training_on_digits_makes_every_digit(backend, classifier_cache):
+    """A short MLP run on digits must make all ten classes with features near the real ones.
+
+    Over seeds 0-3 the reference reaches (1,500 steps): 10 classes, classifier score 6.6-7.0, Frechet distance
+    13.5-21.3 (real held-out data: 10, 9.5 and 4.4; uniform noise: Frechet distance over 44).
+    """
+    data = load_dataset("digits")
+    G = mlp_generator(z_dim=32, hidden=(256,), out_dim=64, backend=backend, seed=0)
+    D = mlp_discriminator(in_dim=64, hidden=(256,), backend=backend, seed=1)
+    t = Trainer(G, D, data.x, batch_size=64, seed=0,
+                opt_g=Adam(G, lr=5e-4, beta1=0.5), opt_d=Adam(D, lr=5e-4, beta1=0.5))
+    t.train(1500)
+    m = evaluate_samples(t.sample(evaluation_size(data), seed=5), data, classifier_cache)["generated"]
+    assert m["classes_covered"] >= 9 and m["classifier_score"] > 5.5 and m["frechet_distance"] < 35, m
