@@ -78,6 +78,8 @@ def _parser():
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")
+    t.add_argument("--metrics-every", type=int, help="steps between sample-quality metrics, logged to metrics.csv; "
+                                                     "the best checkpoint so far is kept as best.npz [never]")
     t.add_argument("--out", help="run folder to create [runs/<dataset>-<model>-<time>]")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -12,7 +12,7 @@ from .optim import OPTIMIZERS
 
 # Options that may change when a run is resumed: where it runs, where its data lies now and how often it reports,
 # not what it computes.
-RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoint_every")
+RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoint_every", "metrics_every")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
+    metrics_every: int | None = None  # steps between sample-quality metrics (and best.npz updates); None: never
 
     def __post_init__(self):
         for name in ("g_hidden", "d_hidden"):
@@ -65,8 +66,11 @@ class TrainConfig:
                    "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS}
         for name, allowed in choices.items():
             check_choice(name, getattr(self, name), allowed)
-        for name in ("steps", "batch_size", "k_disc", "z_dim", "log_every", "sample_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "k_disc", "z_dim", "log_every", "sample_every", "checkpoint_every",
+                     "metrics_every"):
             value = getattr(self, name)
+            if value is None and name == "metrics_every":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise GanEngineError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         for name in ("g_hidden", "d_hidden"):

@@ -205,6 +205,25 @@ def image_metrics(samples, dataset, classifier):
 
 # ---- one call for any dataset ---------------------------------------------------------------------------------
 
+def metric_names(dataset):
+    """The names of the metrics evaluate_samples reports for a dataset, in order; an error for data it cannot
+    measure (images without labels)."""
+    if dataset.modes is not None:
+        return ("modes_captured", "high_quality", "reverse_kl")
+    if dataset.labels is None:
+        raise GanEngineError(f"dataset {dataset.name!r} has no labels, so its samples cannot be measured; metrics "
+                             "need ring8, grid25, digits, or mnist / fashion-mnist with labels")
+    return ("classes_covered", "class_kl", "classifier_score", "frechet_distance")
+
+
+def checkpoint_score(dataset, generated):
+    """One number that ranks checkpoints, higher is better: for mixtures the modes captured, ties broken by the
+    % of high-quality samples (modes + high_quality / 100); for images minus the Frechet distance."""
+    if dataset.modes is not None:
+        return generated["modes_captured"] + generated["high_quality"] / 100
+    return -generated["frechet_distance"]
+
+
 def evaluation_size(dataset):
     """How many samples an evaluation draws: 2,500 for mixtures (the protocol), else as many as the held-out
     real images, so the generated and the real Frechet distances are estimated from equal sample sizes."""

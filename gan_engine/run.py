@@ -3,6 +3,7 @@ interruptible (Ctrl-C finishes the current step, writes a checkpoint and says ho
 """
 import csv
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from .data import load_dataset
 from .errors import GanEngineError, check_choice
 from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
-from .metrics import evaluate_samples, evaluation_size
+from .metrics import checkpoint_score, evaluate_samples, evaluation_size, metric_names
 from .models import build_discriminator, build_generator
 from .optim import make_optimizer
 from .plots import save_image_grid, save_loss_curve, save_scatter
@@ -24,7 +25,6 @@ from .trainer import METRICS, Trainer, TrainingDiverged, generate, sample_noise
 FIXED_IMAGES = 64   # the sample grid's fixed noise batch
 FIXED_POINTS = 2500  # the scatter plot's fixed noise batch (the VEEGAN / PacGAN sample count)
 SCATTER_REAL = 5000
-CSV_HEADER = ",".join(("step",) + METRICS)
 
 
 def build_trainer(config, dataset):
@@ -62,18 +62,25 @@ class Run:
         self.trainer = build_trainer(config, self.dataset)
         self.info = data_info(self.dataset)
         self.history = {"step": [], **{k: [] for k in METRICS}}
+        self.quality = metric_names(self.dataset) if config.metrics_every else ()
+        self.columns = ("step",) + METRICS + self.quality  # metrics.csv
+        self.best = None  # best.json's contents: the best checkpoint so far by checkpoint_score
         if state is None:
             if os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out):
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
                                      "or choose another --out")
             os.makedirs(out, exist_ok=True)
-            write_text(self.metrics_path, CSV_HEADER + "\n")
+            write_text(self.metrics_path, ",".join(self.columns) + "\n")
         else:
             self.trainer.load_state_dict(state)
             self._load_history()
+            self._load_best()
         write_json(os.path.join(out, "config.json"), config.to_dict())
         n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
         self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
+        if self.quality:
+            self.eval_noise = sample_noise(evaluation_size(self.dataset), config.z_dim, config.prior,
+                                           seed=[config.seed, 2])
 
     @classmethod
     def resume(cls, out, overrides=None, progress=True):
@@ -98,19 +105,32 @@ class Run:
         return os.path.join(self.out, "metrics.csv")
 
     def _load_history(self):
-        """Read metrics.csv, dropping rows past the checkpoint's step (a run killed after its last checkpoint)."""
+        """Read metrics.csv, dropping rows past the checkpoint's step (a run killed after its last checkpoint).
+        Columns it already has are kept, even when this resumed run no longer measures them."""
         step = self.trainer.step_count
         try:
             with open(self.metrics_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if int(r["step"]) <= step]
+                old = tuple(reader.fieldnames or ())
         except (OSError, KeyError, ValueError) as exc:
             raise GanEngineError(f"cannot read {self.metrics_path} ({exc})") from exc
-        lines = [CSV_HEADER] + [",".join(r[k] for k in ("step",) + METRICS) for r in rows]
+        self.columns += tuple(c for c in old if c not in self.columns)
+        lines = [",".join(self.columns)] + [",".join(r.get(k) or "" for k in self.columns) for r in rows]
         write_text(self.metrics_path, "\n".join(lines) + "\n")
         for r in rows:
             self.history["step"].append(int(r["step"]))
             for k in METRICS:
                 self.history[k].append(float(r[k]))
+
+    def _load_best(self):
+        path = os.path.join(self.out, "best.json")
+        if os.path.exists(path):
+            try:
+                with open(path) as f:
+                    self.best = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise GanEngineError(f"cannot read {path} ({exc}); remove it to start the best checkpoint afresh") from exc
 
     def train(self):
         """Train to config.steps. Returns "done" or "interrupted" (after Ctrl-C, with a checkpoint written).
@@ -144,21 +164,37 @@ class Run:
             step = trainer.step_count
             bar.update(1)
             last = step == cfg.steps
-            if step % cfg.log_every == 0 or last:
-                self._log(step, metrics, bar)
+            quality = self.evaluate(step) if cfg.metrics_every and (step % cfg.metrics_every == 0 or last) else None
+            if step % cfg.log_every == 0 or last or quality:
+                self._log(step, metrics, bar, quality)
             if step % cfg.sample_every == 0 or last:
                 self.save_pictures(step)
             if step % cfg.checkpoint_every == 0 or last:
                 self.checkpoint()
 
-    def _log(self, step, metrics, bar):
+    def _log(self, step, metrics, bar, quality=None):
         values = self.trainer.read_metrics(metrics)
         self.history["step"].append(step)
         for k in METRICS:
             self.history[k].append(values[k])
+        row = {"step": step, **values, **(quality or {})}
         with open(self.metrics_path, "a") as f:
-            f.write(",".join([str(step)] + [repr(values[k]) for k in METRICS]) + "\n")
+            f.write(",".join(repr(row[k]) if k in row else "" for k in self.columns) + "\n")
         bar.set_postfix({k: f"{v:.3f}" for k, v in values.items()}, refresh=False)
+
+    def evaluate(self, step):
+        """Sample-quality metrics of G now (from a fixed noise batch); a new best writes best.npz and best.json."""
+        samples = self.trainer.generate(self.eval_noise)
+        if not np.isfinite(samples).all():
+            raise TrainingDiverged(f"training diverged at step {step}: the generator makes non-finite samples")
+        result = evaluate_samples(samples, self.dataset)
+        score = checkpoint_score(self.dataset, result["generated"])
+        if self.best is None or score > self.best["score"]:
+            save_checkpoint(os.path.join(self.out, "best.npz"), self.trainer.state_dict(), self.config.to_dict(),
+                            self.info)
+            self.best = {"step": step, "score": score, **result}
+            write_json(os.path.join(self.out, "best.json"), self.best)
+        return result["generated"]
 
     def save_pictures(self, step):
         """samples/step_N.png from the fixed noise batch, and loss.png."""

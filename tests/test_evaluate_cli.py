@@ -1,8 +1,10 @@
-"""`gan-engine evaluate`: one checkpoint, a whole run folder (JSON and a plot), mixtures, and its errors."""
+"""`gan-engine evaluate` (one checkpoint, a whole run folder, mixtures, errors) and `train --metrics-every`."""
+import csv
 import json
 
 from PIL import Image
 
+from gan_engine.checkpoint import load_checkpoint
 from gan_engine.cli import main
 
 from .test_cli import error_of
@@ -41,3 +43,47 @@ def test_evaluate_on_a_mixture_and_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert "no checkpoints in" in error_of(capsys, ["evaluate", "--checkpoint", str(tmp_path / "empty")])
     assert "does not exist" in error_of(capsys, ["evaluate", "--checkpoint", str(tmp_path / "none.npz")])
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_every_logs_quality_and_keeps_the_best_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--dataset", "ring8", "--hidden", "16", "--batch-size", "32", "--lr", "1e-3",
+            "--log-every", "5", "--checkpoint-every", "10", "--sample-every", "100", "--metrics-every", "4", "--quiet"]
+    assert main([*args, "--steps", "10"]) == 0
+    rows = _csv(out / "metrics.csv")
+    assert list(rows[0]) == ["step", "d_loss", "g_loss", "d_real", "d_fake", "modes_captured", "high_quality",
+                             "reverse_kl"]
+    assert [r["step"] for r in rows] == ["4", "5", "8", "10"]  # log steps, and every metrics step
+    assert [bool(r["reverse_kl"]) for r in rows] == [True, False, True, True]
+    best = json.loads((out / "best.json").read_text())
+    scores = {int(r["step"]): int(r["modes_captured"]) + float(r["high_quality"]) / 100 for r in rows if r["reverse_kl"]}
+    assert best["step"] == max(scores, key=lambda s: (scores[s], -s)) and best["score"] == max(scores.values())
+    state, _, _ = load_checkpoint(str(out / "best.npz"))
+    assert state["step"] == best["step"]
+    # resumed, the run keeps its interval, and the rows measured before stay whole
+    assert main(["train", "--resume", str(out), "--steps", "15", "--quiet"]) == 0
+    resumed = _csv(out / "metrics.csv")
+    assert resumed[:4] == rows
+    assert [r["step"] for r in resumed[4:]] == ["12", "15"] and all(r["reverse_kl"] for r in resumed[4:])
+
+
+def test_metrics_every_on_digits_and_on_unlabelled_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GAN_ENGINE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert train(out, "--steps", "4", "--metrics-every", "2") == 0
+    rows = _csv(out / "metrics.csv")
+    assert [r["step"] for r in rows] == ["2", "4"] and float(rows[-1]["frechet_distance"]) > 0
+    assert json.loads((out / "best.json").read_text())["real"]["classes_covered"] == 10
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(3):
+        Image.new("L", (8, 8), 40 * i).save(images / f"{i}.png")
+    assert "has no labels" in error_of(capsys, ["train", "--out", str(tmp_path / "f"), "--dataset", "folder",
+                                                "--data", str(images), "--metrics-every", "5", "--quiet"])
+    assert "metrics-every must be a positive integer" in error_of(
+        capsys, ["train", "--out", str(tmp_path / "g"), "--metrics-every", "0", "--quiet"])
