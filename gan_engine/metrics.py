@@ -38,7 +38,7 @@ def mode_metrics(samples, modes, sigma):
     Returns {"modes_captured": int, "high_quality": % of samples within 3 sigma of their nearest mode,
     "reverse_kl": KL(generated mode histogram || uniform), nats}.
     """
-    samples = _finite(samples, "samples")
+    samples = np.asarray(samples, dtype=np.float64)
     k = len(modes)
     dist = np.linalg.norm(samples[:, None, :] - np.asarray(modes)[None, :, :], axis=2) / sigma  # (n, K)
     nearest = dist.argmin(axis=1)                                                             # (n,)
@@ -59,17 +59,16 @@ def kl_to_uniform(histogram):
 
 # ---- the classifier ------------------------------------------------------------------------------------------
 
-def softmax(logits):
-    """Row-wise softmax of logits (n, K), shifted by the row maximum so exp never overflows."""
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+def log_softmax(logits):
+    """Row-wise log softmax of logits (n, K), shifted by the row maximum so exp never overflows."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of logits (n, K) against integer labels (n,), and d loss / d logits (n, K)."""
     n = len(labels)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = log_softmax(logits)
     dlogits = np.exp(log_p)
     dlogits[np.arange(n), labels] -= 1
     return float(-log_p[np.arange(n), labels].mean()), dlogits / n
@@ -86,7 +85,6 @@ class Classifier:
         dims = (in_features, *CLASSIFIER_HIDDEN)
         layers = [Dense(i, o, "leaky_relu", 0.2, "he") for i, o in zip(dims, dims[1:])]
         self.model = Sequential(layers + [Dense(dims[-1], n_classes)], backend="numpy", dtype=np.float32, seed=seed)
-        self.n_classes = n_classes
         self.accuracy = None
 
     def fit(self, x, labels, epochs=40, batch_size=64, lr=1e-3, seed=0):
@@ -110,7 +108,7 @@ class Classifier:
         probs, feats = [], []
         for start in range(0, len(x), batch_size):
             logits = self.model.forward(x[start:start + batch_size], train=False)
-            probs.append(softmax(logits.astype(np.float64)))
+            probs.append(np.exp(log_softmax(logits.astype(np.float64))))
             feats.append(self.model.layers[-2]._y.astype(np.float64))  # the penultimate layer's cached output
         return np.concatenate(probs), np.concatenate(feats)
 
@@ -195,55 +193,56 @@ def frechet_distance(a, b):
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
 
 
-def image_metrics(samples, dataset, classifier):
-    """Class metrics and the Frechet distance of samples (n, D) against the training split's features."""
-    train, _ = split(len(dataset.x))
-    probs, feats = classifier.predict(_finite(samples, "samples"))
-    _, real_feats = classifier.predict(dataset.x[train])
-    return {**class_metrics(probs), "frechet_distance": frechet_distance(feats, real_feats)}
+# ---- one evaluator for any dataset -----------------------------------------------------------------------------
 
+class Evaluator:
+    """Every metric that applies to a dataset, with what the data side needs computed once: the mixture's real
+    sample, or the classifier, its features of the training split and the held-out calibration.
 
-# ---- one call for any dataset ---------------------------------------------------------------------------------
+    `evaluate(samples)` returns {"generated": {...}, "real": {...}} (+ "classifier_accuracy" for images): for
+    mixtures "real" is 2,500 points of the data; for images it is the held-out 20% against the training 80%.
+    `size` is how many samples an evaluation should draw: 2,500 for mixtures (the protocol), else as many as the
+    held-out images, so generated and real Frechet distances come from equal sample sizes. Images without
+    labels cannot be measured (GanEngineError).
+    """
 
-def metric_names(dataset):
-    """The names of the metrics evaluate_samples reports for a dataset, in order; an error for data it cannot
-    measure (images without labels)."""
-    if dataset.modes is not None:
-        return ("modes_captured", "high_quality", "reverse_kl")
-    if dataset.labels is None:
-        raise GanEngineError(f"dataset {dataset.name!r} has no labels, so its samples cannot be measured; metrics "
-                             "need ring8, grid25, digits, or mnist / fashion-mnist with labels")
-    return ("classes_covered", "class_kl", "classifier_score", "frechet_distance")
+    def __init__(self, dataset, cache_dir=None):
+        self.dataset = dataset
+        if dataset.modes is not None:
+            self.names = ("modes_captured", "high_quality", "reverse_kl")
+            self.size = MIXTURE_SAMPLES
+            real = dataset.x[np.random.default_rng(0).choice(len(dataset.x), MIXTURE_SAMPLES, replace=False)]
+            self.real = mode_metrics(real, dataset.modes, dataset.sigma)
+            return
+        self.names = ("classes_covered", "class_kl", "classifier_score", "frechet_distance")
+        self.classifier = Classifier.for_dataset(dataset, cache_dir)
+        train, held_out = split(len(dataset.x))
+        self.size = len(held_out)
+        _, self.train_features = self.classifier.predict(dataset.x[train])
+        self.real = self._image_metrics(dataset.x[held_out])
 
+    def _image_metrics(self, samples):
+        probs, features = self.classifier.predict(samples)
+        return {**class_metrics(probs), "frechet_distance": frechet_distance(features, self.train_features)}
 
-def checkpoint_score(dataset, generated):
-    """One number that ranks checkpoints, higher is better: for mixtures the modes captured, ties broken by the
-    % of high-quality samples (modes + high_quality / 100); for images minus the Frechet distance."""
-    if dataset.modes is not None:
-        return generated["modes_captured"] + generated["high_quality"] / 100
-    return -generated["frechet_distance"]
+    def evaluate(self, samples):
+        samples = _finite(samples, "samples")
+        if self.dataset.modes is not None:
+            return {"generated": mode_metrics(samples, self.dataset.modes, self.dataset.sigma), "real": self.real}
+        return {"generated": self._image_metrics(samples), "real": self.real,
+                "classifier_accuracy": self.classifier.accuracy}
 
-
-def evaluation_size(dataset):
-    """How many samples an evaluation draws: 2,500 for mixtures (the protocol), else as many as the held-out
-    real images, so the generated and the real Frechet distances are estimated from equal sample sizes."""
-    return MIXTURE_SAMPLES if dataset.modes is not None else len(split(len(dataset.x))[1])
+    def score(self, generated):
+        """One number that ranks checkpoints, higher is better: for mixtures the modes captured, ties broken by
+        the % of high-quality samples (modes + high_quality / 100); for images minus the Frechet distance."""
+        if self.dataset.modes is not None:
+            return generated["modes_captured"] + generated["high_quality"] / 100
+        return -generated["frechet_distance"]
 
 
 def evaluate_samples(samples, dataset, cache_dir=None):
-    """Every metric that applies to `dataset`, for `samples` and for real data (the calibration).
-
-    Returns {"generated": {...}, "real": {...}} (+ "classifier_accuracy" for images): for mixtures "real" is
-    2,500 points of the data; for images it is the held-out 20% measured against the training 80%.
-    """
-    if dataset.modes is not None:
-        real = dataset.x[np.random.default_rng(0).choice(len(dataset.x), MIXTURE_SAMPLES, replace=False)]
-        return {"generated": mode_metrics(samples, dataset.modes, dataset.sigma),
-                "real": mode_metrics(real, dataset.modes, dataset.sigma)}
-    clf = Classifier.for_dataset(dataset, cache_dir)
-    _, held_out = split(len(dataset.x))
-    return {"generated": image_metrics(samples, dataset, clf), "real": image_metrics(dataset.x[held_out], dataset, clf),
-            "classifier_accuracy": clf.accuracy}
+    """Evaluator(dataset, cache_dir).evaluate(samples): the metrics of samples (n, D) and their calibration."""
+    return Evaluator(dataset, cache_dir).evaluate(samples)
 
 
 def _finite(samples, what):

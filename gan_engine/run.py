@@ -16,7 +16,7 @@ from .data import load_dataset
 from .errors import GanEngineError, check_choice
 from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
-from .metrics import checkpoint_score, evaluate_samples, evaluation_size, metric_names
+from .metrics import Evaluator
 from .models import build_discriminator, build_generator
 from .optim import make_optimizer
 from .plots import save_image_grid, save_loss_curve, save_scatter
@@ -62,9 +62,9 @@ class Run:
         self.trainer = build_trainer(config, self.dataset)
         self.info = data_info(self.dataset)
         self.history = {"step": [], **{k: [] for k in METRICS}}
-        self.quality = metric_names(self.dataset) if config.metrics_every else ()
-        self.columns = ("step",) + METRICS + self.quality  # metrics.csv
-        self.best = None  # best.json's contents: the best checkpoint so far by checkpoint_score
+        self.evaluator = Evaluator(self.dataset) if config.metrics_every else None
+        self.columns = ("step",) + METRICS + (self.evaluator.names if self.evaluator else ())  # metrics.csv
+        self.best = None  # best.json's contents: the best checkpoint so far by Evaluator.score
         if state is None:
             if os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out):
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
@@ -78,9 +78,8 @@ class Run:
         write_json(os.path.join(out, "config.json"), config.to_dict())
         n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
         self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
-        if self.quality:
-            self.eval_noise = sample_noise(evaluation_size(self.dataset), config.z_dim, config.prior,
-                                           seed=[config.seed, 2])
+        if self.evaluator:
+            self.eval_noise = sample_noise(self.evaluator.size, config.z_dim, config.prior, seed=[config.seed, 2])
 
     @classmethod
     def resume(cls, out, overrides=None, progress=True):
@@ -187,8 +186,8 @@ class Run:
         samples = self.trainer.generate(self.eval_noise)
         if not np.isfinite(samples).all():
             raise TrainingDiverged(f"training diverged at step {step}: the generator makes non-finite samples")
-        result = evaluate_samples(samples, self.dataset)
-        score = checkpoint_score(self.dataset, result["generated"])
+        result = self.evaluator.evaluate(samples)
+        score = self.evaluator.score(result["generated"])
         if self.best is None or score > self.best["score"]:
             save_checkpoint(os.path.join(self.out, "best.npz"), self.trainer.state_dict(), self.config.to_dict(),
                             self.info)
@@ -230,14 +229,15 @@ def generate_from_checkpoint(path, n, seed=0, backend="auto"):
 
 def evaluate_checkpoints(paths, seed=0, backend="auto", cache_dir=None):
     """For each checkpoint path in turn, yield the sample-quality metrics of its generator and their real-data
-    calibration (metrics.evaluate_samples) with "step" and "checkpoint". The run's data is loaded once."""
-    dataset = None
+    calibration (metrics.Evaluator) with "step" and "checkpoint". The run's data is loaded and prepared once."""
+    evaluator = None
     for path in paths:
         G, config, _, step = load_generator(path, backend)
-        if dataset is None:
+        if evaluator is None:
             dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
-        samples = generate(G, sample_noise(evaluation_size(dataset), config.z_dim, config.prior, seed))
-        yield {"step": step, "checkpoint": path, **evaluate_samples(samples, dataset, cache_dir)}
+            evaluator = Evaluator(dataset, cache_dir)
+        samples = generate(G, sample_noise(evaluator.size, config.z_dim, config.prior, seed))
+        yield {"step": step, "checkpoint": path, **evaluator.evaluate(samples)}
 
 
 def interpolate_from_checkpoint(path, rows=8, steps=10, method="linear", seed=0, backend="auto"):

@@ -4,7 +4,7 @@ import pytest
 
 from gan_engine import Adam, GanEngineError, SGD, Trainer, TrainingDiverged, load_dataset
 from gan_engine import mlp_discriminator, mlp_generator
-from gan_engine.metrics import evaluate_samples, evaluation_size, mode_metrics
+from gan_engine.metrics import Evaluator, mode_metrics
 
 
 def make(backend="numpy", seed=0, data=None, **kw):
@@ -150,5 +150,6 @@ def test_training_on_digits_makes_every_digit(backend, classifier_cache):
     t = Trainer(G, D, data.x, batch_size=64, seed=0,
                 opt_g=Adam(G, lr=5e-4, beta1=0.5), opt_d=Adam(D, lr=5e-4, beta1=0.5))
     t.train(1500)
-    m = evaluate_samples(t.sample(evaluation_size(data), seed=5), data, classifier_cache)["generated"]
+    evaluator = Evaluator(data, classifier_cache)
+    m = evaluator.evaluate(t.sample(evaluator.size, seed=5))["generated"]
     assert m["classes_covered"] >= 9 and m["classifier_score"] > 5.5 and m["frechet_distance"] < 35, m
