@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from . import __version__
-from .backends import backend_status
+from .backends import backend_status, get_backend
 from .checkpoint import all_checkpoints, resolve_checkpoint
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_IMAGE_SIZE
@@ -206,6 +206,14 @@ def cmd_info(args):
     print("backends (auto picks the first available):")
     for name, available, reason in backend_status():
         print(f"  {name:6s} {'yes' if available else 'no '}  {reason}")
+    for name, available, _ in backend_status():
+        backend = get_backend(name) if available else None
+        if hasattr(backend, "warm_up"):
+            seconds = backend.warm_up()
+            loaded, compiled = backend.kernel_cache_stats()
+            how = (f"compiled {compiled} kernel signatures and cached them; the next process loads them"
+                   if compiled else f"loaded {loaded} kernel signatures from the cache")
+            print(f"{name} warm-up: {seconds:.2f} s ({how})")
     return 0
 
 

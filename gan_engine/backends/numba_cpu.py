@@ -1,0 +1,324 @@
+"""The Numba CPU backend: the reference's ops as fused, compiled loops that allocate nothing in steady state.
+
+Same names, signatures and maths as `numpy_ref` (read that file for what each op computes); this file checks
+and lays out the arguments and calls the compiled loops in `numba_kernels`. What differs is how:
+- an op makes one pass where the reference chains NumPy temporaries: bias + activation in the GEMM's output
+  pass, activation derivative + bias gradient in one pass, sigmoid-BCE loss + gradient + mean in one pass,
+  Adam in one pass over a model's flat buffer;
+- GEMMs go to BLAS (through SciPy) where it is faster, to a register-blocked Numba GEMM for small and skinny
+  products (the discriminator's last layer);
+- convolutions are im2col + one GEMM over the whole batch + a gathered col2im with bias and activation fused;
+- scratch arrays are allocated once per (purpose, shape, dtype) and reused, so a steady-state training step
+  allocates no array; scalars come back as NumPy scalars, not 0-d arrays;
+- everything is compiled with `cache=True`: the first process compiles (tens of seconds), later ones load.
+Noise and batch indices draw from the same NumPy generator as the reference, in the same order, so a seed
+gives the same noise and batches on both CPU backends.
+"""
+import time
+
+import numpy as np
+
+from . import numpy_ref as ref
+from .numpy_ref import (ACTIVATIONS, OPS, PRIORS, _pair, asarray, conv2d_output_size,  # noqa: F401 (shared)
+                        conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)
+
+name = "numba"
+xp = np
+
+try:
+    from . import numba_kernels as k
+    _IMPORT_ERROR = None
+except ImportError as exc:  # numba missing or broken: the registry reports the reason
+    k, _IMPORT_ERROR = None, exc
+
+_CODES = {a: i for i, a in enumerate(ACTIVATIONS)}
+_scratch_buffers = {}
+
+
+def unavailable_reason():
+    """None when Numba imports; otherwise why not."""
+    return None if _IMPORT_ERROR is None else f"numba is not installed or failed to import ({_IMPORT_ERROR})"
+
+
+def _code(activation):
+    code = _CODES.get(activation)
+    if code is None:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    return code
+
+
+def _scratch(purpose, shape, dtype):
+    """A reusable array for (purpose, shape, dtype): allocated on first use, handed back afterwards. Its contents
+    are only meaningful inside the op that filled it."""
+    key = (purpose, tuple(shape), np.dtype(dtype))
+    buf = _scratch_buffers.get(key)
+    if buf is None:
+        buf = _scratch_buffers[key] = np.zeros(shape, dtype=dtype)
+    return buf
+
+
+def _zeros(n, dtype):
+    """A zero vector (n,) standing in for an absent bias or skipped gradient (never written)."""
+    return _scratch("zeros", (n,), dtype)
+
+
+def _c(a):
+    """C-contiguous view (a copy only for a non-contiguous input)."""
+    return np.ascontiguousarray(a)
+
+
+def _output(out, shape, dtype):
+    """The caller's output buffer, or a new one; it must be C-contiguous to be written in place."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not out.flags.c_contiguous or out.dtype != dtype or tuple(out.shape) != tuple(shape):
+        raise ValueError(f"output buffer must be C-contiguous {np.dtype(dtype).name} of shape {tuple(shape)}, "
+                         f"got {out.dtype.name} {tuple(out.shape)} (contiguous: {out.flags.c_contiguous})")
+    return out
+
+
+# ---- dense ---------------------------------------------------------------------------------------------------
+
+def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
+    """y = act(x @ W + b). x (N, I), W (I, O), b (O,) -> out (N, O)."""
+    x, W, b = _c(x), _c(W), _c(b)
+    out = _output(out, (x.shape[0], W.shape[1]), x.dtype)
+    k.dense_forward(x, W, b, _code(activation), x.dtype.type(alpha), out)
+    return out
+
+
+def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
+    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T with g = dy * act'(y). Returns dx."""
+    x, W, y, dy = _c(x), _c(W), _c(y), _c(dy)
+    (n, i), o, dtype = x.shape, W.shape[1], x.dtype
+    g = _scratch("dense_g", (n, o), dtype)
+    k.dense_backward(x, W, y, dy, _code(activation), dtype.type(alpha),
+                     _output(dW, (i, o), dtype) if dW is not None else _scratch("dense_dW", (i, o), dtype),
+                     db if db is not None else _zeros(o, dtype),
+                     _output(dx, (n, i), dtype) if dx is not None else _scratch("dense_dx", (n, i), dtype),
+                     g, _scratch("dense_dW", (i, o), dtype), dW is not None, db is not None, dx is not None)
+    return dx
+
+
+# ---- convolution ---------------------------------------------------------------------------------------------
+
+def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, out=None):
+    """y = act(conv2d(x, W) + b). x (N, C_in, H, W), W (C_out, C_in, kH, kW), b (C_out,) or None
+    -> out (N, C_out, OH, OW): cols = im2col(x) (C_in kH kW, N OH OW); (C_out, C_in kH kW) @ cols; epilogue."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x, W, dtype = _c(x), _c(W), x.dtype
+    n, c, h, w = x.shape
+    co, _, kh, kw = W.shape
+    oh, ow = conv2d_output_size(h, kh, sh, ph), conv2d_output_size(w, kw, sw, pw)
+    cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
+    k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    t = _scratch("conv_out", (co, n * oh * ow), dtype)
+    k.matmul(W.reshape(co, -1), cols, t, t)
+    out = _output(out, (n, co, oh, ow), dtype)
+    k.from_channel_major(t, _c(b) if b is not None else _zeros(co, dtype), _code(activation), dtype.type(alpha),
+                         out.reshape(n, co, oh * ow))
+    return out
+
+
+def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
+    """dW (C_out, C_in, kH, kW) += g im2col(x)^T, db (C_out,) += sum g, dx (N, C_in, H, W) = col2im(W^T g),
+    with g = dy * act'(y) laid out (C_out, N OH OW). Returns dx."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x, W, y, dy, dtype = _c(x), _c(W), _c(y), _c(dy), x.dtype
+    n, c, h, w = x.shape
+    co, _, kh, kw = W.shape
+    oh, ow = y.shape[2:]
+    g = _scratch("conv_g", (co, n * oh * ow), dtype)
+    k.grad_channel_major(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha), g,
+                         db if db is not None else _zeros(co, dtype), db is not None)
+    if dW is not None:
+        cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
+        k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        k.matmul_add(g, cols.T, _output(dW, W.shape, dtype).reshape(co, -1),
+                     _scratch("conv_dW", (co, c * kh * kw), dtype))
+    if dx is not None:
+        dcols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
+        k.matmul(W.reshape(co, -1).T, g, dcols, dcols)
+        k.col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, _zeros(c, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype))
+    return dx
+
+
+def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activation="identity", alpha=0.2,
+                             out=None):
+    """y = act(conv_transpose2d(x, W) + b). x (N, C_in, H, W), W (C_in, C_out, kH, kW), b (C_out,) or None
+    -> out (N, C_out, OH, OW): cols (C_out kH kW, N H W) = W^T x in one GEMM, then col2im + bias + activation."""
+    (sh, sw), (ph, pw), (oph, opw) = _pair(stride), _pair(padding), _pair(output_padding)
+    x, W, dtype = _c(x), _c(W), x.dtype
+    n, ci, h, w = x.shape
+    _, co, kh, kw = W.shape
+    oh = conv_transpose2d_output_size(h, kh, sh, ph, oph)
+    ow = conv_transpose2d_output_size(w, kw, sw, pw, opw)
+    xt = _scratch("convt_x", (ci, n * h * w), dtype)
+    k.to_channel_major(x.reshape(n, ci, h * w), xt)
+    cols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
+    k.matmul(W.reshape(ci, -1).T, xt, cols, cols)
+    out = _output(out, (n, co, oh, ow), dtype)
+    k.col2im(cols, kh, kw, sh, sw, ph, pw, h, w, _c(b) if b is not None else _zeros(co, dtype), _code(activation),
+             dtype.type(alpha), out)
+    return out
+
+
+def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None,
+                              dx=None):
+    """dW (C_in, C_out, kH, kW) += x im2col(g)^T, db (C_out,) += sum g, dx (N, C_in, H, W) = W im2col(g),
+    with g = dy * act'(y). Returns dx."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x, W, y, dy, dtype = _c(x), _c(W), _c(y), _c(dy), x.dtype
+    n, ci, h, w = x.shape
+    _, co, kh, kw = W.shape
+    g = _scratch("convt_g", y.shape, dtype)
+    k.grad_nchw(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha),
+                g.reshape(n, co, -1), db if db is not None else _zeros(co, dtype), db is not None)
+    gcols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
+    k.im2col(g, kh, kw, sh, sw, ph, pw, h, w, gcols)
+    xt = _scratch("convt_x", (ci, n * h * w), dtype)
+    if dW is not None:
+        k.to_channel_major(x.reshape(n, ci, h * w), xt)
+        k.matmul_add(xt, gcols.T, _output(dW, W.shape, dtype).reshape(ci, -1),
+                     _scratch("convt_dW", (ci, co * kh * kw), dtype))
+    if dx is not None:
+        k.matmul(W.reshape(ci, -1), gcols, xt, xt)
+        k.from_channel_major(xt, _zeros(ci, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype).reshape(n, ci, -1))
+    return dx
+
+
+# ---- batch norm ----------------------------------------------------------------------------------------------
+
+def _ncp(a):
+    """(N, C) or (N, C, H, W) -> a (N, C, P) view."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum=0.1, eps=1e-5,
+                      activation="identity", alpha=0.2, out=None):
+    """y = act(gamma (x - mean) invstd + beta) per channel; x (N, C) or (N, C, H, W); see numpy_ref."""
+    x, dtype = _c(x), x.dtype
+    out = _output(out, x.shape, dtype)
+    k.batchnorm_forward(_ncp(x), gamma, beta, running_mean, running_var, mean, invstd, bool(train), float(momentum),
+                        float(eps), _code(activation), dtype.type(alpha), _ncp(out))
+    return out
+
+
+def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
+                       dbeta=None, dx=None):
+    """dgamma, dbeta (C,) accumulate; dx written (through the batch statistics in train mode). Returns dx."""
+    x, y, dy, dtype = _c(x), _c(y), _c(dy), x.dtype
+    c = x.shape[1]
+    k.batchnorm_backward(_ncp(x), gamma, _ncp(y), _ncp(dy), mean, invstd, bool(train), _code(activation),
+                         dtype.type(alpha), dgamma if dgamma is not None else _zeros(c, dtype),
+                         dbeta if dbeta is not None else _zeros(c, dtype),
+                         _ncp(_output(dx, x.shape, dtype) if dx is not None else _scratch("bn_dx", x.shape, dtype)),
+                         dgamma is not None, dbeta is not None, dx is not None)
+    return dx
+
+
+# ---- standalone activation -----------------------------------------------------------------------------------
+
+def activation_forward(x, activation, alpha=0.2, out=None):
+    """out = act(x), elementwise over any shape."""
+    x = _c(x)
+    out = _output(out, x.shape, x.dtype)
+    k.activation_forward(x.reshape(-1), _code(activation), x.dtype.type(alpha), out.reshape(-1))
+    return out
+
+
+def activation_backward(y, dy, activation, alpha=0.2, dx=None):
+    """dx = dy * act'(y), any shape. Returns dx."""
+    y, dy = _c(y), _c(dy)
+    dx = _output(dx, y.shape, y.dtype)
+    k.activation_backward(y.reshape(-1), dy.reshape(-1), _code(activation), y.dtype.type(alpha), dx.reshape(-1))
+    return dx
+
+
+# ---- loss ----------------------------------------------------------------------------------------------------
+
+def bce_with_logits(logits, target, scale=1.0, dlogits=None):
+    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient into dlogits, and the mean probability, in one
+    pass. Returns (loss, mean sigmoid(x)) as NumPy scalars of the logits' dtype."""
+    x, dtype = _c(logits), logits.dtype
+    dlogits = _output(dlogits, x.shape, dtype)
+    loss, p = k.bce_with_logits(x.reshape(-1), float(target), float(scale), dlogits.reshape(-1))
+    return dtype.type(loss), dtype.type(p)
+
+
+# ---- optimizers ----------------------------------------------------------------------------------------------
+
+def sgd_update(param, grad, velocity, lr, momentum=0.0):
+    """SGD with momentum over flat buffers (P,), in place, one pass."""
+    t = param.dtype.type
+    k.sgd_update(param, grad, velocity, t(lr), t(momentum))
+
+
+def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam with bias correction over flat buffers (P,), in place, one pass; step is 1-based."""
+    t = param.dtype.type
+    k.adam_update(param, grad, m, v, t(lr), t(beta1), t(beta2), t(eps), t(1 / (1 - beta1 ** step)),
+                  t(1 / (1 - beta2 ** step)))
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+
+def noise(rng, prior, out):
+    """Fill out (N, Z) with N(0, 1) or U(-1, 1) noise: NumPy's generator fills the buffer in place, so the
+    stream is the reference's."""
+    return ref.noise(rng, prior, out)
+
+
+def batch_indices(rng, n, out):
+    """Fill out (B,) int64 with indices uniform on [0, n), the reference's stream, without allocating."""
+    k.batch_indices(rng, int(n), out)
+    return out
+
+
+def gather_rows(data, idx, out):
+    """out (B, D) = data (N, D)[idx (B,)]."""
+    k.gather_rows(data, idx, out)
+    return out
+
+
+# ---- compilation ---------------------------------------------------------------------------------------------
+
+def warm_up(dtypes=(np.float32,)):
+    """Run every op once on tiny arrays so each compiled loop is loaded from the cache (or compiled and cached).
+    Returns the seconds it took."""
+    start = time.perf_counter()
+    rng = new_rng(0)
+    for dtype in dtypes:
+        z = np.ones((2, 3), dtype)  # activation codes are runtime values: one compilation serves them all
+        W, b, y, dy = np.ones((3, 4), dtype), np.ones(4, dtype), np.empty((2, 4), dtype), np.ones((2, 4), dtype)
+        dense_forward(z, W, b, "relu", 0.2, out=y)
+        dense_backward(z, W, y, dy, "relu", 0.2, np.zeros_like(W), np.zeros_like(b), np.empty_like(z))
+        dense_backward(z, W, y, dy, "relu", 0.2, np.zeros_like(W), np.zeros_like(b), None)
+        img = np.ones((2, 2, 4, 4), dtype)
+        Wc = np.ones((3, 2, 4, 4), dtype)
+        yc = conv2d_forward(img, Wc, None, 2, 1, "leaky_relu")
+        conv2d_backward(img, Wc, yc, yc, 2, 1, "leaky_relu", 0.2, np.zeros_like(Wc), None, np.empty_like(img))
+        yt = conv_transpose2d_forward(img, np.ones((2, 3, 4, 4), dtype), None, 2, 1, 0, "relu")
+        conv_transpose2d_backward(img, np.ones((2, 3, 4, 4), dtype), yt, yt, 2, 1, "relu", 0.2,
+                                  np.zeros((2, 3, 4, 4), dtype), None, np.empty_like(img))
+        c = np.ones(2, dtype)
+        for x in (img, np.ones((3, 2), dtype)):
+            yb = batchnorm_forward(x, c, c, c.copy(), c.copy(), c.copy(), c.copy(), True)
+            batchnorm_backward(x, c, yb, yb, c, c, True, "identity", 0.2, c.copy(), c.copy(), np.empty_like(x))
+        activation_backward(z, activation_forward(z, "tanh"), "tanh")
+        bce_with_logits(np.ones((2, 1), dtype), 1.0)
+        p = np.ones(5, dtype)
+        sgd_update(p, p.copy(), p.copy(), 0.1, 0.9)
+        adam_update(p, p.copy(), p.copy(), p.copy(), 1, 0.1)
+        gather_rows(z, batch_indices(rng, 2, np.empty(2, np.int64)), np.empty_like(z))
+    return time.perf_counter() - start
+
+
+def kernel_cache_stats():
+    """(loaded, compiled): how many compiled-loop signatures this process loaded from Numba's on-disk cache and
+    how many it had to compile."""
+    from numba.core.registry import CPUDispatcher
+
+    dispatchers = [v for v in vars(k).values() if isinstance(v, CPUDispatcher)]
+    return (sum(sum(d.stats.cache_hits.values()) for d in dispatchers),
+            sum(sum(d.stats.cache_misses.values()) for d in dispatchers))

@@ -1,0 +1,439 @@
+"""The compiled loops of the Numba backend: fused elementwise passes, im2col/col2im, a register-blocked GEMM.
+
+Every function here is `@njit(cache=True)` and takes only contiguous arrays, integer codes and scalars of the
+arrays' dtype; `numba_cpu.py` checks and converts its arguments and documents each op. Activation codes index
+`numpy_ref.ACTIVATIONS`: 0 identity, 1 leaky_relu, 2 relu, 3 tanh, 4 sigmoid.
+
+The fast-math flags allow reassociation (vectorised sums) and fused multiply-adds but keep NaN and inf
+semantics, so a diverging run still shows NaN in its losses. error_model="numpy" drops Python's
+zero-division check, which otherwise keeps LLVM from vectorising any loop that divides.
+
+The loops are serial: BLAS already runs its GEMMs on every core, and Numba's prange threads beside BLAS's
+made the DCGAN step 3 to 7 times slower on 2 cores (the two thread pools take turns spinning).
+"""
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+from numba.np.random.generator_core import next_uint32
+from numba.np.random.random_methods import bounded_lemire_uint64, buffered_bounded_lemire_uint32
+
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+
+# A GEMM with fewer multiply-adds than this, or with an output of at most SKINNY columns or rows, runs in
+# `gemm_blocked`; larger ones go to BLAS (np.dot inside njit calls SciPy's BLAS). Measured by
+# benchmarks/test_bench_ops.py::test_gemm on a 2-core AVX2 machine: BLAS wins from about 64x64x64 up,
+# except for skinny shapes such as the discriminator's (N, H) @ (H, 1) and its outer-product backward.
+BLAS_MIN_MACS = 64 * 64 * 64
+SKINNY = 4
+
+
+# ---- activations ---------------------------------------------------------------------------------------------
+
+def tanh(z):
+    """tanh of a scalar: in float32 a rational approximation that vectorises (within 5 ulp of the exact value;
+    the coefficients are Eigen's), in float64 libm's tanh."""
+    return np.tanh(z)
+
+
+@overload(tanh, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _tanh(z):
+    if z != types.float32:
+        return lambda z: np.tanh(z)
+    f = np.float32
+    clamp = f(7.90531110763549805)
+    a1, a3, a5, a7 = f(4.89352455891786e-03), f(6.37261928875436e-04), f(1.48572235717979e-05), f(5.12229709037114e-08)
+    a9, a11, a13 = f(-8.60467152213735e-11), f(2.00018790482477e-13), f(-2.76076847742355e-16)
+    b0, b2, b4, b6 = f(4.89352518554385e-03), f(2.26843463243900e-03), f(1.18534705686654e-04), f(1.19825839466702e-06)
+
+    def impl(z):
+        x = min(max(z, -clamp), clamp)
+        x2 = x * x
+        p = ((((((a13 * x2 + a11) * x2 + a9) * x2 + a7) * x2 + a5) * x2 + a3) * x2 + a1) * x
+        q = ((b6 * x2 + b4) * x2 + b2) * x2 + b0
+        return p / q
+    return impl
+
+
+@jit
+def act(z, code, alpha):
+    """The activation of a scalar pre-activation z. alpha has z's type, and the constants are written so that
+    float32 stays float32 (an integer literal would widen the loop to float64)."""
+    if code == 1:
+        return z if z > 0 else alpha * z
+    if code == 2:
+        return z if z > 0 or z != z else alpha - alpha  # NaN stays NaN, as np.maximum keeps it
+    if code == 3:
+        return tanh(z)
+    if code == 4:  # in float64: sigmoid activations are not on any model's hot path
+        return 0.5 + 0.5 * tanh(0.5 * z)
+    return z
+
+
+@jit
+def act_grad(y, dy, code, alpha):
+    """d loss / d pre-activation from the activation's output y and d loss / d y (scalars)."""
+    if code == 1:
+        return dy if y > 0 else alpha * dy
+    if code == 2:
+        return dy if y > 0 else dy * (alpha - alpha)  # as dy * (y > 0): NaN for an infinite dy
+    if code == 3:
+        return dy - dy * y * y
+    if code == 4:
+        return dy * (y - y * y)
+    return dy
+
+
+@jit
+def activation_forward(x, code, alpha, out):
+    """x, out (P,) flat: out = act(x)."""
+    for i in range(x.size):
+        out[i] = act(x[i], code, alpha)
+
+
+@jit
+def activation_backward(y, dy, code, alpha, dx):
+    """y, dy, dx (P,) flat: dx = dy act'(y)."""
+    for i in range(y.size):
+        dx[i] = act_grad(y[i], dy[i], code, alpha)
+
+
+# ---- GEMM ----------------------------------------------------------------------------------------------------
+
+@jit
+def gemm_blocked(a, b, out, accumulate):
+    """out (M, N) (+)= a (M, K) @ b (K, N): four rows of `out` per pass over b, the row loop vectorised."""
+    m, k = a.shape
+    n = b.shape[1]
+    if not accumulate:
+        out[:] = 0
+    i = 0
+    while i + 4 <= m:
+        for p in range(k):
+            a0, a1, a2, a3 = a[i, p], a[i + 1, p], a[i + 2, p], a[i + 3, p]
+            for j in range(n):
+                bj = b[p, j]
+                out[i, j] += a0 * bj
+                out[i + 1, j] += a1 * bj
+                out[i + 2, j] += a2 * bj
+                out[i + 3, j] += a3 * bj
+        i += 4
+    for r in range(i, m):
+        for p in range(k):
+            ar = a[r, p]
+            for j in range(n):
+                out[r, j] += ar * b[p, j]
+
+
+@jit
+def use_blas(m, k, n):
+    """Whether BLAS beats gemm_blocked for an (m, k) @ (k, n) product (see BLAS_MIN_MACS)."""
+    return m * k * n >= BLAS_MIN_MACS and min(m, n) > SKINNY
+
+
+@jit
+def matmul(a, b, out, scratch):
+    """out (M, N) = a (M, K) @ b (K, N); scratch is unused (a uniform signature with matmul_add)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if use_blas(m, k, n):
+        np.dot(a, b, out)
+    else:
+        gemm_blocked(a, b, out, False)
+
+
+@jit
+def matmul_add(a, b, out, scratch):
+    """out (M, N) += a (M, K) @ b (K, N); scratch (M, N) holds the BLAS product before it is added."""
+    m, k = a.shape
+    n = b.shape[1]
+    if use_blas(m, k, n):
+        np.dot(a, b, scratch)
+        for i in range(m):
+            for j in range(n):
+                out[i, j] += scratch[i, j]
+    else:
+        gemm_blocked(a, b, out, True)
+
+
+# ---- dense ---------------------------------------------------------------------------------------------------
+
+@jit
+def dense_forward(x, W, b, code, alpha, out):
+    """x (N, I), W (I, O), b (O,) -> out (N, O) = act(x W + b): the GEMM, then one bias + activation pass."""
+    matmul(x, W, out, out)
+    n, o = out.shape
+    for i in range(n):
+        for j in range(o):
+            out[i, j] = act(out[i, j] + b[j], code, alpha)
+
+
+@jit
+def dense_backward(x, W, y, dy, code, alpha, dW, db, dx, g, scratch, want_dW, want_db, want_dx):
+    """g (N, O) = dy act'(y) with db += sum_n g in the same pass; dW (I, O) += x^T g; dx (N, I) = g W^T.
+    scratch (I, O) holds the BLAS product before it is added to dW."""
+    n, o = y.shape
+    for j in range(o):
+        s = db[j] * 0
+        for i in range(n):
+            gij = act_grad(y[i, j], dy[i, j], code, alpha)
+            g[i, j] = gij
+            s += gij
+        if want_db:
+            db[j] += s
+    if want_dW:
+        matmul_add(x.T, g, dW, scratch)
+    if want_dx:
+        matmul(g, W.T, dx, dx)
+
+
+# ---- convolution: im2col and col2im on a channel-major layout ------------------------------------------------
+# cols (C kH kW, N OH OW): row (c, i, j), column (n, p, q) holds x_pad[n, c, p sH + i, q sW + j], so one GEMM
+# covers the whole batch: (C_out, C kH kW) @ cols.
+
+@jit
+def window_range(j, pw, sw, w, ow):
+    """The output columns q whose input column q sW + j - pW falls inside [0, w): q_lo <= q < q_hi."""
+    q_lo = min(max(0, -((j - pw) // sw)), ow)
+    q_hi = max(min(ow, (w - 1 - j + pw) // sw + 1), q_lo)
+    return q_lo, q_hi
+
+
+@jit
+def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    """x (N, C, H, W) -> cols (C kH kW, N OH OW), zeros where the window hangs over the padding. The inner loop
+    copies a strided run of x without a branch."""
+    n, c, h, w = x.shape
+    for row in range(c * kh * kw):
+        ci, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+        q_lo, q_hi = window_range(j, pw, sw, w, ow)
+        for s in range(n):
+            for p in range(oh):
+                base = (s * oh + p) * ow
+                hh = p * sh + i - ph
+                if hh < 0 or hh >= h:
+                    for q in range(ow):
+                        cols[row, base + q] = 0
+                    continue
+                for q in range(q_lo):
+                    cols[row, base + q] = 0
+                for q in range(q_lo, q_hi):
+                    cols[row, base + q] = x[s, ci, hh, q * sw + j - pw]
+                for q in range(q_hi, ow):
+                    cols[row, base + q] = 0
+
+
+@jit
+def col2im(cols, kh, kw, sh, sw, ph, pw, oh, ow, b, code, alpha, x):
+    """The adjoint of im2col: x (N, C, H, W) = act(the cols entries summed back onto the pixels they read + b).
+    One channel at a time (its N H W values stay in cache); b (C,) is added per channel (zeros for none),
+    code 0 leaves the sum as it is."""
+    n, c, h, w = x.shape
+    for ci in range(c):
+        for s in range(n):
+            for hh in range(h):
+                for ww in range(w):
+                    x[s, ci, hh, ww] = 0
+        for i in range(kh):
+            for j in range(kw):
+                row = (ci * kh + i) * kw + j
+                q_lo, q_hi = window_range(j, pw, sw, w, ow)
+                for s in range(n):
+                    for p in range(oh):
+                        hh = p * sh + i - ph
+                        if 0 <= hh < h:
+                            base = (s * oh + p) * ow
+                            for q in range(q_lo, q_hi):
+                                x[s, ci, hh, q * sw + j - pw] += cols[row, base + q]
+        for s in range(n):
+            for hh in range(h):
+                for ww in range(w):
+                    x[s, ci, hh, ww] = act(x[s, ci, hh, ww] + b[ci], code, alpha)
+
+
+@jit
+def to_channel_major(x, out):
+    """x (N, C, P) -> out (C, N P)."""
+    n, c, p = x.shape
+    for ci in range(c):
+        for s in range(n):
+            for k in range(p):
+                out[ci, s * p + k] = x[s, ci, k]
+
+
+@jit
+def from_channel_major(t, b, code, alpha, out):
+    """t (C, N P) -> out (N, C, P) = act(t + b[c]) (b zeros for none)."""
+    n, c, p = out.shape
+    for ci in range(c):
+        for s in range(n):
+            for k in range(p):
+                out[s, ci, k] = act(t[ci, s * p + k] + b[ci], code, alpha)
+
+
+@jit
+def grad_channel_major(y, dy, code, alpha, g, db, want_db):
+    """y, dy (N, C, P) -> g (C, N P) = dy act'(y), with db (C,) += the sum of g per channel in the same pass."""
+    n, c, p = y.shape
+    for ci in range(c):
+        s_ = db[ci] * 0
+        for s in range(n):
+            for k in range(p):
+                gv = act_grad(y[s, ci, k], dy[s, ci, k], code, alpha)
+                g[ci, s * p + k] = gv
+                s_ += gv
+        if want_db:
+            db[ci] += s_
+
+
+@jit
+def grad_nchw(y, dy, code, alpha, g, db, want_db):
+    """y, dy, g (N, C, P): g = dy act'(y), with db (C,) += the sum of g per channel in the same pass."""
+    n, c, p = y.shape
+    for ci in range(c):
+        s_ = db[ci] * 0
+        for s in range(n):
+            for k in range(p):
+                gv = act_grad(y[s, ci, k], dy[s, ci, k], code, alpha)
+                g[s, ci, k] = gv
+                s_ += gv
+        if want_db:
+            db[ci] += s_
+
+
+# ---- batch norm ----------------------------------------------------------------------------------------------
+
+@jit
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum, eps, code, alpha,
+                      out):
+    """x, out (N, C, P) (P = 1 for 1D); per-channel statistics in float64, two passes, then one normalise +
+    activation pass."""
+    n, c, p = x.shape
+    m = n * p
+    for ci in range(c):
+        if train:
+            s = 0.0
+            for i in range(n):
+                for k in range(p):
+                    s += x[i, ci, k]
+            mu = s / m
+            s2 = 0.0
+            for i in range(n):
+                for k in range(p):
+                    d = x[i, ci, k] - mu
+                    s2 += d * d
+            var = s2 / m
+            running_mean[ci] = (1 - momentum) * running_mean[ci] + momentum * mu
+            running_var[ci] = (1 - momentum) * running_var[ci] + momentum * var * (m / (m - 1))
+        else:
+            mu = running_mean[ci]
+            var = running_var[ci]
+        inv = 1 / math.sqrt(var + eps)
+        mean[ci] = mu
+        invstd[ci] = inv
+        scale = gamma[ci] * invstd[ci]
+        shift = beta[ci] - mean[ci] * scale
+        for i in range(n):
+            for k in range(p):
+                out[i, ci, k] = act(x[i, ci, k] * scale + shift, code, alpha)
+
+
+@jit
+def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, code, alpha, dgamma, dbeta, dx, want_dgamma,
+                       want_dbeta, want_dx):
+    """x, y, dy, dx (N, C, P): per channel, one pass for sum(g) and sum(g x_hat), one pass for dx."""
+    n, c, p = x.shape
+    m = n * p
+    for ci in range(c):
+        mu, inv = mean[ci], invstd[ci]
+        sg = 0.0
+        sgx = 0.0
+        for i in range(n):
+            for k in range(p):
+                g = act_grad(y[i, ci, k], dy[i, ci, k], code, alpha)
+                sg += g
+                sgx += g * (x[i, ci, k] - mu) * inv
+        if want_dgamma:
+            dgamma[ci] += sgx
+        if want_dbeta:
+            dbeta[ci] += sg
+        if want_dx:
+            scale = gamma[ci] * inv
+            a = sg / m if train else 0.0
+            bcoef = sgx / m if train else 0.0
+            for i in range(n):
+                for k in range(p):
+                    g = act_grad(y[i, ci, k], dy[i, ci, k], code, alpha)
+                    dx[i, ci, k] = scale * (g - a - (x[i, ci, k] - mu) * inv * bcoef)
+
+
+# ---- loss ----------------------------------------------------------------------------------------------------
+
+@jit
+def bce_with_logits(x, target, scale, dx):
+    """x, dx (N,) flat: dx = scale (sigmoid(x) - t) / N; returns (scale mean BCE, mean sigmoid(x)) in float64."""
+    n = x.size
+    loss = 0.0
+    psum = 0.0
+    for i in range(n):
+        xi = x[i]
+        e = np.exp(-abs(xi))
+        prob = 1 / (1 + e) if xi >= 0 else e / (1 + e)
+        loss += max(xi, 0) - xi * target + np.log1p(e)
+        psum += prob
+        dx[i] = scale / n * (prob - target)
+    return scale * loss / n, psum / n
+
+
+# ---- optimizers ----------------------------------------------------------------------------------------------
+
+@jit
+def sgd_update(param, grad, velocity, lr, momentum):
+    """param, grad, velocity (P,): velocity = momentum velocity + grad; param -= lr velocity."""
+    for i in range(param.size):
+        v = momentum * velocity[i] + grad[i]
+        velocity[i] = v
+        param[i] -= lr * v
+
+
+@jit
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, c1, c2):
+    """param, grad, m, v (P,); c1 = 1 / (1 - beta1^t) and c2 = 1 / (1 - beta2^t) are the bias corrections.
+    Every scalar has the arrays' dtype, so a float32 update stays float32 (and vectorises twice as wide)."""
+    one = c1 / c1
+    for i in range(param.size):
+        g = grad[i]
+        mi = beta1 * m[i] + (one - beta1) * g
+        vi = beta2 * v[i] + (one - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] -= lr * (mi * c1) / (np.sqrt(vi * c2) + eps)
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+
+@jit
+def batch_indices(rng, n, out):
+    """out (B,) int64 uniform on [0, n): NumPy's bounded draws (Lemire's rejection on 32-bit outputs below 2^32)
+    one at a time on the generator's own bit stream, so the indices are those of rng.integers(0, n, B), and
+    nothing is allocated (Numba's rng.integers(0, n) allocates a 1-element array per draw)."""
+    r = n - 1
+    bitgen = rng.bit_generator
+    for i in range(out.size):
+        if r == 0:
+            out[i] = 0
+        elif r < 0xFFFFFFFF:
+            out[i] = buffered_bounded_lemire_uint32(bitgen, r)
+        elif r == 0xFFFFFFFF:
+            out[i] = next_uint32(bitgen)
+        else:
+            out[i] = bounded_lemire_uint64(bitgen, r)
+
+
+@jit
+def gather_rows(data, idx, out):
+    """out (B, D) = data (N, D)[idx (B,)]."""
+    for i in range(idx.size):
+        out[i, :] = data[idx[i], :]
