@@ -1,25 +1,48 @@
-"""Print a pytest-benchmark JSON file as a table: case, backend, median time, GFLOP/s, speed-up over numpy.
+"""Print a pytest-benchmark JSON file as tables: per case and backend, the median time, GFLOP/s with the share
+of the CPU's FMA peak (or GB/s for memory-bound ops), and the speed-up over the NumPy reference and over
+PyTorch (a ratio > 1 means faster than that one).
 
     python -m benchmarks.report benchmarks/results/<file>.json
 """
 import json
 import sys
 
+BASELINES = ("numpy", "numpy-matmul")  # the reference, or NumPy's own matmul for the GEMM comparison
+
+
+def _time(seconds):
+    return f"{seconds * 1e3:.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
+
 
 def table(path):
     with open(path) as f:
         results = json.load(f)
-    rows = {}
+    rows, peak = {}, None
     for b in results["benchmarks"]:
         info = b["extra_info"]
-        rows[(info["case"], info["backend"])] = (b["stats"]["median"], info["gflops_per_s"])
-    lines = [f"machine: {results['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-             f"{results['machine_info'].get('cpu', {}).get('count', '?')} cores; {results['datetime']}",
-             "| case | backend | median step | GFLOP/s | vs numpy |", "|---|---|---|---|---|"]
-    for (case, backend), (median, gflops) in sorted(rows.items()):
-        base = rows.get((case, "numpy"), (None,))[0]
-        ratio = f"{base / median:.2f}x" if base else "-"
-        lines.append(f"| {case} | {backend} | {median * 1e3:.3f} ms | {gflops:.2f} | {ratio} |")
+        rows[(info["case"], info["backend"])] = (b["stats"]["median"], info)
+        peak = peak or info.get("peak")
+    machine = results["machine_info"]
+    cpu = machine.get("cpu", {})
+    versions = next((i for _, i in rows.values() if i.get("torch")), {})
+    lines = [f"machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} cores; {results['datetime']}; "
+             f"Python {machine.get('python_version', '?')}; PyTorch {versions.get('torch') or 'not installed'}",
+             f"FP32 FMA peak: {peak or 'unknown'}",
+             "| case | backend | median | GFLOP/s (% of peak) or GB/s | vs numpy | vs torch |",
+             "|---|---|---|---|---|---|"]
+    for (case, backend), (median, info) in sorted(rows.items()):
+        if "gflops_per_s" in info:
+            rate = f"{info['gflops_per_s']:.1f}"
+            if info.get("peak_gflops"):
+                rate += f" ({100 * info['gflops_per_s'] / info['peak_gflops']:.0f}%)"
+        elif "gbytes_per_s" in info:
+            rate = f"{info['gbytes_per_s']:.1f} GB/s"
+        else:
+            rate = "-"
+        base = next((rows[(case, b)][0] for b in BASELINES if (case, b) in rows), None)
+        peer = rows.get((case, "torch"), (None,))[0]
+        ratios = [f"{other / median:.2f}x" if other else "-" for other in (base, peer)]
+        lines.append(f"| {case} | {backend} | {_time(median)} | {rate} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 
 

@@ -5,8 +5,8 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
 - an op makes one pass where the reference chains NumPy temporaries: bias + activation in the GEMM's output
   pass, activation derivative + bias gradient in one pass, sigmoid-BCE loss + gradient + mean in one pass,
   Adam in one pass over a model's flat buffer;
-- GEMMs go to BLAS (through SciPy) where it is faster, to a register-blocked Numba GEMM for small and skinny
-  products (the discriminator's last layer);
+- GEMMs go to NumPy's BLAS, or to a register-blocked Numba GEMM for tiny products and outer products (the
+  discriminator's last layer), whichever benchmarks/test_bench_ops.py::test_gemm measured faster;
 - convolutions are im2col + one GEMM over the whole batch + a gathered col2im with bias and activation fused;
 - scratch arrays are allocated once per (purpose, shape, dtype) and reused, so a steady-state training step
   allocates no array; scalars come back as NumPy scalars, not 0-d arrays;
@@ -77,26 +77,51 @@ def _output(out, shape, dtype):
     return out
 
 
+# ---- GEMM ----------------------------------------------------------------------------------------------------
+
+def use_blocked_gemm(m, kk, n):
+    """Whether the blocked Numba GEMM beats BLAS for (m, kk) @ (kk, n): outer products (kk <= 4) and products
+    of at most 16^3 multiply-adds (benchmarks/test_bench_ops.py::test_gemm measures every shape a step runs)."""
+    return kk <= 4 or m * kk * n <= 16 ** 3
+
+
+def _matmul(a, b, out, accumulate=False):
+    """out (M, N) = a (M, K) @ b (K, N), or += when accumulate. BLAS is NumPy's: one BLAS thread pool per
+    process (SciPy's, which np.dot inside njit calls, fought NumPy's for the cores whenever both ran)."""
+    m, kk = a.shape
+    if use_blocked_gemm(m, kk, b.shape[1]):
+        k.gemm_blocked(a, b, out, accumulate)
+    elif accumulate:
+        product = _scratch("gemm", out.shape, out.dtype)
+        np.matmul(a, b, out=product)
+        k.add_into(out, product)
+    else:
+        np.matmul(a, b, out=out)
+
+
 # ---- dense ---------------------------------------------------------------------------------------------------
 
 def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
-    """y = act(x @ W + b). x (N, I), W (I, O), b (O,) -> out (N, O)."""
+    """y = act(x @ W + b). x (N, I), W (I, O), b (O,) -> out (N, O): the GEMM, then one bias + activation pass."""
     x, W, b = _c(x), _c(W), _c(b)
     out = _output(out, (x.shape[0], W.shape[1]), x.dtype)
-    k.dense_forward(x, W, b, _code(activation), x.dtype.type(alpha), out)
+    _matmul(x, W, out)
+    k.bias_act(out, b, _code(activation), x.dtype.type(alpha))
     return out
 
 
 def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
-    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T with g = dy * act'(y). Returns dx."""
+    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T with g = dy * act'(y) (g and db in one pass).
+    Returns dx."""
     x, W, y, dy = _c(x), _c(W), _c(y), _c(dy)
     (n, i), o, dtype = x.shape, W.shape[1], x.dtype
     g = _scratch("dense_g", (n, o), dtype)
-    k.dense_backward(x, W, y, dy, _code(activation), dtype.type(alpha),
-                     _output(dW, (i, o), dtype) if dW is not None else _scratch("dense_dW", (i, o), dtype),
-                     db if db is not None else _zeros(o, dtype),
-                     _output(dx, (n, i), dtype) if dx is not None else _scratch("dense_dx", (n, i), dtype),
-                     g, _scratch("dense_dW", (i, o), dtype), dW is not None, db is not None, dx is not None)
+    k.act_grad_rows(y, dy, _code(activation), dtype.type(alpha), g, db if db is not None else _zeros(o, dtype),
+                    db is not None)
+    if dW is not None:
+        _matmul(x.T, g, _output(dW, (i, o), dtype), accumulate=True)
+    if dx is not None:
+        _matmul(g, W.T, _output(dx, (n, i), dtype))
     return dx
 
 
@@ -113,7 +138,7 @@ def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, o
     cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
     k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
     t = _scratch("conv_out", (co, n * oh * ow), dtype)
-    k.matmul(W.reshape(co, -1), cols, t, t)
+    _matmul(W.reshape(co, -1), cols, t)
     out = _output(out, (n, co, oh, ow), dtype)
     k.from_channel_major(t, _c(b) if b is not None else _zeros(co, dtype), _code(activation), dtype.type(alpha),
                          out.reshape(n, co, oh * ow))
@@ -134,11 +159,10 @@ def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0
     if dW is not None:
         cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
         k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
-        k.matmul_add(g, cols.T, _output(dW, W.shape, dtype).reshape(co, -1),
-                     _scratch("conv_dW", (co, c * kh * kw), dtype))
+        _matmul(g, cols.T, _output(dW, W.shape, dtype).reshape(co, -1), accumulate=True)
     if dx is not None:
         dcols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
-        k.matmul(W.reshape(co, -1).T, g, dcols, dcols)
+        _matmul(W.reshape(co, -1).T, g, dcols)
         k.col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, _zeros(c, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype))
     return dx
 
@@ -156,7 +180,7 @@ def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activat
     xt = _scratch("convt_x", (ci, n * h * w), dtype)
     k.to_channel_major(x.reshape(n, ci, h * w), xt)
     cols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
-    k.matmul(W.reshape(ci, -1).T, xt, cols, cols)
+    _matmul(W.reshape(ci, -1).T, xt, cols)
     out = _output(out, (n, co, oh, ow), dtype)
     k.col2im(cols, kh, kw, sh, sw, ph, pw, h, w, _c(b) if b is not None else _zeros(co, dtype), _code(activation),
              dtype.type(alpha), out)
@@ -179,10 +203,9 @@ def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity
     xt = _scratch("convt_x", (ci, n * h * w), dtype)
     if dW is not None:
         k.to_channel_major(x.reshape(n, ci, h * w), xt)
-        k.matmul_add(xt, gcols.T, _output(dW, W.shape, dtype).reshape(ci, -1),
-                     _scratch("convt_dW", (ci, co * kh * kw), dtype))
+        _matmul(xt, gcols.T, _output(dW, W.shape, dtype).reshape(ci, -1), accumulate=True)
     if dx is not None:
-        k.matmul(W.reshape(ci, -1), gcols, xt, xt)
+        _matmul(W.reshape(ci, -1), gcols, xt)
         k.from_channel_major(xt, _zeros(ci, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype).reshape(n, ci, -1))
     return dx
 

@@ -1,4 +1,5 @@
-"""The compiled loops of the Numba backend: fused elementwise passes, im2col/col2im, a register-blocked GEMM.
+"""The compiled loops of the Numba backend: fused elementwise passes, im2col/col2im, a register-blocked GEMM for
+the small products (large GEMMs are NumPy's BLAS, called from numba_cpu.py between these loops).
 
 Every function here is `@njit(cache=True)` and takes only contiguous arrays, integer codes and scalars of the
 arrays' dtype; `numba_cpu.py` checks and converts its arguments and documents each op. Activation codes index
@@ -21,14 +22,6 @@ from numba.np.random.random_methods import bounded_lemire_uint64, buffered_bound
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
-
-# A GEMM with fewer multiply-adds than this, or with an output of at most SKINNY columns or rows, runs in
-# `gemm_blocked`; larger ones go to BLAS (np.dot inside njit calls SciPy's BLAS). Measured by
-# benchmarks/test_bench_ops.py::test_gemm on a 2-core AVX2 machine: BLAS wins from about 64x64x64 up,
-# except for skinny shapes such as the discriminator's (N, H) @ (H, 1) and its outer-product backward.
-BLAS_MIN_MACS = 64 * 64 * 64
-SKINNY = 4
-
 
 # ---- activations ---------------------------------------------------------------------------------------------
 
@@ -100,7 +93,9 @@ def activation_backward(y, dy, code, alpha, dx):
         dx[i] = act_grad(y[i], dy[i], code, alpha)
 
 
-# ---- GEMM ----------------------------------------------------------------------------------------------------
+# ---- GEMM and dense --------------------------------------------------------------------------------------------
+# Large GEMMs run in NumPy's BLAS, called by numba_cpu.py between these loops; the blocked GEMM below serves the
+# tiny and outer-product shapes where BLAS's call overhead dominates (see numba_cpu.use_blocked_gemm).
 
 @jit
 def gemm_blocked(a, b, out, accumulate):
@@ -128,42 +123,17 @@ def gemm_blocked(a, b, out, accumulate):
 
 
 @jit
-def use_blas(m, k, n):
-    """Whether BLAS beats gemm_blocked for an (m, k) @ (k, n) product (see BLAS_MIN_MACS)."""
-    return m * k * n >= BLAS_MIN_MACS and min(m, n) > SKINNY
+def add_into(out, t):
+    """out (M, N) += t (M, N)."""
+    m, n = out.shape
+    for i in range(m):
+        for j in range(n):
+            out[i, j] += t[i, j]
 
 
 @jit
-def matmul(a, b, out, scratch):
-    """out (M, N) = a (M, K) @ b (K, N); scratch is unused (a uniform signature with matmul_add)."""
-    m, k = a.shape
-    n = b.shape[1]
-    if use_blas(m, k, n):
-        np.dot(a, b, out)
-    else:
-        gemm_blocked(a, b, out, False)
-
-
-@jit
-def matmul_add(a, b, out, scratch):
-    """out (M, N) += a (M, K) @ b (K, N); scratch (M, N) holds the BLAS product before it is added."""
-    m, k = a.shape
-    n = b.shape[1]
-    if use_blas(m, k, n):
-        np.dot(a, b, scratch)
-        for i in range(m):
-            for j in range(n):
-                out[i, j] += scratch[i, j]
-    else:
-        gemm_blocked(a, b, out, True)
-
-
-# ---- dense ---------------------------------------------------------------------------------------------------
-
-@jit
-def dense_forward(x, W, b, code, alpha, out):
-    """x (N, I), W (I, O), b (O,) -> out (N, O) = act(x W + b): the GEMM, then one bias + activation pass."""
-    matmul(x, W, out, out)
+def bias_act(out, b, code, alpha):
+    """out (N, O) = act(out + b), b (O,): the dense forward's epilogue, one pass over the GEMM's output."""
     n, o = out.shape
     for i in range(n):
         for j in range(o):
@@ -171,9 +141,8 @@ def dense_forward(x, W, b, code, alpha, out):
 
 
 @jit
-def dense_backward(x, W, y, dy, code, alpha, dW, db, dx, g, scratch, want_dW, want_db, want_dx):
-    """g (N, O) = dy act'(y) with db += sum_n g in the same pass; dW (I, O) += x^T g; dx (N, I) = g W^T.
-    scratch (I, O) holds the BLAS product before it is added to dW."""
+def act_grad_rows(y, dy, code, alpha, g, db, want_db):
+    """y, dy, g (N, O): g = dy act'(y), with db (O,) += sum_n g in the same pass."""
     n, o = y.shape
     for j in range(o):
         s = db[j] * 0
@@ -183,10 +152,6 @@ def dense_backward(x, W, y, dy, code, alpha, dW, db, dx, g, scratch, want_dW, wa
             s += gij
         if want_db:
             db[j] += s
-    if want_dW:
-        matmul_add(x.T, g, dW, scratch)
-    if want_dx:
-        matmul(g, W.T, dx, dx)
 
 
 # ---- convolution: im2col and col2im on a channel-major layout ------------------------------------------------

@@ -1,0 +1,112 @@
+"""PyTorch as a peer in the benchmarks: the same models, weights, batches, noise, losses and optimizer as a
+gan-engine Trainer, in PyTorch eager mode. Benchmarks only: the engine never imports torch.
+
+`TorchTrainer(trainer)` copies a Trainer's G, D, data and settings; its `step()` runs the same Algorithm 1
+(k D steps on a real and a fake half, then one G step through a frozen D), drawing indices and noise from a
+NumPy generator seeded like the Trainer's, so its first step reproduces the Trainer's first step.
+"""
+import numpy as np
+
+from gan_engine.layers import Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape
+
+try:
+    import torch
+    from torch import nn
+except ImportError:  # the benchmarks leave the peer out
+    torch = None
+
+
+def torch_version():
+    return None if torch is None else torch.__version__
+
+
+def _activation(name, alpha):
+    return {"identity": None, "relu": nn.ReLU(), "leaky_relu": nn.LeakyReLU(alpha), "tanh": nn.Tanh(),
+            "sigmoid": nn.Sigmoid()}[name]
+
+
+def torch_model(model):
+    """A gan-engine Sequential -> an nn.Sequential with the same layers and a copy of its weights and statistics."""
+    modules = []
+    for layer, in_shape in zip(model.layers, model.shapes):
+        p = {k: torch.from_numpy(np.array(model.backend.to_numpy(v), dtype=np.float32))
+             for k, v in {**layer.params, **layer.stats}.items()}
+        if isinstance(layer, Dense):
+            m = nn.Linear(layer.in_features, layer.out_features)
+            m.weight.data, m.bias.data = p["W"].T.contiguous(), p["b"]
+        elif isinstance(layer, (Conv2d, ConvTranspose2d)):
+            cls = nn.Conv2d if isinstance(layer, Conv2d) else nn.ConvTranspose2d
+            extra = {} if isinstance(layer, Conv2d) else {"output_padding": layer.output_padding}
+            m = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                    bias=layer.bias, **extra)
+            m.weight.data = p["W"]
+            if layer.bias:
+                m.bias.data = p["b"]
+        elif isinstance(layer, BatchNorm):
+            cls = nn.BatchNorm1d if len(in_shape) == 1 else nn.BatchNorm2d
+            m = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+            m.weight.data, m.bias.data = p["gamma"], p["beta"]
+            m.running_mean.data, m.running_var.data = p["running_mean"], p["running_var"]
+        elif isinstance(layer, Flatten):
+            m = nn.Flatten()
+        elif isinstance(layer, Reshape):
+            m = nn.Unflatten(1, layer.shape)
+        elif isinstance(layer, Activation):
+            m = None
+        else:
+            raise TypeError(f"no PyTorch twin for {layer!r}")
+        modules += [m] if m is not None else []
+        act = getattr(layer, "activation", "identity")
+        if act != "identity":
+            modules.append(_activation(act, layer.alpha))
+    return nn.Sequential(*modules)
+
+
+class TorchTrainer:
+    """The PyTorch eager twin of a gan-engine Trainer (Adam, non-saturating loss, no label smoothing)."""
+
+    def __init__(self, trainer, seed=0):
+        self.G, self.D = torch_model(trainer.G), torch_model(trainer.D)
+        opt = trainer.opt_g
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        opt = trainer.opt_d
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self.data = torch.from_numpy(np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32))
+        self.batch_size, self.k_disc, self.z_dim = trainer.batch_size, trainer.k_disc, trainer.z_dim
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._z = np.empty((self.batch_size, self.z_dim), dtype=np.float32)
+        self.ones = torch.ones(self.batch_size, 1)
+        self.zeros = torch.zeros(self.batch_size, 1)
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def _noise(self):
+        self.rng.standard_normal(dtype=np.float32, out=self._z)
+        return torch.from_numpy(self._z)
+
+    def step(self):
+        """k D steps, then one G step; returns the last D loss, G loss, mean D(x), mean D(G(z)) as tensors."""
+        for _ in range(self.k_disc):
+            idx = torch.from_numpy(self.rng.integers(0, self.data.shape[0], size=self.batch_size))
+            real = self.data[idx]
+            with torch.no_grad():
+                fake = self.G(self._noise())
+            self.opt_d.zero_grad()
+            logits_real = self.D(real)
+            loss_real = self.bce(logits_real, self.ones)
+            loss_real.backward()
+            logits_fake = self.D(fake)
+            loss_fake = self.bce(logits_fake, self.zeros)
+            loss_fake.backward()
+            self.opt_d.step()
+        self.D.requires_grad_(False)
+        self.opt_g.zero_grad()
+        g_loss = self.bce(self.D(self.G(self._noise())), self.ones)
+        g_loss.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        return {"d_loss": (loss_real + loss_fake).detach(), "g_loss": g_loss.detach(),
+                "d_real": torch.sigmoid(logits_real).mean().detach(), "d_fake": torch.sigmoid(logits_fake).mean().detach()}
+
+    @staticmethod
+    def read_metrics(metrics):
+        return {k: float(v) for k, v in metrics.items()}
