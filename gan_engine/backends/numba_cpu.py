@@ -7,7 +7,8 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
   Adam in one pass over a model's flat buffer;
 - GEMMs go to NumPy's BLAS, or to a register-blocked Numba GEMM for tiny products and outer products (the
   discriminator's last layer), whichever benchmarks/test_bench_ops.py::test_gemm measured faster;
-- convolutions are im2col + one GEMM over the whole batch + a gathered col2im with bias and activation fused;
+- convolutions are im2col + one GEMM over the whole batch + col2im with bias and activation fused, all three
+  driven by a per-shape table of window offsets;
 - scratch arrays are allocated once per (purpose, shape, dtype) and reused, so a steady-state training step
   allocates no array; scalars come back as NumPy scalars, not 0-d arrays;
 - everything is compiled with `cache=True`: the first process compiles (tens of seconds), later ones load.
@@ -127,6 +128,21 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
 
 # ---- convolution ---------------------------------------------------------------------------------------------
 
+def _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow):
+    """The window table idx (kH kW, OH OW) of numba_kernels.im2col for these sizes, built once."""
+    key = ("windows", h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+    idx = _scratch_buffers.get(key)
+    if idx is None:
+        idx = _scratch_buffers[key] = np.empty((kh * kw, oh * ow), dtype=np.int64)
+        k.window_index(h, w, kh, kw, sh, sw, ph, pw, oh, ow, idx)
+    return idx
+
+
+def _flat_pixels(a):
+    """(N, C, H, W) -> a (N, C, H W) view."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
 def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, out=None):
     """y = act(conv2d(x, W) + b). x (N, C_in, H, W), W (C_out, C_in, kH, kW), b (C_out,) or None
     -> out (N, C_out, OH, OW): cols = im2col(x) (C_in kH kW, N OH OW); (C_out, C_in kH kW) @ cols; epilogue."""
@@ -136,7 +152,8 @@ def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, o
     co, _, kh, kw = W.shape
     oh, ow = conv2d_output_size(h, kh, sh, ph), conv2d_output_size(w, kw, sw, pw)
     cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
-    k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+    windows = _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+    k.im2col(_flat_pixels(x), windows, cols)
     t = _scratch("conv_out", (co, n * oh * ow), dtype)
     _matmul(W.reshape(co, -1), cols, t)
     out = _output(out, (n, co, oh, ow), dtype)
@@ -154,16 +171,17 @@ def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0
     co, _, kh, kw = W.shape
     oh, ow = y.shape[2:]
     g = _scratch("conv_g", (co, n * oh * ow), dtype)
+    windows = _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow)
     k.grad_channel_major(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha), g,
                          db if db is not None else _zeros(co, dtype), db is not None)
     if dW is not None:
         cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
-        k.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        k.im2col(_flat_pixels(x), windows, cols)
         _matmul(g, cols.T, _output(dW, W.shape, dtype).reshape(co, -1), accumulate=True)
     if dx is not None:
         dcols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
         _matmul(W.reshape(co, -1).T, g, dcols)
-        k.col2im(dcols, kh, kw, sh, sw, ph, pw, oh, ow, _zeros(c, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype))
+        k.col2im(dcols, windows, _zeros(c, dtype), 0, dtype.type(0), _flat_pixels(_output(dx, x.shape, dtype)))
     return dx
 
 
@@ -182,8 +200,8 @@ def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activat
     cols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
     _matmul(W.reshape(ci, -1).T, xt, cols)
     out = _output(out, (n, co, oh, ow), dtype)
-    k.col2im(cols, kh, kw, sh, sw, ph, pw, h, w, _c(b) if b is not None else _zeros(co, dtype), _code(activation),
-             dtype.type(alpha), out)
+    k.col2im(cols, _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w), _c(b) if b is not None else _zeros(co, dtype),
+             _code(activation), dtype.type(alpha), _flat_pixels(out))
     return out
 
 
@@ -199,7 +217,8 @@ def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity
     k.grad_nchw(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha),
                 g.reshape(n, co, -1), db if db is not None else _zeros(co, dtype), db is not None)
     gcols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
-    k.im2col(g, kh, kw, sh, sw, ph, pw, h, w, gcols)
+    oh, ow = y.shape[2:]
+    k.im2col(_flat_pixels(g), _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w), gcols)
     xt = _scratch("convt_x", (ci, n * h * w), dtype)
     if dW is not None:
         k.to_channel_major(x.reshape(n, ci, h * w), xt)

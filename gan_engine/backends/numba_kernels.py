@@ -142,80 +142,75 @@ def bias_act(out, b, code, alpha):
 
 @jit
 def act_grad_rows(y, dy, code, alpha, g, db, want_db):
-    """y, dy, g (N, O): g = dy act'(y), with db (O,) += sum_n g in the same pass."""
+    """y, dy, g (N, O): g = dy act'(y), with db (O,) += sum_n g in the same pass (row by row, vectorised)."""
     n, o = y.shape
-    for j in range(o):
-        s = db[j] * 0
-        for i in range(n):
-            gij = act_grad(y[i, j], dy[i, j], code, alpha)
-            g[i, j] = gij
-            s += gij
+    for i in range(n):
         if want_db:
-            db[j] += s
+            for j in range(o):
+                gij = act_grad(y[i, j], dy[i, j], code, alpha)
+                g[i, j] = gij
+                db[j] += gij
+        else:
+            for j in range(o):
+                g[i, j] = act_grad(y[i, j], dy[i, j], code, alpha)
 
 
 # ---- convolution: im2col and col2im on a channel-major layout ------------------------------------------------
 # cols (C kH kW, N OH OW): row (c, i, j), column (n, p, q) holds x_pad[n, c, p sH + i, q sW + j], so one GEMM
-# covers the whole batch: (C_out, C kH kW) @ cols.
+# covers the whole batch: (C_out, C kH kW) @ cols. Images come flattened to (N, C, H W), and a window table
+# idx (kH kW, OH OW) names, for tap (i, j) and output pixel (p, q), the input pixel read (h W + w), or -1 in the
+# padding: the inner loops run over all OH OW pixels of a plane with no index arithmetic.
 
 @jit
-def window_range(j, pw, sw, w, ow):
-    """The output columns q whose input column q sW + j - pW falls inside [0, w): q_lo <= q < q_hi."""
-    q_lo = min(max(0, -((j - pw) // sw)), ow)
-    q_hi = max(min(ow, (w - 1 - j + pw) // sw + 1), q_lo)
-    return q_lo, q_hi
-
-
-@jit
-def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow, cols):
-    """x (N, C, H, W) -> cols (C kH kW, N OH OW), zeros where the window hangs over the padding. The inner loop
-    copies a strided run of x without a branch."""
-    n, c, h, w = x.shape
-    for row in range(c * kh * kw):
-        ci, i, j = row // (kh * kw), (row // kw) % kh, row % kw
-        q_lo, q_hi = window_range(j, pw, sw, w, ow)
-        for s in range(n):
+def window_index(h, w, kh, kw, sh, sw, ph, pw, oh, ow, idx):
+    """Fill idx (kH kW, OH OW) with the flat input pixel under tap (i, j) of output pixel (p, q), or -1."""
+    for i in range(kh):
+        for j in range(kw):
             for p in range(oh):
-                base = (s * oh + p) * ow
                 hh = p * sh + i - ph
-                if hh < 0 or hh >= h:
-                    for q in range(ow):
-                        cols[row, base + q] = 0
-                    continue
-                for q in range(q_lo):
-                    cols[row, base + q] = 0
-                for q in range(q_lo, q_hi):
-                    cols[row, base + q] = x[s, ci, hh, q * sw + j - pw]
-                for q in range(q_hi, ow):
-                    cols[row, base + q] = 0
+                for q in range(ow):
+                    ww = q * sw + j - pw
+                    idx[i * kw + j, p * ow + q] = hh * w + ww if 0 <= hh < h and 0 <= ww < w else -1
 
 
 @jit
-def col2im(cols, kh, kw, sh, sw, ph, pw, oh, ow, b, code, alpha, x):
-    """The adjoint of im2col: x (N, C, H, W) = act(the cols entries summed back onto the pixels they read + b).
+def im2col(x, idx, cols):
+    """x (N, C, H W) -> cols (C kH kW, N OH OW), zeros where a window hangs over the padding."""
+    n, c, _ = x.shape
+    taps, pixels = idx.shape
+    for ci in range(c):
+        for t in range(taps):
+            row = ci * taps + t
+            for s in range(n):
+                base = s * pixels
+                for pq in range(pixels):
+                    src = idx[t, pq]
+                    v = x[s, ci, max(src, 0)]
+                    cols[row, base + pq] = v if src >= 0 else v - v
+
+
+@jit
+def col2im(cols, idx, b, code, alpha, x):
+    """The adjoint of im2col: x (N, C, H W) = act(the cols entries summed back onto the pixels they read + b).
     One channel at a time (its N H W values stay in cache); b (C,) is added per channel (zeros for none),
     code 0 leaves the sum as it is."""
-    n, c, h, w = x.shape
+    n, c, hw = x.shape
+    taps, pixels = idx.shape
     for ci in range(c):
         for s in range(n):
-            for hh in range(h):
-                for ww in range(w):
-                    x[s, ci, hh, ww] = 0
-        for i in range(kh):
-            for j in range(kw):
-                row = (ci * kh + i) * kw + j
-                q_lo, q_hi = window_range(j, pw, sw, w, ow)
-                for s in range(n):
-                    for p in range(oh):
-                        hh = p * sh + i - ph
-                        if 0 <= hh < h:
-                            base = (s * oh + p) * ow
-                            for q in range(q_lo, q_hi):
-                                x[s, ci, hh, q * sw + j - pw] += cols[row, base + q]
+            for k in range(hw):
+                x[s, ci, k] = 0
+        for t in range(taps):
+            row = ci * taps + t
+            for s in range(n):
+                base = s * pixels
+                for pq in range(pixels):
+                    dst = idx[t, pq]
+                    if dst >= 0:
+                        x[s, ci, dst] += cols[row, base + pq]
         for s in range(n):
-            for hh in range(h):
-                for ww in range(w):
-                    x[s, ci, hh, ww] = act(x[s, ci, hh, ww] + b[ci], code, alpha)
+            for k in range(hw):
+                x[s, ci, k] = act(x[s, ci, k] + b[ci], code, alpha)
 
 
 @jit
