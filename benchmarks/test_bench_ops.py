@@ -14,7 +14,7 @@ import pytest
 from gan_engine.backends import BACKENDS, backend_status, get_backend
 from gan_engine.backends import numpy_ref as R
 
-from .flops import cpu_peak_gflops
+from .machine import cpu_peak_gflops, settle
 from .torch_peer import torch, torch_version
 
 AVAILABLE = [name for name, ok, _ in backend_status() if ok and name in BACKENDS]
@@ -181,6 +181,7 @@ def test_op(benchmark, backend, case):
         scale = max(1.0, float(np.abs(want).max()))
         assert np.allclose(got, want, atol=1e-4 * scale, rtol=1e-3), case
     fn()
+    settle()
     benchmark.pedantic(fn, rounds=20, iterations=3 if flops and flops > 1e8 else 20, warmup_rounds=1)
     _record(benchmark, backend, case, flops, nbytes)
 
@@ -225,6 +226,7 @@ def test_gemm(benchmark, way, case):
     fn(a, b, out)
     assert np.allclose(out, a.astype(np.float64) @ b, atol=1e-3 * np.sqrt(kk), rtol=1e-3), (way, case)
     flops = 2 * m * kk * n
+    settle()
     benchmark.pedantic(fn, args=(a, b, out), rounds=20, iterations=max(1, int(2e8 // flops)), warmup_rounds=1)
     choice = "numba-blocked" if use_blocked_gemm(m, kk, n) else "numpy-matmul"
     _record(benchmark, way, f"gemm {case} [the backend uses {choice}]", flops, None)

@@ -15,7 +15,8 @@ from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator
 from gan_engine.backends import BACKENDS, backend_status
 from gan_engine.models import dcgan_discriminator, dcgan_generator
 
-from .flops import cpu_peak_gflops, step_flops
+from .flops import step_flops
+from .machine import cpu_peak_gflops, settle
 from .torch_peer import TorchTrainer, torch_version
 
 
@@ -68,6 +69,7 @@ def test_training_step(benchmark, backend, case):
         metrics = trainer.step()
         trainer.read_metrics(metrics)  # reads the losses back, which also synchronises a device
 
+    settle()
     benchmark.pedantic(step, rounds=20, iterations=5 if "mlp" in case else 1, warmup_rounds=1)
     if benchmark.stats is None:  # --benchmark-disable: the check ran, nothing was timed
         return
