@@ -13,6 +13,7 @@ from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
 from .optim import Adam
 
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+GENERATE_BATCH = 256  # rows per forward pass in generate()
 
 
 class TrainingDiverged(GanEngineError):
@@ -149,12 +150,19 @@ class Trainer:
 
 
 def generate(G, z):
-    """Host noise z (n, Z) -> host samples (n, D) float32 from generator G in eval mode (a copy)."""
+    """Host noise z (n, Z) -> host samples (n, D) float32 from generator G in eval mode (a copy).
+
+    Runs GENERATE_BATCH rows at a time: in eval mode every sample is independent of the others, and the
+    buffers a forward pass keeps (per batch shape) stay small however many samples are asked for.
+    """
     z = np.asarray(z)
     if z.ndim != 2 or z.shape[1] != G.in_features:
         raise GanEngineError(f"noise must have shape (n, {G.in_features}), got {z.shape}")
-    out = G.forward(G.backend.asarray(z, G.dtype), train=False)
-    return np.array(G.backend.to_numpy(out), dtype=np.float32)
+    out = np.empty((z.shape[0], G.out_features), dtype=np.float32)
+    for start in range(0, z.shape[0], GENERATE_BATCH):
+        chunk = G.backend.asarray(z[start:start + GENERATE_BATCH], G.dtype)
+        out[start:start + chunk.shape[0]] = G.backend.to_numpy(G.forward(chunk, train=False))
+    return out
 
 
 def sample_noise(n, z_dim, prior="normal", seed=None):

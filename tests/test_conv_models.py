@@ -152,3 +152,16 @@ def test_dcgan_rejects_shapes_it_cannot_make():
         dcgan_discriminator((1, 8, 8), channels=(4, 4, 4, 4, 4), backend="numpy")
     with pytest.raises(GanEngineError, match="pass in_shape: the first layer Conv2d"):
         Sequential([Conv2d(1, 2)], backend="numpy")
+
+
+def test_generate_in_chunks_equals_one_pass(backend):
+    """generate() runs GENERATE_BATCH rows at a time; eval mode makes every sample independent of the rest."""
+    from gan_engine.trainer import GENERATE_BATCH, generate
+
+    G = dcgan_generator(8, (1, 8, 8), (8, 4), backend=backend, seed=0)
+    z = np.random.default_rng(0).standard_normal((GENERATE_BATCH + 3, 8)).astype(np.float32)
+    whole = generate(G, z)
+    assert whole.shape == (GENERATE_BATCH + 3, 64)
+    one_pass = backend.to_numpy(G.forward(backend.asarray(z), train=False))
+    np.testing.assert_allclose(whole, one_pass, atol=1e-6)
+    np.testing.assert_allclose(generate(G, z[-5:]), whole[-5:], atol=1e-6)

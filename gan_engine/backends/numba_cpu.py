@@ -10,7 +10,8 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
 - convolutions are im2col + one GEMM over the whole batch + col2im with bias and activation fused, all three
   driven by a per-shape table of window offsets;
 - scratch arrays are allocated once per (purpose, shape, dtype) and reused, so a steady-state training step
-  allocates no array; scalars come back as NumPy scalars, not 0-d arrays;
+  allocates no array (they are module-wide: one thread drives this backend at a time); scalars come back as
+  NumPy scalars, not 0-d arrays;
 - everything is compiled with `cache=True`: the first process compiles (tens of seconds), later ones load.
 Noise and batch indices draw from the same NumPy generator as the reference, in the same order, so a seed
 gives the same noise and batches on both CPU backends.
