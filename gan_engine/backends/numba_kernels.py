@@ -1,9 +1,9 @@
 """The compiled loops of the Numba backend: fused elementwise passes, im2col/col2im, a register-blocked GEMM for
 the small products (large GEMMs are NumPy's BLAS, called from numba_cpu.py between these loops).
 
-Every function here is `@njit(cache=True)` and takes only contiguous arrays, integer codes and scalars of the
-arrays' dtype; `numba_cpu.py` checks and converts its arguments and documents each op. Activation codes index
-`numpy_ref.ACTIVATIONS`: 0 identity, 1 leaky_relu, 2 relu, 3 tanh, 4 sigmoid.
+Every function here is `@njit(cache=True)` and takes contiguous arrays (C, or F for a transposed GEMM operand),
+integer codes and scalars of the arrays' dtype; `numba_cpu.py` checks and converts its arguments and documents
+each op. Activation codes index `numpy_ref.ACTIVATIONS`: 0 identity, 1 leaky_relu, 2 relu, 3 tanh, 4 sigmoid.
 
 The fast-math flags allow reassociation (vectorised sums) and fused multiply-adds but keep NaN and inf
 semantics, so a diverging run still shows NaN in its losses. error_model="numpy" drops Python's
