@@ -1,4 +1,16 @@
 """CUDA C sources of the engine's kernels, one file per op family (installed as ``gan_engine.kernels``).
 
-The CUDA backend reads them with ``importlib.resources.files("gan_engine.kernels")``.
+The CUDA backend compiles them at run time with CuPy's NVRTC; the tests compile every one with NVRTC for each
+architecture in ARCHITECTURES, GPU or not, so a kernel that does not compile fails everywhere.
 """
+from pathlib import Path
+
+DIRECTORY = Path(__file__).resolve().parent
+ARCHITECTURES = ("sm_80", "sm_90")  # A100, H100 / H200
+# NVRTC options every compilation uses (the architecture is added per target); warnings are errors.
+OPTIONS = ("--std=c++17", f"--include-path={DIRECTORY}", "-Werror", "all-warnings")
+
+
+def sources():
+    """name -> CUDA C text of every .cu file, e.g. "dense" -> the text of dense.cu."""
+    return {path.stem: path.read_text() for path in sorted(DIRECTORY.glob("*.cu"))}

@@ -1,0 +1,34 @@
+// common.cuh: what every kernel file shares. fp32 throughout.
+// Activation codes index numpy_ref.ACTIVATIONS: 0 identity, 1 leaky_relu, 2 relu, 3 tanh, 4 sigmoid.
+#pragma once
+
+#define ACT_IDENTITY 0
+#define ACT_LEAKY_RELU 1
+#define ACT_RELU 2
+#define ACT_TANH 3
+#define ACT_SIGMOID 4
+
+// The activation of a pre-activation z.
+__device__ __forceinline__ float act_forward(float z, int act, float alpha) {
+    switch (act) {
+        case ACT_LEAKY_RELU: return z > 0.f ? z : alpha * z;
+        case ACT_RELU: return z > 0.f || z != z ? z : 0.f;  // NaN stays NaN, as np.maximum keeps it
+        case ACT_TANH: return tanhf(z);
+        case ACT_SIGMOID: {
+            float e = __expf(-fabsf(z));
+            return z >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
+        }
+        default: return z;
+    }
+}
+
+// d loss / d pre-activation from the activation's output y and d loss / d y.
+__device__ __forceinline__ float act_backward(float y, float dy, int act, float alpha) {
+    switch (act) {
+        case ACT_LEAKY_RELU: return y > 0.f ? dy : alpha * dy;
+        case ACT_RELU: return y > 0.f ? dy : dy * 0.f;  // as dy * (y > 0): NaN for an infinite dy
+        case ACT_TANH: return dy * (1.f - y * y);
+        case ACT_SIGMOID: return dy * y * (1.f - y);
+        default: return dy;
+    }
+}

@@ -1,0 +1,72 @@
+// random.cu: counter-based random numbers (Philox4x32-10, Salmon et al. 2011) and batch gathering, fp32.
+//
+// state (2,) uint64 in device memory: state[0] the key (the seed), state[1] the counter. Draw i of a launch
+// uses counter block (state[1], i / 4) and keeps its result's lane i % 4; advance_counter_kernel then moves
+// state[1] on, so every replay of a captured CUDA graph draws fresh numbers and a saved state resumes exactly.
+//
+//   noise_normal_kernel     out (n,) ~ N(0, 1) by Box-Muller on pairs of lanes
+//   noise_uniform_kernel    out (n,) ~ U(-1, 1)
+//   batch_indices_kernel    out (B,) int64 uniform on [0, rows): floor(u32 * rows / 2^32), bias < rows / 2^32
+//   advance_counter_kernel  state[1] += 1
+//   gather_rows_kernel      out (B, D) = data (rows, D)[idx (B,)]
+//
+// Elementwise kernels: grid (ceil(work / 256),), block (256,); gather_rows: one thread per output value.
+
+#include "philox.cuh"
+
+// The four 32-bit random words of block `b` of the launch whose state is `state`.
+__device__ __forceinline__ uint4 random_block(const unsigned long long* state, unsigned long long b) {
+    unsigned long long seed = state[0], counter = state[1];
+    uint4 ctr = make_uint4((unsigned int)b, (unsigned int)(b >> 32), (unsigned int)counter,
+                           (unsigned int)(counter >> 32));
+    return philox4x32_10(ctr, make_uint2((unsigned int)seed, (unsigned int)(seed >> 32)));
+}
+
+// A uniform float in (0, 1] from 32 random bits (never 0, so log() is finite).
+__device__ __forceinline__ float unit_open0(unsigned int bits) { return ((bits >> 8) + 1) * (1.f / 16777216.f); }
+
+extern "C" __global__ void noise_normal_kernel(float* __restrict__ out, long long n,
+                                               const unsigned long long* __restrict__ state) {
+    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // one Philox block -> 4 normals
+    if (b * 4 >= n) return;
+    uint4 r = random_block(state, (unsigned long long)b);
+    unsigned int words[4] = {r.x, r.y, r.z, r.w};
+    for (int pair = 0; pair < 2; ++pair) {
+        float radius = sqrtf(-2.f * logf(unit_open0(words[2 * pair])));
+        float s, c;
+        sincospif(2.f * unit_open0(words[2 * pair + 1]), &s, &c);
+        long long i = b * 4 + 2 * pair;
+        if (i < n) out[i] = radius * c;
+        if (i + 1 < n) out[i + 1] = radius * s;
+    }
+}
+
+extern "C" __global__ void noise_uniform_kernel(float* __restrict__ out, long long n,
+                                                const unsigned long long* __restrict__ state) {
+    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b * 4 >= n) return;
+    uint4 r = random_block(state, (unsigned long long)b);
+    unsigned int words[4] = {r.x, r.y, r.z, r.w};
+    for (int lane = 0; lane < 4; ++lane)
+        if (b * 4 + lane < n) out[b * 4 + lane] = 2.f * unit_open0(words[lane]) - 1.f;
+}
+
+extern "C" __global__ void batch_indices_kernel(long long* __restrict__ out, int batch, long long rows,
+                                                const unsigned long long* __restrict__ state) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b * 4 >= batch) return;
+    uint4 r = random_block(state, (unsigned long long)b);
+    unsigned int words[4] = {r.x, r.y, r.z, r.w};
+    for (int lane = 0; lane < 4; ++lane)
+        if (b * 4 + lane < batch) out[b * 4 + lane] = (long long)(((unsigned long long)words[lane] * rows) >> 32);
+}
+
+extern "C" __global__ void advance_counter_kernel(unsigned long long* state) { state[1] += 1; }
+
+extern "C" __global__ void gather_rows_kernel(const float* __restrict__ data, const long long* __restrict__ idx,
+                                              float* __restrict__ out, int batch, int dim) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)batch * dim) return;
+    long long row = i / dim, col = i % dim;
+    out[i] = data[idx[row] * dim + col];
+}

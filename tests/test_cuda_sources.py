@@ -1,0 +1,94 @@
+"""Every CUDA source compiles with NVRTC for every target architecture, warnings as errors, with or without a
+GPU (NVRTC needs no driver: the cuda-python bindings and the nvidia-cuda-nvrtc wheel are dev dependencies)."""
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from gan_engine import kernels
+
+try:
+    from cuda.bindings import nvrtc
+except ImportError as exc:  # pragma: no cover - the dev install has it
+    nvrtc = None
+    MISSING = f"cuda-python's NVRTC bindings are not installed ({exc}); pip install -e '.[dev]'"
+
+SOURCES = kernels.sources()
+
+
+def compile_source(name, text, arch):
+    """(ok, log) of compiling `text` for `arch` with the kernels' options."""
+    err, program = nvrtc.nvrtcCreateProgram(text.encode(), f"{name}.cu".encode(), 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in kernels.OPTIONS]
+    (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
+    _, size = nvrtc.nvrtcGetProgramLogSize(program)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(program, log)
+    nvrtc.nvrtcDestroyProgram(program)
+    return result == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace").strip()
+
+
+@pytest.mark.skipif(nvrtc is None, reason=MISSING if nvrtc is None else "")
+@pytest.mark.parametrize("arch", kernels.ARCHITECTURES)
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_kernel_source_compiles(name, arch):
+    ok, log = compile_source(name, SOURCES[name], arch)
+    assert ok, f"{name}.cu does not compile for {arch}:\n{log}"
+
+
+@pytest.mark.skipif(nvrtc is None, reason=MISSING if nvrtc is None else "")
+def test_the_compile_check_catches_a_warning():
+    ok, log = compile_source("broken", "extern \"C\" __global__ void k(float* x) { int unused; x[0] = 1.f; }",
+                             kernels.ARCHITECTURES[0])
+    assert not ok and "unused" in log
+
+
+def test_every_kernel_is_named_after_an_op_and_documented():
+    """extern "C" kernels are `<op>_kernel` (or a helper the file's header lists) and each file opens with a
+    header comment naming its kernels and shapes."""
+    for name, text in SOURCES.items():
+        header = text.split("\n\n")[0]
+        assert header.startswith(f"// {name}.cu:"), f"{name}.cu must open with a '// {name}.cu: ...' header"
+        for kernel in re.findall(r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(\w+)', text):
+            assert kernel.endswith("_kernel"), f"{name}.cu: kernel {kernel} does not end in _kernel"
+            assert kernel in header, f"{name}.cu: kernel {kernel} is not listed in the header comment"
+
+
+# Philox4x32-10 known answers from Salmon et al.'s Random123 (kat_vectors): counter, key -> output.
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+# philox.cuh is plain device code: these few lines let a host C++ compiler build it unchanged.
+HOST_SHIM = """
+#include <cstdio>
+#define __device__
+#define __forceinline__ inline
+struct uint4 { unsigned x, y, z, w; };
+struct uint2 { unsigned x, y; };
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+#include "philox.cuh"
+int main() {
+    unsigned a, b, c, d, k0, k1;
+    while (scanf("%x %x %x %x %x %x", &a, &b, &c, &d, &k0, &k1) == 6) {
+        uint4 r = philox4x32_10(make_uint4(a, b, c, d), uint2{k0, k1});
+        printf("%x %x %x %x\\n", r.x, r.y, r.z, r.w);
+    }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler (g++) to build philox.cuh with")
+def test_philox_matches_the_known_answers(tmp_path):
+    (tmp_path / "kat.cpp").write_text(HOST_SHIM)
+    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{kernels.DIRECTORY}", "-o", str(tmp_path / "kat"),
+                    str(tmp_path / "kat.cpp")], check=True, capture_output=True, text=True)
+    lines = "\n".join(" ".join(f"{v:x}" for v in ctr + key) for ctr, key, _ in PHILOX_KAT)
+    done = subprocess.run([str(tmp_path / "kat")], input=lines, capture_output=True, text=True, check=True)
+    got = [tuple(int(v, 16) for v in line.split()) for line in done.stdout.splitlines()]
+    assert got == [want for _, _, want in PHILOX_KAT]
