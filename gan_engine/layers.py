@@ -408,8 +408,10 @@ class Sequential:
             raise GanEngineError("Sequential needs at least one layer")
         self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise GanEngineError(f"dtype must be float32 or float64, got {self.dtype}")
+        supported = getattr(self.backend, "DTYPES", (np.float32, np.float64))
+        if self.dtype not in supported:
+            raise GanEngineError(f"dtype {self.dtype} is not supported by the {self.backend.name} backend; choose "
+                                 f"{' or '.join(np.dtype(d).name for d in supported)}")
         self.flat_params, params = self._flat("param_shapes")  # (P,), one name -> view dict per layer
         self.flat_grads, grads = self._flat("param_shapes")    # (P,)
         self.flat_stats, stats = self._flat("stat_shapes")     # (S,)

@@ -182,7 +182,7 @@ def _bce_inputs(rng, case):
 def run_bce_with_logits(be, a):
     dlogits = _nan_like(a["x"])
     loss, p = be.bce_with_logits(a["x"], a["target"], a["scale"], dlogits)
-    return {"loss": np.asarray(loss), "mean_p": np.asarray(p), "dlogits": dlogits}
+    return {"loss": loss, "mean_p": p, "dlogits": dlogits}
 
 
 def optim_cases():
@@ -225,8 +225,17 @@ CASES = {
 RANDOM_OPS = ("noise", "batch_indices", "gather_rows")  # exact: the same stream and the same rows
 
 
-def _cast(inputs, dtype):
-    return {k: v.astype(dtype) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+def _skip_unsupported(backend, op, dtype):
+    """Skip, with the reason, an op a backend declares it lacks (MISSING_OPS) or a dtype it does not run (DTYPES)."""
+    if op in getattr(backend, "MISSING_OPS", ()):
+        pytest.skip(f"backend {backend.name} has no {op} yet")
+    if dtype not in getattr(backend, "DTYPES", (np.float32, np.float64)):
+        pytest.skip(f"backend {backend.name} runs no {np.dtype(dtype).name}")
+
+
+def _cast(inputs, dtype, backend):
+    """The inputs as `backend` arrays of `dtype` (other arguments as they are)."""
+    return {k: backend.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
 
 
 def test_every_reference_op_has_a_parity_case():
@@ -238,25 +247,30 @@ def test_every_reference_op_has_a_parity_case():
 @pytest.mark.parametrize("op", [op for op in R.OPS if op not in RANDOM_OPS])
 def test_op_matches_the_float64_reference(backend, op, dtype):
     assert callable(getattr(backend, op, None)), f"backend {backend.name} lacks {op}"
+    _skip_unsupported(backend, op, dtype)
     cases, make_inputs = CASES[op]
     run = globals()[f"run_{op}"]
     for i, case in enumerate(cases()):
         inputs = make_inputs(np.random.default_rng(i), case)
         want = run(R, inputs)
-        given = _cast(inputs, dtype)
-        kept = {k: v.copy() for k, v in given.items() if isinstance(v, np.ndarray)}
+        given = _cast(inputs, dtype, backend)
+        kept = {k: backend.to_numpy(v).copy() for k, v in given.items() if hasattr(v, "dtype")}
         got = run(backend, given)
         for name, value in got.items():
+            value = backend.to_numpy(value)
             label = f"{backend.name} {op} {np.dtype(dtype).name} case {case}: {name}"
-            assert np.asarray(value).dtype == dtype, f"{label}: dtype {np.asarray(value).dtype}"
+            assert value.dtype == dtype, f"{label}: dtype {value.dtype}"
             atol, rtol = _tolerance(dtype, want[name])
-            assert_close(label, backend.to_numpy(value), want[name], atol=atol, rtol=rtol)
+            assert_close(label, value, want[name], atol=atol, rtol=rtol)
         for k, v in kept.items():
-            assert np.array_equal(given[k], v, equal_nan=True), f"{backend.name} {op} case {case} changed input {k}"
+            assert np.array_equal(backend.to_numpy(given[k]), v, equal_nan=True), (
+                f"{backend.name} {op} case {case} changed input {k}")
 
 
 @pytest.mark.parametrize("prior", R.PRIORS)
 def test_noise_and_batches_are_the_reference_stream(backend, prior):
+    if getattr(backend, "RANDOM_STREAM", "numpy") != "numpy":
+        pytest.skip(f"backend {backend.name} draws from its own generator ({backend.RANDOM_STREAM})")
     ours, theirs = backend.new_rng(5), R.new_rng(5)
     for shape in [(1, 3), (17, 129), (64, 100)]:
         got = backend.to_numpy(backend.noise(ours, prior, backend.xp.empty(shape, dtype=np.float32)))
@@ -286,14 +300,34 @@ def _trainer(backend, model, dtype, optimizer):
     return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D))
 
 
+def _draw_like_the_reference(monkeypatch, backend, seed):
+    """Make a backend with its own generator draw the reference's noise and batches for `seed` (host-drawn,
+    copied in), so its trainer sees exactly what the NumPy trainer with the same seed sees."""
+    host = R.new_rng(seed)
+
+    def noise(rng, prior, out):
+        out[...] = backend.asarray(R.noise(host, prior, np.empty(out.shape, dtype=np.float32)))
+        return out
+
+    def batch_indices(rng, n, out):
+        out[...] = backend.asarray(R.batch_indices(host, n, np.empty(out.shape, dtype=np.int64)))
+        return out
+
+    monkeypatch.setattr(backend, "noise", noise)
+    monkeypatch.setattr(backend, "batch_indices", batch_indices)
+
+
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
 @pytest.mark.parametrize("dtype, optimizer", [(np.float32, "sgd"), (np.float64, "adam")], ids=["float32-sgd",
                                                                                               "float64-adam"])
-def test_whole_step_matches_numpy(backend, model, dtype, optimizer):
+def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch):
     """One D step and one G step from identical weights, noise and batch give the same weights on both backends.
 
     Adam runs in float64: its first update is lr * sign(g) for every |g| >> eps, so a float32 rounding of a
     near-zero gradient could flip a weight by 2 lr on either backend; SGD shows float32 agreement."""
+    _skip_unsupported(backend, "conv2d_forward" if model == "dcgan" else "dense_forward", dtype)
+    if getattr(backend, "RANDOM_STREAM", "numpy") != "numpy":
+        _draw_like_the_reference(monkeypatch, backend, seed=3)
     ours, theirs = _trainer(backend, model, dtype, optimizer), _trainer("numpy", model, dtype, optimizer)
     got, want = ours.read_metrics(ours.step()), theirs.read_metrics(theirs.step())
     atol, rtol = (1e-5, 1e-4) if dtype == np.float32 else (1e-10, 1e-8)

@@ -21,7 +21,7 @@ def compile_source(name, text, arch):
     """(ok, log) of compiling `text` for `arch` with the kernels' options."""
     err, program = nvrtc.nvrtcCreateProgram(text.encode(), f"{name}.cu".encode(), 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in kernels.OPTIONS]
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in kernels.CHECK_OPTIONS]
     (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
     log = b" " * size

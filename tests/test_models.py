@@ -106,7 +106,7 @@ def test_bad_layer_options():
         Dense(2, 3, "swish")
     with pytest.raises(GanEngineError, match="positive sizes"):
         Dense(0, 3)
-    with pytest.raises(GanEngineError, match="dtype must be float32 or float64"):
+    with pytest.raises(GanEngineError, match="dtype float16 is not supported by the numpy backend; choose float32 or float64"):
         Sequential([Dense(2, 3)], backend="numpy", dtype=np.float16)
     with pytest.raises(GanEngineError, match="hidden sizes must be positive"):
         mlp_generator(hidden=(0,), backend="numpy")

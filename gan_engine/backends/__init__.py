@@ -12,6 +12,7 @@ from ..errors import GanEngineError
 
 # name -> module path. Each module defines `unavailable_reason()` (None when usable) and every op in numpy_ref.OPS.
 BACKENDS = {
+    "cuda": "gan_engine.backends.cupy_cuda",
     "numba": "gan_engine.backends.numba_cpu",
     "numpy": "gan_engine.backends.numpy_ref",
 }

@@ -1,0 +1,278 @@
+"""The CUDA backend: the reference's ops as the hand-written CUDA C kernels of `kernels/*.cu`, launched through
+CuPy. fp32 only.
+
+Each .cu file is compiled once per process and device (`cupy.RawModule(code=...)`, CuPy's NVRTC). The
+launchers here check dtype, layout and shape, then compute the grid the kernel's header comment asks for;
+they never synchronise the device, so losses stay on the GPU until someone reads them.
+
+Random numbers come from Philox4x32-10 (random.cu), whose key and counter live in a device array: `new_rng`
+returns that array, and every draw advances the counter on the device. The streams differ from the CPU
+backends' (NumPy's PCG64); a seed still reproduces a run on this backend.
+
+Convolution and batch norm have no CUDA kernels yet: those ops raise a clear error (use numba or numpy for
+DCGANs until they land).
+"""
+import math
+
+import numpy as np
+
+from .. import kernels
+from ..errors import GanEngineError
+from .numpy_ref import ACTIVATIONS, PRIORS
+
+try:
+    import cupy as cp
+    _IMPORT_ERROR = None
+except ImportError as exc:
+    cp, _IMPORT_ERROR = None, exc
+
+name = "cuda"
+xp = cp
+DTYPES = (np.float32,)  # the kernels are fp32; float64 models stay on the CPU backends
+RANDOM_STREAM = "philox4x32_10"  # not NumPy's PCG64: the same seed draws other numbers than on the CPU
+MISSING_OPS = ("conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
+               "batchnorm_forward", "batchnorm_backward")
+
+GEMM_TILE = 64          # dense.cu TILE_M = TILE_N
+GEMM_BLOCK = (16, 16)   # dense.cu: 16 x 16 threads, 4 x 4 outputs each
+THREADS = 256           # elementwise kernels and bce.cu BCE_THREADS
+VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
+
+_modules = {}
+
+
+def unavailable_reason():
+    """None when CuPy imports and sees a CUDA device; otherwise why not."""
+    if cp is None:
+        return f"CuPy is not installed ({_IMPORT_ERROR}); pip install -e '.[cuda12]' or '.[cuda13]'"
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except cp.cuda.runtime.CUDARuntimeError as exc:
+        return f"no usable CUDA device ({exc})"
+    return None if count > 0 else "no CUDA device"
+
+
+# ---- launch geometry and checks (pure functions, tested without a GPU) ----------------------------------------
+
+def gemm_grid(rows, cols):
+    """dense.cu's grid for a (rows, cols) output: one 64 x 64 tile per block."""
+    return (math.ceil(cols / GEMM_TILE), math.ceil(rows / GEMM_TILE))
+
+
+def elementwise_grid(n, per_thread=1):
+    """A 1-D grid of THREADS-thread blocks covering n values, `per_thread` values per thread."""
+    return (max(1, math.ceil(n / (THREADS * per_thread))),)
+
+
+def check_array(label, a, shape=None, dtype=np.float32):
+    """Raise ValueError unless `a` is a C-contiguous array of `dtype` (and `shape`, when given). Returns a."""
+    if not hasattr(a, "dtype") or not hasattr(a, "flags"):
+        raise ValueError(f"{label} must be a device array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{label} must be {np.dtype(dtype).name} (the CUDA kernels are fp32), got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{label} must be C-contiguous")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{label} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    return a
+
+
+def activation_code(activation):
+    """The kernels' integer code of an activation name (common.cuh)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+    return ACTIVATIONS.index(activation)
+
+
+# ---- arrays and random state ---------------------------------------------------------------------------------
+
+def asarray(a, dtype=None):
+    """Host or device array -> device array (copied only if needed)."""
+    return cp.asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """Device array -> host NumPy array (synchronises)."""
+    return cp.asnumpy(a)
+
+
+def new_rng(seed):
+    """The Philox state: a device array (2,) uint64 holding the key (the seed) and the counter (0)."""
+    return cp.asarray(np.array([int(seed) % 2 ** 64, 0], dtype=np.uint64))
+
+
+def rng_state(rng):
+    """A JSON-serialisable snapshot of the Philox key and counter."""
+    key, counter = (int(v) for v in cp.asnumpy(rng))
+    return {"bit_generator": "philox4x32_10", "key": key, "counter": counter}
+
+
+def set_rng_state(rng, state):
+    """Restore a snapshot taken by `rng_state`."""
+    if state.get("bit_generator") != "philox4x32_10":
+        raise GanEngineError("this random state was saved by a CPU backend; resume it with --backend numba or "
+                             "numpy (the CUDA backend draws from a different generator)")
+    rng[...] = cp.asarray(np.array([state["key"], state["counter"]], dtype=np.uint64))
+
+
+def _function(module, kernel):
+    """The compiled kernel `kernel` of kernels/<module>.cu on the current device (compiled on first use)."""
+    key = (module, cp.cuda.Device().id)
+    if key not in _modules:
+        _modules[key] = cp.RawModule(code=kernels.sources()[module], options=kernels.OPTIONS)
+    return _modules[key].get_function(kernel)
+
+
+def _output(out, label, shape, dtype=np.float32):
+    return cp.empty(shape, dtype=dtype) if out is None else check_array(label, out, shape, dtype)
+
+
+# ---- dense ---------------------------------------------------------------------------------------------------
+
+def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
+    """y = act(x @ W + b). x (N, I), W (I, O), b (O,) -> out (N, O); one kernel (GEMM + epilogue)."""
+    n, i = check_array("x", x).shape
+    o = check_array("W", W, (i, W.shape[1])).shape[1]
+    check_array("b", b, (o,))
+    out = _output(out, "out", (n, o))
+    _function("dense", "dense_forward_kernel")(gemm_grid(n, o), GEMM_BLOCK, (
+        x, W, b, out, np.int32(n), np.int32(i), np.int32(o), np.int32(activation_code(activation)),
+        np.float32(alpha)))
+    return out
+
+
+def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
+    """dW (I, O) += x^T g, db (O,) += sum_n g (in the dW kernel), dx (N, I) = g W^T, g = dy * act'(y) made as
+    the kernels load dy. Returns dx."""
+    n, i = check_array("x", x).shape
+    o = check_array("W", W, (i, W.shape[1])).shape[1]
+    check_array("y", y, (n, o))
+    check_array("dy", dy, (n, o))
+    code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
+    if dW is not None or db is not None:
+        dW = check_array("dW", dW, (i, o)) if dW is not None else cp.zeros((i, o), dtype=np.float32)
+        db_arg = check_array("db", db, (o,)) if db is not None else dW  # not written when want_db is 0
+        _function("dense", "dense_backward_dw_kernel")(gemm_grid(i, o), GEMM_BLOCK, (
+            x, y, dy, dW, db_arg, np.int32(n), np.int32(i), np.int32(o), code, alpha, np.int32(db is not None)))
+    if dx is not None:
+        check_array("dx", dx, (n, i))
+        _function("dense", "dense_backward_dx_kernel")(gemm_grid(n, i), GEMM_BLOCK, (
+            y, dy, W, dx, np.int32(n), np.int32(i), np.int32(o), code, alpha))
+    return dx
+
+
+# ---- convolution and batch norm: not on the GPU yet -----------------------------------------------------------
+
+def _missing(op):
+    def missing(*args, **kwargs):
+        raise GanEngineError(f"{op} has no CUDA kernel yet: train convolutional models with --backend numba "
+                             "or --backend numpy")
+    missing.__name__ = missing.__qualname__ = op
+    missing.__doc__ = f"Not on the GPU yet: raises GanEngineError ({op} has no CUDA kernel)."
+    return missing
+
+
+conv2d_forward, conv2d_backward = _missing("conv2d_forward"), _missing("conv2d_backward")
+conv_transpose2d_forward = _missing("conv_transpose2d_forward")
+conv_transpose2d_backward = _missing("conv_transpose2d_backward")
+batchnorm_forward, batchnorm_backward = _missing("batchnorm_forward"), _missing("batchnorm_backward")
+
+
+# ---- standalone activation -----------------------------------------------------------------------------------
+
+def activation_forward(x, activation, alpha=0.2, out=None):
+    """out = act(x), elementwise over any shape."""
+    check_array("x", x)
+    out = _output(out, "out", x.shape)
+    _function("activation", "activation_forward_kernel")(elementwise_grid(x.size), (THREADS,), (
+        x, out, np.int64(x.size), np.int32(activation_code(activation)), np.float32(alpha)))
+    return out
+
+
+def activation_backward(y, dy, activation, alpha=0.2, dx=None):
+    """dx = dy * act'(y), any shape. Returns dx."""
+    check_array("y", y)
+    check_array("dy", dy, y.shape)
+    dx = _output(dx, "dx", y.shape)
+    _function("activation", "activation_backward_kernel")(elementwise_grid(y.size), (THREADS,), (
+        y, dy, dx, np.int64(y.size), np.int32(activation_code(activation)), np.float32(alpha)))
+    return dx
+
+
+# ---- loss ----------------------------------------------------------------------------------------------------
+
+def bce_with_logits(logits, target, scale=1.0, dlogits=None):
+    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability, in one kernel with a
+    deterministic reduction. Returns (loss, mean sigmoid(x)) as 0-d device arrays (no synchronisation)."""
+    check_array("logits", logits)
+    dlogits = _output(dlogits, "dlogits", logits.shape)
+    result = cp.empty(2, dtype=np.float32)  # (loss, mean probability)
+    _function("bce", "bce_with_logits_kernel")((1,), (THREADS,), (
+        logits, np.int32(logits.size), np.float32(target), np.float32(scale), dlogits, result))
+    return result[0], result[1]
+
+
+# ---- optimizers ----------------------------------------------------------------------------------------------
+
+def sgd_update(param, grad, velocity, lr, momentum=0.0):
+    """SGD with momentum over flat buffers (P,), in place, one kernel."""
+    n = check_array("param", param).size
+    check_array("grad", grad, param.shape)
+    check_array("velocity", velocity, param.shape)
+    _function("optim", "sgd_update_kernel")(elementwise_grid(n), (THREADS,), (
+        param, grad, velocity, np.int64(n), np.float32(lr), np.float32(momentum)))
+
+
+_steps = {}  # device pointer of a parameter buffer -> its Adam step count on the device, (1,) int32
+
+
+def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count
+    (kept on the device beside the buffer, where a captured graph's step_increment_kernel advances it)."""
+    n = check_array("param", param).size
+    for label, a in (("grad", grad), ("m", m), ("v", v)):
+        check_array(label, a, param.shape)
+    counter = _steps.get(param.data.ptr)
+    if counter is None:
+        counter = _steps[param.data.ptr] = cp.zeros(1, dtype=np.int32)
+    counter.fill(int(step))
+    _function("optim", "adam_update_kernel")(elementwise_grid(n), (THREADS,), (
+        param, grad, m, v, np.int64(n), counter, np.float32(lr), np.float32(beta1), np.float32(beta2),
+        np.float32(eps)))
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+
+def _advance(rng):
+    _function("random", "advance_counter_kernel")((1,), (1,), (rng,))
+
+
+def noise(rng, prior, out):
+    """Fill out (N, Z) with N(0, 1) or U(-1, 1) Philox noise and advance the counter. Returns out."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; choose one of {PRIORS}")
+    check_array("out", out)
+    kernel = "noise_normal_kernel" if prior == "normal" else "noise_uniform_kernel"
+    _function("random", kernel)(elementwise_grid(out.size, VALUES_PER_THREAD), (THREADS,), (
+        out, np.int64(out.size), rng))
+    _advance(rng)
+    return out
+
+
+def batch_indices(rng, n, out):
+    """Fill out (B,) int64 with indices uniform on [0, n) and advance the counter. Returns out."""
+    check_array("out", out, dtype=np.int64)
+    _function("random", "batch_indices_kernel")(elementwise_grid(out.size, VALUES_PER_THREAD), (THREADS,), (
+        out, np.int32(out.size), np.int64(n), rng))
+    _advance(rng)
+    return out
+
+
+def gather_rows(data, idx, out):
+    """out (B, D) = data (N, D)[idx (B,)], one thread per value. Returns out."""
+    _, d = check_array("data", data).shape
+    check_array("idx", idx, dtype=np.int64)
+    check_array("out", out, (idx.size, d))
+    _function("random", "gather_rows_kernel")(elementwise_grid(out.size), (THREADS,), (
+        data, idx, out, np.int32(idx.size), np.int32(d)))
+    return out

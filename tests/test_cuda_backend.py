@@ -1,0 +1,100 @@
+"""The CUDA backend's launcher logic (runs everywhere) and its GPU behaviour (marker gpu, skipped without a GPU).
+
+Parity of every op against the float64 reference, and the whole-step parity against the NumPy backend, are in
+test_backend_parity.py, which runs every available backend, this one included when a GPU is there.
+"""
+import numpy as np
+import pytest
+
+from gan_engine import GanEngineError, Sequential
+from gan_engine.backends import backend_status, cupy_cuda
+from gan_engine.layers import Dense
+
+CUDA = dict((name, reason) for name, _, reason in backend_status())["cuda"]
+requires_gpu = pytest.mark.skipif(CUDA != "available", reason=f"backend cuda unavailable: {CUDA}")
+
+
+# ---- without a GPU -------------------------------------------------------------------------------------------
+
+def test_grids_cover_every_output():
+    assert cupy_cuda.gemm_grid(1, 1) == (1, 1)
+    assert cupy_cuda.gemm_grid(64, 64) == (1, 1)
+    assert cupy_cuda.gemm_grid(65, 129) == (3, 2)  # (column tiles, row tiles)
+    assert cupy_cuda.elementwise_grid(0) == (1,)
+    assert cupy_cuda.elementwise_grid(256) == (1,)
+    assert cupy_cuda.elementwise_grid(257) == (2,)
+    assert cupy_cuda.elementwise_grid(1025, per_thread=4) == (2,)  # 4 values a thread, 256 threads a block
+
+
+def test_checks_name_the_argument_and_the_problem():
+    """The checks read only dtype, flags and shape, so host arrays stand in for device ones here."""
+    ok = np.zeros((3, 4), np.float32)
+    assert cupy_cuda.check_array("x", ok, (3, 4)) is ok
+    with pytest.raises(ValueError, match="x must be float32 .*got float64"):
+        cupy_cuda.check_array("x", ok.astype(np.float64))
+    with pytest.raises(ValueError, match="W must be C-contiguous"):
+        cupy_cuda.check_array("W", ok.T)
+    with pytest.raises(ValueError, match=r"b has shape \(3, 4\), expected \(4,\)"):
+        cupy_cuda.check_array("b", ok, (4,))
+    with pytest.raises(ValueError, match="must be a device array, got list"):
+        cupy_cuda.check_array("x", [1.0])
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        cupy_cuda.activation_code("swish")
+    assert [cupy_cuda.activation_code(a) for a in ("identity", "leaky_relu", "relu", "tanh", "sigmoid")] == [
+        0, 1, 2, 3, 4]  # common.cuh's ACT_* codes
+
+
+def test_ops_without_kernels_say_what_to_use():
+    for op in cupy_cuda.MISSING_OPS:
+        with pytest.raises(GanEngineError, match=f"{op} has no CUDA kernel yet: .*--backend numba"):
+            getattr(cupy_cuda, op)()
+
+
+def test_float64_models_are_refused_with_the_choices():
+    with pytest.raises(GanEngineError, match="dtype float64 is not supported by the cuda backend; choose float32"):
+        Sequential([Dense(2, 3)], backend=cupy_cuda, dtype=np.float64)
+
+
+def test_a_cpu_random_state_is_not_resumed_on_the_gpu():
+    with pytest.raises(GanEngineError, match="saved by a CPU backend; resume it with --backend numba or numpy"):
+        cupy_cuda.set_rng_state(None, {"bit_generator": "PCG64", "state": {}})
+
+
+# ---- on a GPU ------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("prior", ["normal", "uniform"])
+def test_philox_noise_has_the_prior_and_moves_on(prior):
+    cp = cupy_cuda.cp
+    rng = cupy_cuda.new_rng(1)
+    first = cupy_cuda.to_numpy(cupy_cuda.noise(rng, prior, cp.empty((1000, 101), np.float32)))
+    second = cupy_cuda.to_numpy(cupy_cuda.noise(rng, prior, cp.empty((1000, 101), np.float32)))
+    again = cupy_cuda.to_numpy(cupy_cuda.noise(cupy_cuda.new_rng(1), prior, cp.empty((1000, 101), np.float32)))
+    assert np.array_equal(first, again), "the same seed must draw the same noise"
+    assert not np.allclose(first, second), "the counter must move on between draws"
+    if prior == "normal":
+        assert abs(first.mean()) < 0.01 and abs(first.std() - 1) < 0.01
+    else:
+        assert first.min() >= -1 and first.max() <= 1 and abs(first.mean()) < 0.01
+        assert abs(first.var() - 1 / 3) < 0.01
+    assert cupy_cuda.rng_state(rng) == {"bit_generator": "philox4x32_10", "key": 1, "counter": 2}
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_batch_indices_are_uniform_and_in_range():
+    cp = cupy_cuda.cp
+    idx = cupy_cuda.to_numpy(cupy_cuda.batch_indices(cupy_cuda.new_rng(2), 17, cp.empty(170_000, np.int64)))
+    assert idx.min() == 0 and idx.max() == 16
+    counts = np.bincount(idx, minlength=17)
+    assert np.all(np.abs(counts - 10_000) < 500), counts
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_bce_is_deterministic_to_the_bit():
+    x = cupy_cuda.asarray(np.random.default_rng(0).standard_normal((4097, 1)).astype(np.float32))
+    runs = [cupy_cuda.bce_with_logits(x, 1.0) for _ in range(3)]
+    values = [(float(loss), float(p)) for loss, p in runs]
+    assert values[0] == values[1] == values[2]
