@@ -20,7 +20,7 @@ def table(path):
     rows, peak = {}, None
     for b in results["benchmarks"]:
         info = b["extra_info"]
-        rows[(info["case"], info["backend"])] = (b["stats"]["median"], info)
+        rows[(info["case"], info["backend"])] = (info.get("seconds_per_call", b["stats"]["median"]), info)
         peak = peak or info.get("peak")
     machine = results["machine_info"]
     cpu = machine.get("cpu", {})

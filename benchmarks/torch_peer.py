@@ -63,31 +63,45 @@ def torch_model(model):
 
 
 class TorchTrainer:
-    """The PyTorch eager twin of a gan-engine Trainer (Adam, non-saturating loss, no label smoothing)."""
+    """The PyTorch eager twin of a gan-engine Trainer (Adam, non-saturating loss, no label smoothing).
 
-    def __init__(self, trainer, seed=0):
-        self.G, self.D = torch_model(trainer.G), torch_model(trainer.D)
+    On the CPU it draws indices and noise from NumPy exactly as the Trainer does; on a GPU (device="cuda") it
+    draws them with PyTorch's generator on the device, as a PyTorch user would.
+    """
+
+    def __init__(self, trainer, seed=0, device="cpu"):
+        self.device = torch.device(device)
+        self.G, self.D = torch_model(trainer.G).to(self.device), torch_model(trainer.D).to(self.device)
         opt = trainer.opt_g
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
         opt = trainer.opt_d
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
-        self.data = torch.from_numpy(np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32))
+        data = np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32)
+        self.data = torch.from_numpy(data).to(self.device)
         self.batch_size, self.k_disc, self.z_dim = trainer.batch_size, trainer.k_disc, trainer.z_dim
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.torch_rng = torch.Generator(device=self.device).manual_seed(seed)
         self._z = np.empty((self.batch_size, self.z_dim), dtype=np.float32)
-        self.ones = torch.ones(self.batch_size, 1)
-        self.zeros = torch.zeros(self.batch_size, 1)
+        self.ones = torch.ones(self.batch_size, 1, device=self.device)
+        self.zeros = torch.zeros(self.batch_size, 1, device=self.device)
         self.bce = nn.BCEWithLogitsLoss()
 
     def _noise(self):
+        if self.device.type != "cpu":
+            return torch.randn(self.batch_size, self.z_dim, device=self.device, generator=self.torch_rng)
         self.rng.standard_normal(dtype=np.float32, out=self._z)
         return torch.from_numpy(self._z)
+
+    def _indices(self):
+        n = self.data.shape[0]
+        if self.device.type != "cpu":
+            return torch.randint(0, n, (self.batch_size,), device=self.device, generator=self.torch_rng)
+        return torch.from_numpy(self.rng.integers(0, n, size=self.batch_size))
 
     def step(self):
         """k D steps, then one G step; returns the last D loss, G loss, mean D(x), mean D(G(z)) as tensors."""
         for _ in range(self.k_disc):
-            idx = torch.from_numpy(self.rng.integers(0, self.data.shape[0], size=self.batch_size))
-            real = self.data[idx]
+            real = self.data[self._indices()]
             with torch.no_grad():
                 fake = self.G(self._noise())
             self.opt_d.zero_grad()

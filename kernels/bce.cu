@@ -1,22 +1,35 @@
 // bce.cu: the sigmoid binary cross-entropy on logits, fp32.
 //
-//   bce_with_logits_kernel  x (N,) logits, target t, scale s -> dx (N,) = s (sigmoid(x) - t) / N,
-//                           out[0] = s mean_n [max(x, 0) - x t + log(1 + exp(-|x|))], out[1] = mean_n sigmoid(x)
+//   bce_with_logits_kernel  x (N,) logits, target t, scale s -> dx (N,) = s (sigmoid(x) - t) / N, and per block
+//                           partial (2 * gridDim.x,): the block's sums of max(x, 0) - x t + log(1 + exp(-|x|))
+//                           and of sigmoid(x)
+//   bce_reduce_kernel       partial (2 * blocks,) -> out[0] = s mean_n loss_n, out[1] = mean_n sigmoid(x_n)
 //
-// One block of BCE_THREADS threads: each strides over N, then a fixed-shape tree reduction in shared memory
-// sums the block. No atomics, so the same inputs give the same bits on every run.
-// Grid: (1,), block (BCE_THREADS,).
+// Each block strides over N and sums in shared memory with a fixed-shape tree; one block then sums the partials
+// the same way. No atomics and a grid fixed by N, so the same inputs give the same bits on every run.
+// Grids: bce_with_logits_kernel (blocks,) with blocks = min(ceil(N / BCE_THREADS), BCE_MAX_BLOCKS),
+// bce_reduce_kernel (1,); blocks of BCE_THREADS threads.
 
 #define BCE_THREADS 256
+#define BCE_MAX_BLOCKS 1024
+
+// Sum v over the block's BCE_THREADS threads into s[0] (a fixed-shape tree: deterministic).
+__device__ __forceinline__ void block_sum(float* s, float v) {
+    const int t = threadIdx.x;
+    s[t] = v;
+    __syncthreads();
+    for (int stride = BCE_THREADS / 2; stride > 0; stride >>= 1) {
+        if (t < stride) s[t] += s[t + stride];
+        __syncthreads();
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(BCE_THREADS)
 bce_with_logits_kernel(const float* __restrict__ x, int n, float target, float scale, float* __restrict__ dx,
-                       float* __restrict__ out) {
-    __shared__ float s_loss[BCE_THREADS];
-    __shared__ float s_prob[BCE_THREADS];
-    const int t = threadIdx.x;
+                       float* __restrict__ partial) {
+    __shared__ float s[BCE_THREADS];
     float loss = 0.f, prob_sum = 0.f;
-    for (int i = t; i < n; i += BCE_THREADS) {
+    for (int i = blockIdx.x * BCE_THREADS + threadIdx.x; i < n; i += gridDim.x * BCE_THREADS) {
         float xi = x[i];
         float e = expf(-fabsf(xi));
         float prob = xi >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
@@ -24,18 +37,24 @@ bce_with_logits_kernel(const float* __restrict__ x, int n, float target, float s
         prob_sum += prob;
         dx[i] = scale * (prob - target) / n;
     }
-    s_loss[t] = loss;
-    s_prob[t] = prob_sum;
+    block_sum(s, loss);
+    if (threadIdx.x == 0) partial[2 * blockIdx.x] = s[0];
     __syncthreads();
-    for (int stride = BCE_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) {
-            s_loss[t] += s_loss[t + stride];
-            s_prob[t] += s_prob[t + stride];
-        }
-        __syncthreads();
+    block_sum(s, prob_sum);
+    if (threadIdx.x == 0) partial[2 * blockIdx.x + 1] = s[0];
+}
+
+extern "C" __global__ void __launch_bounds__(BCE_THREADS)
+bce_reduce_kernel(const float* __restrict__ partial, int blocks, int n, float scale, float* __restrict__ out) {
+    __shared__ float s[BCE_THREADS];
+    float loss = 0.f, prob_sum = 0.f;
+    for (int b = threadIdx.x; b < blocks; b += BCE_THREADS) {
+        loss += partial[2 * b];
+        prob_sum += partial[2 * b + 1];
     }
-    if (t == 0) {
-        out[0] = scale * s_loss[0] / n;
-        out[1] = s_prob[0] / n;
-    }
+    block_sum(s, loss);
+    if (threadIdx.x == 0) out[0] = scale * s[0] / n;
+    __syncthreads();
+    block_sum(s, prob_sum);
+    if (threadIdx.x == 0) out[1] = s[0] / n;
 }

@@ -24,6 +24,7 @@ def test_grids_cover_every_output():
     assert cupy_cuda.elementwise_grid(256) == (1,)
     assert cupy_cuda.elementwise_grid(257) == (2,)
     assert cupy_cuda.elementwise_grid(1025, per_thread=4) == (2,)  # 4 values a thread, 256 threads a block
+    assert [cupy_cuda.bce_blocks(n) for n in (1, 256, 257, 10 ** 9)] == [1, 1, 2, 1024]
 
 
 def test_checks_name_the_argument_and_the_problem():

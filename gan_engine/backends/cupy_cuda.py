@@ -36,6 +36,7 @@ MISSING_OPS = ("conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", 
 GEMM_TILE = 64          # dense.cu TILE_M = TILE_N
 GEMM_BLOCK = (16, 16)   # dense.cu: 16 x 16 threads, 4 x 4 outputs each
 THREADS = 256           # elementwise kernels and bce.cu BCE_THREADS
+BCE_MAX_BLOCKS = 1024   # bce.cu
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 
 _modules = {}
@@ -201,14 +202,24 @@ def activation_backward(y, dy, activation, alpha=0.2, dx=None):
 
 # ---- loss ----------------------------------------------------------------------------------------------------
 
+def bce_blocks(n):
+    """bce.cu's grid for n logits: a block per 256, at most 1024 (fixed by n, so the sums are deterministic)."""
+    return min(max(1, math.ceil(n / THREADS)), BCE_MAX_BLOCKS)
+
+
 def bce_with_logits(logits, target, scale=1.0, dlogits=None):
-    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability, in one kernel with a
-    deterministic reduction. Returns (loss, mean sigmoid(x)) as 0-d device arrays (no synchronisation)."""
+    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability: per-block sums, then
+    one block sums those, both in a fixed order (same inputs, same bits). Returns (loss, mean sigmoid(x)) as
+    0-d device arrays (no synchronisation)."""
     check_array("logits", logits)
     dlogits = _output(dlogits, "dlogits", logits.shape)
+    n, blocks = logits.size, bce_blocks(logits.size)
+    partial = cp.empty(2 * blocks, dtype=np.float32)
     result = cp.empty(2, dtype=np.float32)  # (loss, mean probability)
-    _function("bce", "bce_with_logits_kernel")((1,), (THREADS,), (
-        logits, np.int32(logits.size), np.float32(target), np.float32(scale), dlogits, result))
+    _function("bce", "bce_with_logits_kernel")((blocks,), (THREADS,), (
+        logits, np.int32(n), np.float32(target), np.float32(scale), dlogits, partial))
+    _function("bce", "bce_reduce_kernel")((1,), (THREADS,), (partial, np.int32(blocks), np.int32(n),
+                                                             np.float32(scale), result))
     return result[0], result[1]
 
 
