@@ -3,6 +3,7 @@
 The CUDA backend compiles them at run time with CuPy's NVRTC; the tests compile every one with NVRTC for each
 architecture in ARCHITECTURES, GPU or not, so a kernel that does not compile fails everywhere.
 """
+import hashlib
 from pathlib import Path
 
 DIRECTORY = Path(__file__).resolve().parent
@@ -16,3 +17,12 @@ CHECK_OPTIONS = OPTIONS + ("-Werror", "all-warnings")
 def sources():
     """name -> CUDA C text of every .cu file, e.g. "dense" -> the text of dense.cu."""
     return {path.stem: path.read_text() for path in sorted(DIRECTORY.glob("*.cu"))}
+
+
+def fingerprint():
+    """A hash of every .cu and .cuh file. CuPy's kernel cache keys on a source's own text, not on the headers it
+    includes, so the CUDA backend passes this as a define: a header edit then recompiles."""
+    digest = hashlib.sha1()
+    for path in sorted(DIRECTORY.glob("*.cu*")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -38,8 +38,8 @@ __device__ __forceinline__ float load(const float* p, const float* y, int r, int
 template <int KIND_A, int KIND_B>
 __device__ void gemm_tile(const float* A, const float* A_y, const float* B, const float* B_y, int M, int Nc, int K,
                           int lda, int ldb, int act, float alpha, float acc[4][4], float colsum[4], bool sum_b) {
-    __shared__ float As[TILE_K][TILE_M];
-    __shared__ float Bs[TILE_K][TILE_N];
+    __shared__ float As[TILE_K][TILE_M + 1];  // +1: a column of stores (kk varying) spreads over the banks
+    __shared__ float Bs[TILE_K][TILE_N + 1];
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
     const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
     for (int i = 0; i < 4; ++i) {
@@ -47,12 +47,18 @@ __device__ void gemm_tile(const float* A, const float* A_y, const float* B, cons
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
     }
     for (int k0 = 0; k0 < K; k0 += TILE_K) {
+        // Neighbouring threads take neighbouring addresses: along k for A stored as used (and for B stored
+        // transposed), along the tile's rows or columns otherwise.
         for (int l = tid; l < TILE_K * TILE_M; l += THREADS) {
-            int kk = l / TILE_M, mm = l % TILE_M, r = row0 + mm, c = k0 + kk;
+            bool k_fast = KIND_A != TRANSPOSED;
+            int kk = k_fast ? l % TILE_K : l / TILE_M, mm = k_fast ? l / TILE_K : l % TILE_M;
+            int r = row0 + mm, c = k0 + kk;
             As[kk][mm] = (r < M && c < K) ? load<KIND_A>(A, A_y, r, c, lda, act, alpha) : 0.f;
         }
         for (int l = tid; l < TILE_K * TILE_N; l += THREADS) {
-            int kk = l / TILE_N, nn = l % TILE_N, r = k0 + kk, c = col0 + nn;
+            bool k_fast = KIND_B == TRANSPOSED;
+            int kk = k_fast ? l % TILE_K : l / TILE_N, nn = k_fast ? l / TILE_K : l % TILE_N;
+            int r = k0 + kk, c = col0 + nn;
             Bs[kk][nn] = (r < K && c < Nc) ? load<KIND_B>(B, B_y, r, c, ldb, act, alpha) : 0.f;
         }
         __syncthreads();

@@ -4,7 +4,7 @@
 //   adam_update_kernel   param, grad, m, v (P,), step (1,) int in device memory, the 1-based update count:
 //                        m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //                        param -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
-//   step_increment_kernel  step (1,) += 1: launched before adam_update_kernel, so a replayed CUDA graph counts
+//   The bias corrections are computed in double from double betas, as the reference does.
 //
 // Elementwise kernels: grid (ceil(P / 256),), block (256,).
 
@@ -19,18 +19,16 @@ extern "C" __global__ void sgd_update_kernel(float* __restrict__ param, const fl
 
 extern "C" __global__ void adam_update_kernel(float* __restrict__ param, const float* __restrict__ grad,
                                               float* __restrict__ m, float* __restrict__ v, long long n,
-                                              const int* __restrict__ step, float lr, float beta1, float beta2,
+                                              const int* __restrict__ step, float lr, double beta1, double beta2,
                                               float eps) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float t = (float)*step;
-    float c1 = 1.f / (1.f - powf(beta1, t)), c2 = 1.f / (1.f - powf(beta2, t));
-    float g = grad[i];
-    float mi = beta1 * m[i] + (1.f - beta1) * g;
-    float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    double t = (double)*step;
+    float c1 = (float)(1.0 / (1.0 - pow(beta1, t))), c2 = (float)(1.0 / (1.0 - pow(beta2, t)));
+    float b1 = (float)beta1, b2 = (float)beta2, g = grad[i];
+    float mi = b1 * m[i] + (float)(1.0 - beta1) * g;
+    float vi = b2 * v[i] + (float)(1.0 - beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
     param[i] -= lr * (mi * c1) / (sqrtf(vi * c2) + eps);
 }
-
-extern "C" __global__ void step_increment_kernel(int* step) { *step += 1; }

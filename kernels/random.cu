@@ -22,8 +22,9 @@ __device__ __forceinline__ uint4 random_block(const unsigned long long* state, u
     return philox4x32_10(ctr, make_uint2((unsigned int)seed, (unsigned int)(seed >> 32)));
 }
 
-// A uniform float in (0, 1] from 32 random bits (never 0, so log() is finite).
-__device__ __forceinline__ float unit_open0(unsigned int bits) { return ((bits >> 8) + 1) * (1.f / 16777216.f); }
+// A uniform float in the open interval (0, 1) from 32 random bits: the top 23 bits, centred, exact in a float
+// (never 0 or 1, so log() is finite and 2 u - 1 stays inside (-1, 1)).
+__device__ __forceinline__ float unit_open(unsigned int bits) { return ((bits >> 9) + 0.5f) * (1.f / 8388608.f); }
 
 extern "C" __global__ void noise_normal_kernel(float* __restrict__ out, long long n,
                                                const unsigned long long* __restrict__ state) {
@@ -32,9 +33,9 @@ extern "C" __global__ void noise_normal_kernel(float* __restrict__ out, long lon
     uint4 r = random_block(state, (unsigned long long)b);
     unsigned int words[4] = {r.x, r.y, r.z, r.w};
     for (int pair = 0; pair < 2; ++pair) {
-        float radius = sqrtf(-2.f * logf(unit_open0(words[2 * pair])));
+        float radius = sqrtf(-2.f * logf(unit_open(words[2 * pair])));
         float s, c;
-        sincospif(2.f * unit_open0(words[2 * pair + 1]), &s, &c);
+        sincospif(2.f * unit_open(words[2 * pair + 1]), &s, &c);
         long long i = b * 4 + 2 * pair;
         if (i < n) out[i] = radius * c;
         if (i + 1 < n) out[i + 1] = radius * s;
@@ -48,7 +49,7 @@ extern "C" __global__ void noise_uniform_kernel(float* __restrict__ out, long lo
     uint4 r = random_block(state, (unsigned long long)b);
     unsigned int words[4] = {r.x, r.y, r.z, r.w};
     for (int lane = 0; lane < 4; ++lane)
-        if (b * 4 + lane < n) out[b * 4 + lane] = 2.f * unit_open0(words[lane]) - 1.f;
+        if (b * 4 + lane < n) out[b * 4 + lane] = 2.f * unit_open(words[lane]) - 1.f;
 }
 
 extern "C" __global__ void batch_indices_kernel(long long* __restrict__ out, int batch, long long rows,

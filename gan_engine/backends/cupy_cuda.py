@@ -57,7 +57,7 @@ def unavailable_reason():
 
 def gemm_grid(rows, cols):
     """dense.cu's grid for a (rows, cols) output: one 64 x 64 tile per block."""
-    return (math.ceil(cols / GEMM_TILE), math.ceil(rows / GEMM_TILE))
+    return (max(1, math.ceil(cols / GEMM_TILE)), max(1, math.ceil(rows / GEMM_TILE)))
 
 
 def elementwise_grid(n, per_thread=1):
@@ -120,7 +120,8 @@ def _function(module, kernel):
     """The compiled kernel `kernel` of kernels/<module>.cu on the current device (compiled on first use)."""
     key = (module, cp.cuda.Device().id)
     if key not in _modules:
-        _modules[key] = cp.RawModule(code=kernels.sources()[module], options=kernels.OPTIONS)
+        options = kernels.OPTIONS + (f"-DGAN_ENGINE_KERNELS={kernels.fingerprint()}",)
+        _modules[key] = cp.RawModule(code=kernels.sources()[module], options=options)
     return _modules[key].get_function(kernel)
 
 
@@ -212,6 +213,8 @@ def bce_with_logits(logits, target, scale=1.0, dlogits=None):
     one block sums those, both in a fixed order (same inputs, same bits). Returns (loss, mean sigmoid(x)) as
     0-d device arrays (no synchronisation)."""
     check_array("logits", logits)
+    if logits.ndim not in (1, 2) or logits.size != logits.shape[0]:
+        raise ValueError(f"logits must have shape (N,) or (N, 1), got {tuple(logits.shape)}")
     dlogits = _output(dlogits, "dlogits", logits.shape)
     n, blocks = logits.size, bce_blocks(logits.size)
     partial = cp.empty(2 * blocks, dtype=np.float32)
@@ -238,8 +241,8 @@ _steps = {}  # device pointer of a parameter buffer -> its Adam step count on th
 
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-    """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count
-    (kept on the device beside the buffer, where a captured graph's step_increment_kernel advances it)."""
+    """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count,
+    written to a device counter beside the buffer that the kernel reads."""
     n = check_array("param", param).size
     for label, a in (("grad", grad), ("m", m), ("v", v)):
         check_array(label, a, param.shape)
@@ -248,7 +251,7 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
         counter = _steps[param.data.ptr] = cp.zeros(1, dtype=np.int32)
     counter.fill(int(step))
     _function("optim", "adam_update_kernel")(elementwise_grid(n), (THREADS,), (
-        param, grad, m, v, np.int64(n), counter, np.float32(lr), np.float32(beta1), np.float32(beta2),
+        param, grad, m, v, np.int64(n), counter, np.float32(lr), np.float64(beta1), np.float64(beta2),
         np.float32(eps)))
 
 
@@ -273,6 +276,8 @@ def noise(rng, prior, out):
 def batch_indices(rng, n, out):
     """Fill out (B,) int64 with indices uniform on [0, n) and advance the counter. Returns out."""
     check_array("out", out, dtype=np.int64)
+    if n < 1:
+        raise ValueError(f"cannot draw batch indices from {n} rows")
     _function("random", "batch_indices_kernel")(elementwise_grid(out.size, VALUES_PER_THREAD), (THREADS,), (
         out, np.int32(out.size), np.int64(n), rng))
     _advance(rng)
