@@ -75,18 +75,33 @@ __device__ void gemm_tile(const float* A, const float* A_y, const float* B, cons
     }
 }
 
+// How a block writes its tile of C (M, Nc), row-major: C = acc, C += acc, or C = act(acc + b[column]).
+#define STORE 0
+#define ACCUMULATE 1
+#define BIAS_ACTIVATION 2
+
+template <int MODE>
+__device__ __forceinline__ void store_tile(float* C, const float acc[4][4], int M, int Nc, const float* b, int act,
+                                           float alpha) {
+    for (int i = 0; i < 4; ++i) {
+        int r = blockIdx.y * TILE_M + threadIdx.y * 4 + i;
+        for (int j = 0; j < 4; ++j) {
+            int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
+            if (r >= M || c >= Nc) continue;
+            long long at = (long long)r * Nc + c;
+            if (MODE == BIAS_ACTIVATION) C[at] = act_forward(acc[i][j] + b[c], act, alpha);
+            else if (MODE == ACCUMULATE) C[at] += acc[i][j];
+            else C[at] = acc[i][j];
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 dense_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, const float* __restrict__ b,
                      float* __restrict__ y, int N, int I, int O, int act, float alpha) {
     float acc[4][4], unused[4];
     gemm_tile<PLAIN, PLAIN>(x, nullptr, W, nullptr, N, O, I, I, O, act, alpha, acc, unused, false);
-    for (int i = 0; i < 4; ++i) {
-        int r = blockIdx.y * TILE_M + threadIdx.y * 4 + i;
-        for (int j = 0; j < 4; ++j) {
-            int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
-            if (r < N && c < O) y[(long long)r * O + c] = act_forward(acc[i][j] + b[c], act, alpha);
-        }
-    }
+    store_tile<BIAS_ACTIVATION>(y, acc, N, O, b, act, alpha);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS)
@@ -97,13 +112,7 @@ dense_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ 
     float acc[4][4], colsum[4];
     bool sum_b = want_db && blockIdx.y == 0;  // one row of blocks sums g's columns for db
     gemm_tile<TRANSPOSED, GRADIENT>(x, nullptr, dy, y, I, O, N, I, O, act, alpha, acc, colsum, sum_b);
-    for (int i = 0; i < 4; ++i) {
-        int r = blockIdx.y * TILE_M + threadIdx.y * 4 + i;
-        for (int j = 0; j < 4; ++j) {
-            int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
-            if (r < I && c < O) dW[(long long)r * O + c] += acc[i][j];
-        }
-    }
+    store_tile<ACCUMULATE>(dW, acc, I, O, nullptr, act, alpha);
     if (sum_b && threadIdx.y == 0)
         for (int j = 0; j < 4; ++j) {
             int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
@@ -117,11 +126,5 @@ dense_backward_dx_kernel(const float* __restrict__ y, const float* __restrict__ 
     // C = dx (N, I), A = g (N, O), B = W^T (O, I) read from W (I, O), K = O.
     float acc[4][4], unused[4];
     gemm_tile<GRADIENT, TRANSPOSED>(dy, y, W, nullptr, N, I, O, O, O, act, alpha, acc, unused, false);
-    for (int i = 0; i < 4; ++i) {
-        int r = blockIdx.y * TILE_M + threadIdx.y * 4 + i;
-        for (int j = 0; j < 4; ++j) {
-            int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
-            if (r < N && c < I) dx[(long long)r * I + c] = acc[i][j];
-        }
-    }
+    store_tile<STORE>(dx, acc, N, I, nullptr, act, alpha);
 }

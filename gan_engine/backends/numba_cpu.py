@@ -173,8 +173,8 @@ def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0
     oh, ow = y.shape[2:]
     g = _scratch("conv_g", (co, n * oh * ow), dtype)
     windows = _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow)
-    k.grad_channel_major(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha), g,
-                         db if db is not None else _zeros(co, dtype), db is not None)
+    k.grad_nchw(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha),
+                g.reshape(co, n, -1).transpose(1, 0, 2), db if db is not None else _zeros(co, dtype), db is not None)
     if dW is not None:
         cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
         k.im2col(_flat_pixels(x), windows, cols)

@@ -234,23 +234,9 @@ def from_channel_major(t, b, code, alpha, out):
 
 
 @jit
-def grad_channel_major(y, dy, code, alpha, g, db, want_db):
-    """y, dy (N, C, P) -> g (C, N P) = dy act'(y), with db (C,) += the sum of g per channel in the same pass."""
-    n, c, p = y.shape
-    for ci in range(c):
-        s_ = db[ci] * 0
-        for s in range(n):
-            for k in range(p):
-                gv = act_grad(y[s, ci, k], dy[s, ci, k], code, alpha)
-                g[ci, s * p + k] = gv
-                s_ += gv
-        if want_db:
-            db[ci] += s_
-
-
-@jit
 def grad_nchw(y, dy, code, alpha, g, db, want_db):
-    """y, dy, g (N, C, P): g = dy act'(y), with db (C,) += the sum of g per channel in the same pass."""
+    """y, dy, g (N, C, P): g = dy act'(y), with db (C,) += the sum of g per channel in the same pass. g may be a
+    strided view, e.g. of a channel-major (C, N P) buffer."""
     n, c, p = y.shape
     for ci in range(c):
         s_ = db[ci] * 0
