@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from . import numpy_ref as ref
-from .numpy_ref import (ACTIVATIONS, OPS, PRIORS, _pair, asarray, conv2d_output_size,  # noqa: F401 (shared)
-                        conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)
+from .numpy_ref import (ACTIVATIONS, _pair, asarray, conv2d_output_size,  # noqa: F401 (the CPU backends share
+                        conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)  # these)
 
 name = "numba"
 xp = np
@@ -300,8 +300,8 @@ def sgd_update(param, grad, velocity, lr, momentum=0.0):
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     """Adam with bias correction over flat buffers (P,), in place, one pass; step is 1-based."""
     t = param.dtype.type
-    k.adam_update(param, grad, m, v, t(lr), t(beta1), t(beta2), t(eps), t(1 / (1 - beta1 ** step)),
-                  t(1 / (1 - beta2 ** step)))
+    k.adam_update(param, grad, m, v, t(lr), (t(beta1), t(1 - beta1)), (t(beta2), t(1 - beta2)), t(eps),
+                  t(1 / (1 - beta1 ** step)), t(1 / (1 - beta2 ** step)))
 
 
 # ---- sampling ------------------------------------------------------------------------------------------------

@@ -346,13 +346,15 @@ def sgd_update(param, grad, velocity, lr, momentum):
 
 @jit
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, c1, c2):
-    """param, grad, m, v (P,); c1 = 1 / (1 - beta1^t) and c2 = 1 / (1 - beta2^t) are the bias corrections.
-    Every scalar has the arrays' dtype, so a float32 update stays float32 (and vectorises twice as wide)."""
-    one = c1 / c1
+    """param, grad, m, v (P,); beta1 = (b1, 1 - b1) and beta2 = (b2, 1 - b2); c1 = 1 / (1 - b1^t) and
+    c2 = 1 / (1 - b2^t) are the bias corrections. Every scalar has the arrays' dtype, so a float32 update stays
+    float32 (and vectorises twice as wide)."""
+    b1, rest1 = beta1
+    b2, rest2 = beta2
     for i in range(param.size):
         g = grad[i]
-        mi = beta1 * m[i] + (one - beta1) * g
-        vi = beta2 * v[i] + (one - beta2) * g * g
+        mi = b1 * m[i] + rest1 * g
+        vi = b2 * v[i] + rest2 * g * g
         m[i] = mi
         v[i] = vi
         param[i] -= lr * (mi * c1) / (np.sqrt(vi * c2) + eps)
