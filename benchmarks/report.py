@@ -1,6 +1,7 @@
 """Print a pytest-benchmark JSON file as tables: per case and backend, the median time, GFLOP/s with the share
 of the CPU's FMA peak (or GB/s for memory-bound ops), and the speed-up over the NumPy reference and over
-PyTorch (a ratio > 1 means faster than that one).
+its peer: PyTorch (CPU or CUDA; cuDNN for convolutions) or, for the GPU's dense layer, cuBLAS plus an elementwise
+kernel (a ratio > 1 means faster than that one).
 
     python -m benchmarks.report benchmarks/results/<file>.json
 """
@@ -8,6 +9,7 @@ import json
 import sys
 
 BASELINES = ("numpy", "numpy-matmul")  # the reference, or NumPy's own matmul for the GEMM comparison
+PEERS = ("torch", "torch-cuda", "cublas+elementwise")
 
 
 def _time(seconds):
@@ -27,8 +29,10 @@ def table(path):
     versions = next((i for _, i in rows.values() if i.get("torch")), {})
     lines = [f"machine: {cpu.get('brand_raw', '?')}, {cpu.get('count', '?')} cores; {results['datetime']}; "
              f"Python {machine.get('python_version', '?')}; PyTorch {versions.get('torch') or 'not installed'}",
-             f"FP32 FMA peak: {peak or 'unknown'}",
-             "| case | backend | median | GFLOP/s (% of peak) or GB/s | vs numpy | vs torch |",
+             f"FP32 FMA peak: {peak or 'unknown'}"]
+    devices = sorted({(i["device"], i.get("cupy"), i.get("cuda_runtime")) for _, i in rows.values() if "device" in i})
+    lines += [f"GPU: {d}; CuPy {c}; CUDA runtime {r}" for d, c, r in devices]
+    lines += ["| case | backend | median | GFLOP/s (% of peak) or GB/s | vs numpy | vs peer |",
              "|---|---|---|---|---|---|"]
     for (case, backend), (median, info) in sorted(rows.items()):
         if "gflops_per_s" in info:
@@ -40,7 +44,7 @@ def table(path):
         else:
             rate = "-"
         base = next((rows[(case, b)][0] for b in BASELINES if (case, b) in rows), None)
-        peer = rows.get((case, "torch"), (None,))[0]
+        peer = next((rows[(case, p)][0] for p in PEERS if (case, p) in rows and p != backend), None)
         ratios = [f"{other / median:.2f}x" if other else "-" for other in (base, peer)]
         lines.append(f"| {case} | {backend} | {_time(median)} | {rate} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)

@@ -11,13 +11,13 @@ and written once) for the memory-bound ones.
 import numpy as np
 import pytest
 
-from gan_engine.backends import BACKENDS, backend_status, get_backend
+from gan_engine.backends import get_backend
 from gan_engine.backends import numpy_ref as R
 
 from .machine import cpu_peak_gflops, settle
+from .test_bench_step import AVAILABLE
 from .torch_peer import torch, torch_version
 
-AVAILABLE = [name for name, ok, _ in backend_status() if ok and name in BACKENDS]
 F32 = np.float32
 
 

@@ -42,7 +42,6 @@ class Layer:
     """
 
     label = "layer"
-    OPS = ()  # the backend ops the layer calls; a backend must have them all to run it
 
     def param_shapes(self):
         """name -> shape of each learned parameter (none by default)."""
@@ -98,7 +97,6 @@ def _check_positive(what, **sizes):
 class Dense(Layer):
     """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features)."""
 
-    OPS = ("dense_forward", "dense_backward")
 
     def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier"):
         self.activation, self.alpha = _check_activation(activation, alpha)
@@ -200,7 +198,6 @@ class Conv2d(_Convolution):
     """y = act(conv2d(x, W) + b): x (N, C_in, H, W) -> y (N, C_out, OH, OW), W (C_out, C_in, k, k),
     OH = (H + 2 padding - k) // stride + 1. The DCGAN discriminator's strided convolution."""
 
-    OPS = ("conv2d_forward", "conv2d_backward")
 
     def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=True,
                  activation="identity", alpha=0.2, init="normal"):
@@ -228,7 +225,6 @@ class ConvTranspose2d(_Convolution):
     OH = (H - 1) stride - 2 padding + k + output_padding. The DCGAN generator's upsampling layer; kernel 4,
     stride 2, padding 1 doubles the side."""
 
-    OPS = ("conv_transpose2d_forward", "conv_transpose2d_backward")
 
     def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, output_padding=0, bias=True,
                  activation="identity", alpha=0.2, init="normal"):
@@ -263,7 +259,6 @@ class BatchNorm(Layer):
     DCGAN "normal" initialiser) and beta at 0.
     """
 
-    OPS = ("batchnorm_forward", "batchnorm_backward")
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
         _check_positive("BatchNorm", num_features=num_features)
@@ -326,7 +321,6 @@ class BatchNorm(Layer):
 class Activation(Layer):
     """y = act(x) elementwise, any shape: for an activation that no layer before it fuses."""
 
-    OPS = ("activation_forward", "activation_backward")
 
     def __init__(self, activation, alpha=0.2):
         self.activation, self.alpha = _check_activation(activation, alpha)
@@ -417,7 +411,7 @@ class Sequential:
         self.layers = list(layers)
         if not self.layers:
             raise GanEngineError("Sequential needs at least one layer")
-        self.backend = get_backend(backend, needs={op for layer in self.layers for op in layer.OPS})
+        self.backend = get_backend(backend)
         self.dtype = np.dtype(dtype)
         supported = getattr(self.backend, "DTYPES", (np.float32, np.float64))
         if self.dtype not in supported:

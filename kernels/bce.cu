@@ -7,29 +7,19 @@
 //
 // Each block strides over N and sums in shared memory with a fixed-shape tree; one block then sums the partials
 // the same way. No atomics and a grid fixed by N, so the same inputs give the same bits on every run.
-// Grids: bce_with_logits_kernel (blocks,) with blocks = min(ceil(N / BCE_THREADS), BCE_MAX_BLOCKS),
-// bce_reduce_kernel (1,); blocks of BCE_THREADS threads.
+// Grids: bce_with_logits_kernel (blocks,) with blocks = min(ceil(N / REDUCE_THREADS), BCE_MAX_BLOCKS),
+// bce_reduce_kernel (1,); blocks of REDUCE_THREADS threads.
 
-#define BCE_THREADS 256
+#include "reduce.cuh"
+
 #define BCE_MAX_BLOCKS 1024
 
-// Sum v over the block's BCE_THREADS threads into s[0] (a fixed-shape tree: deterministic).
-__device__ __forceinline__ void block_sum(float* s, float v) {
-    const int t = threadIdx.x;
-    s[t] = v;
-    __syncthreads();
-    for (int stride = BCE_THREADS / 2; stride > 0; stride >>= 1) {
-        if (t < stride) s[t] += s[t + stride];
-        __syncthreads();
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(BCE_THREADS)
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 bce_with_logits_kernel(const float* __restrict__ x, int n, float target, float scale, float* __restrict__ dx,
                        float* __restrict__ partial) {
-    __shared__ float s[BCE_THREADS];
+    __shared__ float s[REDUCE_THREADS];
     float loss = 0.f, prob_sum = 0.f;
-    for (int i = blockIdx.x * BCE_THREADS + threadIdx.x; i < n; i += gridDim.x * BCE_THREADS) {
+    for (int i = blockIdx.x * REDUCE_THREADS + threadIdx.x; i < n; i += gridDim.x * REDUCE_THREADS) {
         float xi = x[i];
         float e = expf(-fabsf(xi));
         float prob = xi >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
@@ -44,11 +34,11 @@ bce_with_logits_kernel(const float* __restrict__ x, int n, float target, float s
     if (threadIdx.x == 0) partial[2 * blockIdx.x + 1] = s[0];
 }
 
-extern "C" __global__ void __launch_bounds__(BCE_THREADS)
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 bce_reduce_kernel(const float* __restrict__ partial, int blocks, int n, float scale, float* __restrict__ out) {
-    __shared__ float s[BCE_THREADS];
+    __shared__ float s[REDUCE_THREADS];
     float loss = 0.f, prob_sum = 0.f;
-    for (int b = threadIdx.x; b < blocks; b += BCE_THREADS) {
+    for (int b = threadIdx.x; b < blocks; b += REDUCE_THREADS) {
         loss += partial[2 * b];
         prob_sum += partial[2 * b + 1];
     }

@@ -3,6 +3,10 @@ import pytest
 
 from gan_engine.backends import BACKENDS, backend_status, get_backend
 
+from . import cuda_emulator
+
+EMULATED = "cuda-emulated"  # the cuda backend's launchers and kernels, run on the CPU (tests/cuda_emulator)
+
 
 def _backend_params():
     status = {name: reason for name, ok, reason in backend_status() if not ok}
@@ -12,12 +16,17 @@ def _backend_params():
         if name in status:
             marks.append(pytest.mark.skip(reason=f"backend {name} unavailable: {status[name]}"))
         params.append(pytest.param(name, marks=marks, id=name))
+    reason = cuda_emulator.available()
+    marks = [pytest.mark.skip(reason=f"cannot emulate the CUDA kernels: {reason}")] if reason else []
+    params.append(pytest.param(EMULATED, marks=marks, id=EMULATED))
     return params
 
 
 @pytest.fixture(params=_backend_params())
-def backend(request):
-    """Each registered backend module in turn."""
+def backend(request, monkeypatch):
+    """Each registered backend module in turn, and the cuda backend on the CPU emulator."""
+    if request.param == EMULATED:
+        return cuda_emulator.install(monkeypatch)
     return get_backend(request.param)
 
 

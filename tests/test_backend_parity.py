@@ -62,7 +62,9 @@ def _with_dense_outputs(rng, a):
 # conv cases: (N, C_in, C_out, H, W, kernel, stride, padding, output_padding, bias)
 CONV_SHAPES = [(1, 1, 1, 3, 3, 1, 1, 0, 0, True), (3, 2, 3, 17, 5, 3, 2, 1, 1, False),
                (2, 3, 17, 8, 8, 4, 2, 1, 0, True), (1, 17, 3, 5, 6, 4, 2, 1, 1, False),
-               (17, 4, 3, 4, 4, 4, 2, 1, 0, True)]
+               (17, 4, 3, 4, 4, 4, 2, 1, 0, True), (2, 2, 3, 6, 6, 5, 1, 2, 0, True),
+               (3, 5, 4, 7, 7, 3, 3, 0, 2, False),
+               (5, 3, 2, 9, 7, (3, 2), (2, 3), (1, 0), (1, 2), True)]  # kernel, stride, padding: (height, width)
 
 
 def conv_cases():
@@ -71,8 +73,8 @@ def conv_cases():
 
 def _conv_inputs(rng, case, transpose):
     (n, ci, co, h, w, k, s, p, op, bias), act = case
-    wshape = (ci, co, k, k) if transpose else (co, ci, k, k)
-    a = {"x": rng.standard_normal((n, ci, h, w)), "W": rng.standard_normal(wshape) / np.sqrt(ci * k * k),
+    wshape = (ci, co, *R._pair(k)) if transpose else (co, ci, *R._pair(k))
+    a = {"x": rng.standard_normal((n, ci, h, w)), "W": rng.standard_normal(wshape) / np.sqrt(ci * np.prod(R._pair(k))),
          "b": rng.standard_normal(co) if bias else None, "s": s, "p": p, "op": op if transpose else 0, "act": act}
     if transpose:
         a["y0"] = R.conv_transpose2d_forward(a["x"], a["W"], a["b"], s, p, a["op"], act, 0.2)
@@ -225,10 +227,8 @@ CASES = {
 RANDOM_OPS = ("noise", "batch_indices", "gather_rows")  # exact: the same stream and the same rows
 
 
-def _skip_unsupported(backend, op, dtype):
-    """Skip, with the reason, an op a backend declares it lacks (MISSING_OPS) or a dtype it does not run (DTYPES)."""
-    if op in getattr(backend, "MISSING_OPS", ()):
-        pytest.skip(f"backend {backend.name} has no {op} yet")
+def _skip_unsupported_dtype(backend, dtype):
+    """Skip, with the reason, a dtype a backend does not run (DTYPES)."""
     if dtype not in getattr(backend, "DTYPES", (np.float32, np.float64)):
         pytest.skip(f"backend {backend.name} runs no {np.dtype(dtype).name}")
 
@@ -247,7 +247,7 @@ def test_every_reference_op_has_a_parity_case():
 @pytest.mark.parametrize("op", [op for op in R.OPS if op not in RANDOM_OPS])
 def test_op_matches_the_float64_reference(backend, op, dtype):
     assert callable(getattr(backend, op, None)), f"backend {backend.name} lacks {op}"
-    _skip_unsupported(backend, op, dtype)
+    _skip_unsupported_dtype(backend, dtype)
     cases, make_inputs = CASES[op]
     run = globals()[f"run_{op}"]
     for i, case in enumerate(cases()):
@@ -265,6 +265,20 @@ def test_op_matches_the_float64_reference(backend, op, dtype):
         for k, v in kept.items():
             assert np.array_equal(backend.to_numpy(given[k]), v, equal_nan=True), (
                 f"{backend.name} {op} case {case} changed input {k}")
+
+
+def test_worked_transposed_convolutions_on_every_backend(backend):
+    """Seed 003's example and a stride-2 padded one worked by hand (tests/test_reference_conv_ops.py), exact in
+    float32 on every backend."""
+    x = backend.asarray(np.array([[[[0.0, 1.0], [2.0, 3.0]]]], dtype=np.float32))
+    K = backend.asarray(np.array([[[[0.0, 1.0], [2.0, 3.0]]]], dtype=np.float32))
+    y = backend.to_numpy(backend.conv_transpose2d_forward(x, K, None, 1, 0))
+    assert y.tolist() == [[[[0, 0, 1], [0, 4, 6], [4, 12, 9]]]]
+    x = backend.asarray(np.array([[[[1.0, 2.0], [3.0, 4.0]]]], dtype=np.float32))
+    K = backend.asarray(np.array([[[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [3.0, 0.0, 1.0]]]], dtype=np.float32))
+    b = backend.asarray(np.array([0.5], dtype=np.float32))
+    y = backend.to_numpy(backend.conv_transpose2d_forward(x, K, b, 2, 1, 1))
+    assert (y - 0.5).tolist() == [[[[1, 0, 2, 0], [0, 17, 0, 10], [3, 0, 4, 0], [0, 15, 0, 4]]]]
 
 
 @pytest.mark.parametrize("prior", R.PRIORS)
@@ -325,7 +339,7 @@ def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch)
 
     Adam runs in float64: its first update is lr * sign(g) for every |g| >> eps, so a float32 rounding of a
     near-zero gradient could flip a weight by 2 lr on either backend; SGD shows float32 agreement."""
-    _skip_unsupported(backend, "conv2d_forward" if model == "dcgan" else "dense_forward", dtype)
+    _skip_unsupported_dtype(backend, dtype)
     if getattr(backend, "RANDOM_STREAM", "numpy") != "numpy":
         _draw_like_the_reference(monkeypatch, backend, seed=3)
     ours, theirs = _trainer(backend, model, dtype, optimizer), _trainer("numpy", model, dtype, optimizer)

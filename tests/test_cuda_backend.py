@@ -46,10 +46,17 @@ def test_checks_name_the_argument_and_the_problem():
         0, 1, 2, 3, 4]  # common.cuh's ACT_* codes
 
 
-def test_ops_without_kernels_say_what_to_use():
-    for op in cupy_cuda.MISSING_OPS:
-        with pytest.raises(GanEngineError, match=f"{op} has no CUDA kernel yet: .*--backend numba"):
-            getattr(cupy_cuda, op)()
+def test_conv_and_batchnorm_launchers_check_shapes_before_launching():
+    x = np.zeros((2, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"W has shape \(4, 2, 3, 3\); expected 4 axes with 3 along axis 1"):
+        cupy_cuda.conv2d_forward(x, np.zeros((4, 2, 3, 3), np.float32), None, 1, 1)
+    with pytest.raises(ValueError, match=r"W has shape \(2, 4, 3, 3\); expected 4 axes with 3 along axis 0"):
+        cupy_cuda.conv_transpose2d_forward(x, np.zeros((2, 4, 3, 3), np.float32), None, 2, 1)
+    with pytest.raises(ValueError, match=r"b has shape \(5,\), expected \(4,\)"):
+        cupy_cuda.conv2d_forward(x, np.zeros((4, 3, 3, 3), np.float32), np.zeros(5, np.float32), 1, 1)
+    with pytest.raises(ValueError, match=r"x must be \(N, C\) or \(N, C, H, W\), got \(2, 3, 8\)"):
+        c = np.zeros(3, np.float32)
+        cupy_cuda.batchnorm_forward(x[:, :, 0].copy(), c, c, c, c, c, c, True)
 
 
 def test_float64_models_are_refused_with_the_choices():

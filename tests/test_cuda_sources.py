@@ -8,6 +8,8 @@ import pytest
 
 from gan_engine import kernels
 
+from . import cuda_emulator
+
 try:
     from cuda.bindings import nvrtc
 except ImportError as exc:  # pragma: no cover - the dev install has it
@@ -63,20 +65,14 @@ PHILOX_KAT = [
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
 ]
-# philox.cuh is plain device code: these few lines let a host C++ compiler build it unchanged.
-HOST_SHIM = """
+# philox.cuh built for the host with the kernel emulator's CUDA definitions (tests/cuda_emulator/emulator.h).
+KAT_MAIN = """
 #include <cstdio>
-#define __device__
-#define __forceinline__ inline
-struct uint4 { unsigned x, y, z, w; };
-struct uint2 { unsigned x, y; };
-inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
-inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 #include "philox.cuh"
 int main() {
     unsigned a, b, c, d, k0, k1;
     while (scanf("%x %x %x %x %x %x", &a, &b, &c, &d, &k0, &k1) == 6) {
-        uint4 r = philox4x32_10(make_uint4(a, b, c, d), uint2{k0, k1});
+        uint4 r = philox4x32_10(make_uint4(a, b, c, d), make_uint2(k0, k1));
         printf("%x %x %x %x\\n", r.x, r.y, r.z, r.w);
     }
 }
@@ -85,9 +81,10 @@ int main() {
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler (g++) to build philox.cuh with")
 def test_philox_matches_the_known_answers(tmp_path):
-    (tmp_path / "kat.cpp").write_text(HOST_SHIM)
-    subprocess.run(["g++", "-std=c++17", "-O1", f"-I{kernels.DIRECTORY}", "-o", str(tmp_path / "kat"),
-                    str(tmp_path / "kat.cpp")], check=True, capture_output=True, text=True)
+    (tmp_path / "kat.cpp").write_text(KAT_MAIN)
+    subprocess.run(["g++", "-std=c++17", "-O1", "-include", str(cuda_emulator.HEADER), f"-I{kernels.DIRECTORY}",
+                    "-o", str(tmp_path / "kat"), str(tmp_path / "kat.cpp")], check=True, capture_output=True,
+                   text=True)
     lines = "\n".join(" ".join(f"{v:x}" for v in ctr + key) for ctr, key, _ in PHILOX_KAT)
     done = subprocess.run([str(tmp_path / "kat")], input=lines, capture_output=True, text=True, check=True)
     got = [tuple(int(v, 16) for v in line.split()) for line in done.stdout.splitlines()]

@@ -6,6 +6,8 @@ from gan_engine import Adam, GanEngineError, SGD, Trainer, TrainingDiverged, loa
 from gan_engine import mlp_discriminator, mlp_generator
 from gan_engine.metrics import Evaluator, mode_metrics
 
+from .cuda_emulator import skip_if_emulating
+
 
 def make(backend="numpy", seed=0, data=None, **kw):
     data = np.random.default_rng(0).uniform(-1, 1, (50, 6)).astype(np.float32) if data is None else data
@@ -125,6 +127,7 @@ def test_training_on_ring8_covers_the_ring(backend):
 
     Over seeds 0-3 the reference reaches: reverse KL 0.01-0.05, 9-27% of samples within 3 sigma of a mode.
     """
+    skip_if_emulating(backend, "2,000 steps")
     data = load_dataset("ring8")
     G = mlp_generator(z_dim=8, hidden=(64, 64), out_dim=2, output="identity", backend=backend, seed=0)
     D = mlp_discriminator(in_dim=2, hidden=(64, 64), backend=backend, seed=1)
@@ -144,6 +147,7 @@ def test_training_on_digits_makes_every_digit(backend, classifier_cache):
     Over seeds 0-3 the reference reaches (1,500 steps): 10 classes, classifier score 6.6-7.0, Frechet distance
     13.5-21.3 (real held-out data: 10, 9.5 and 4.4; uniform noise: Frechet distance over 44).
     """
+    skip_if_emulating(backend, "1,500 steps")
     data = load_dataset("digits")
     G = mlp_generator(z_dim=32, hidden=(256,), out_dim=64, backend=backend, seed=0)
     D = mlp_discriminator(in_dim=64, hidden=(256,), backend=backend, seed=1)

@@ -44,41 +44,28 @@ def backend_status():
     return out
 
 
-def _lacks(module, needs):
-    """The ops in `needs` that a backend module declares it lacks (its MISSING_OPS), sorted."""
-    return sorted(set(needs) & set(getattr(module, "MISSING_OPS", ())))
-
-
-def get_backend(name="auto", needs=()):
+def get_backend(name="auto"):
     """Return the backend module called `name` ("numpy", "numba", "cuda" or "auto"); a module passes through.
 
-    "auto" (or None) reads GAN_ENGINE_BACKEND if set, else picks cuda > numba > numpy, the first available that
-    has every op in `needs` (a model's layers name the ops they call). A named backend that lacks one of them
-    is an error that says which.
+    "auto" (or None) reads GAN_ENGINE_BACKEND if set, else picks cuda > numba > numpy, the first available.
     """
     if isinstance(name, types.ModuleType):
-        module, source = name, ""
+        return name
+    if name in (None, "auto"):
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+        if name == "auto":
+            for candidate in AUTO_ORDER:
+                if candidate in BACKENDS and _load(candidate)[1] is None:
+                    return _load(candidate)[0]
+            raise GanEngineError("no backend is available (this should not happen: numpy is always there)")
+        source = f" (from {ENV_VAR})"
     else:
-        if name in (None, "auto"):
-            name = os.environ.get(ENV_VAR, "auto") or "auto"
-            if name == "auto":
-                for candidate in AUTO_ORDER:
-                    if candidate in BACKENDS and _load(candidate)[1] is None and not _lacks(_load(candidate)[0],
-                                                                                              needs):
-                        return _load(candidate)[0]
-                raise GanEngineError("no backend is available (this should not happen: numpy is always there)")
-            source = f" (from {ENV_VAR})"
-        else:
-            source = ""
-        if name not in BACKENDS:
-            known = ", ".join(sorted(BACKENDS)) + ", auto"
-            raise GanEngineError(f"unknown backend {name!r}{source}; choose one of: {known}")
-        module, reason = _load(name)
-        if module is None:
-            raise GanEngineError(f"backend {name!r}{source} is not available: {reason}. "
-                                 "Run `gan-engine info` to see which backends are.")
-    lacking = _lacks(module, needs)
-    if lacking:
-        raise GanEngineError(f"backend {module.name!r}{source} has no {', '.join(lacking)} yet; use --backend "
-                             "numba or numpy for this model")
+        source = ""
+    if name not in BACKENDS:
+        known = ", ".join(sorted(BACKENDS)) + ", auto"
+        raise GanEngineError(f"unknown backend {name!r}{source}; choose one of: {known}")
+    module, reason = _load(name)
+    if module is None:
+        raise GanEngineError(f"backend {name!r}{source} is not available: {reason}. "
+                             "Run `gan-engine info` to see which backends are.")
     return module

@@ -9,8 +9,7 @@ Random numbers come from Philox4x32-10 (random.cu), whose key and counter live i
 returns that array, and every draw advances the counter on the device. The streams differ from the CPU
 backends' (NumPy's PCG64); a seed still reproduces a run on this backend.
 
-Convolution and batch norm have no CUDA kernels yet: those ops raise a clear error (use numba or numpy for
-DCGANs until they land).
+Convolutions are implicit GEMMs on gemm.cuh's tile (conv.cu); batch norm is a block per channel (batchnorm.cu).
 """
 import math
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import GanEngineError
-from .numpy_ref import ACTIVATIONS, PRIORS
+from .numpy_ref import ACTIVATIONS, PRIORS, _pair, conv2d_output_size, conv_transpose2d_output_size
 
 try:
     import cupy as cp
@@ -30,12 +29,10 @@ name = "cuda"
 xp = cp
 DTYPES = (np.float32,)  # the kernels are fp32; float64 models stay on the CPU backends
 RANDOM_STREAM = "philox4x32_10"  # not NumPy's PCG64: the same seed draws other numbers than on the CPU
-MISSING_OPS = ("conv2d_forward", "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward",
-               "batchnorm_forward", "batchnorm_backward")
 
-GEMM_TILE = 64          # dense.cu TILE_M = TILE_N
-GEMM_BLOCK = (16, 16)   # dense.cu: 16 x 16 threads, 4 x 4 outputs each
-THREADS = 256           # elementwise kernels and bce.cu BCE_THREADS
+GEMM_TILE = 64          # gemm.cuh TILE_M = TILE_N
+GEMM_BLOCK = (16, 16)   # gemm.cuh: 16 x 16 threads, 4 x 4 outputs each
+THREADS = 256           # elementwise kernels, and reduce.cuh REDUCE_THREADS
 BCE_MAX_BLOCKS = 1024   # bce.cu
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 
@@ -56,7 +53,7 @@ def unavailable_reason():
 # ---- launch geometry and checks (pure functions, tested without a GPU) ----------------------------------------
 
 def gemm_grid(rows, cols):
-    """dense.cu's grid for a (rows, cols) output: one 64 x 64 tile per block."""
+    """gemm.cuh's grid for a (rows, cols) output: one 64 x 64 tile per block."""
     return (max(1, math.ceil(cols / GEMM_TILE)), max(1, math.ceil(rows / GEMM_TILE)))
 
 
@@ -163,21 +160,152 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     return dx
 
 
-# ---- convolution and batch norm: not on the GPU yet -----------------------------------------------------------
+# ---- convolution (conv.cu) -----------------------------------------------------------------------------------
 
-def _missing(op):
-    def missing(*args, **kwargs):
-        raise GanEngineError(f"{op} has no CUDA kernel yet: train convolutional models with --backend numba "
-                             "or --backend numpy")
-    missing.__name__ = missing.__qualname__ = op
-    missing.__doc__ = f"Not on the GPU yet: raises GanEngineError ({op} has no CUDA kernel)."
-    return missing
+def _check_image(label, a, channels=None, axis=1):
+    """The shape of a (4-axis, fp32, C-contiguous), which must have `channels` along `axis` when given."""
+    check_array(label, a)
+    if a.ndim != 4 or (channels is not None and a.shape[axis] != channels):
+        want = f" with {channels} along axis {axis}" if channels is not None else ""
+        raise ValueError(f"{label} has shape {tuple(a.shape)}; expected 4 axes{want}")
+    return a.shape
 
 
-conv2d_forward, conv2d_backward = _missing("conv2d_forward"), _missing("conv2d_backward")
-conv_transpose2d_forward = _missing("conv_transpose2d_forward")
-conv_transpose2d_backward = _missing("conv_transpose2d_backward")
-batchnorm_forward, batchnorm_backward = _missing("batchnorm_forward"), _missing("batchnorm_backward")
+def _window(n, big, small, kernel, stride, padding):
+    """conv.cu's geometry arguments: N, the big image's (C, H, W), the small one's, kernel, stride, padding."""
+    return tuple(np.int32(v) for v in (n, *big, *small, *kernel, *stride, *padding))
+
+
+def _bias(b, channels, fallback):
+    """(the bias argument, has_bias): a kernel takes a valid pointer either way, and reads it only with has_bias."""
+    if b is None:
+        return fallback, np.int32(0)
+    return check_array("b", b, (channels,)), np.int32(1)
+
+
+def _window_forward(kernel, x, W, b, out, shape, window, activation, alpha):
+    """conv.cu's forward: out (N, C, H, W) = act(the GEMM `kernel` of W and x's windows + b)."""
+    b, has_bias = _bias(b, shape[1], W)
+    out = _output(out, "out", shape)
+    c = shape[1]
+    _function("conv", kernel)(gemm_grid(c, out.size // c), GEMM_BLOCK, (
+        W, x, x, b, out, *window, np.int32(activation_code(activation)), np.float32(alpha), np.int32(0), has_bias))
+    return out
+
+
+def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db, dx):
+    """conv.cu's backward of a convolution (x the big image, y the small) or a transposed one (x small, y big):
+    db, dW and dx, g = dy act'(y) made as the kernels load dy."""
+    check_array("dy", dy, y.shape)
+    code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
+    if db is not None:
+        _channel_grad_sum(y, dy, db, code, alpha)
+    if dW is not None:
+        check_array("dW", dW, W.shape)
+        small, big, acts = ((x, x), (dy, y), (0, code)) if transposed else ((dy, y), (x, x), (code, 0))
+        _function("conv", "window_weight_grad_kernel")(gemm_grid(W.shape[0], W.size // W.shape[0]), GEMM_BLOCK, (
+            *small, *big, dW, *window, *map(np.int32, acts), alpha))
+    if dx is not None:
+        check_array("dx", dx, x.shape)
+        kernel = "window_gather_kernel" if transposed else "window_scatter_kernel"  # g's windows onto dx
+        _function("conv", kernel)(gemm_grid(x.shape[1], x.size // x.shape[1]), GEMM_BLOCK, (
+            W, dy, y, W, dx, *window, code, alpha, np.int32(1), np.int32(0)))
+    return dx
+
+
+def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, out=None):
+    """y = act(conv2d(x, W) + b) as one implicit GEMM: x (N, C_in, H, W), W (C_out, C_in, kH, kW), b (C_out,) or
+    None -> out (N, C_out, OH, OW)."""
+    stride, padding = _pair(stride), _pair(padding)
+    n, c, h, w = _check_image("x", x)
+    co, _, kh, kw = _check_image("W", W, c)
+    oh, ow = conv2d_output_size(h, kh, stride[0], padding[0]), conv2d_output_size(w, kw, stride[1], padding[1])
+    window = _window(n, (c, h, w), (co, oh, ow), (kh, kw), stride, padding)
+    return _window_forward("window_gather_kernel", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
+
+
+def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
+    """dW (C_out, C_in, kH, kW) += g im2col(x)^T, db (C_out,) += sum g, dx (N, C_in, H, W) = conv_transpose2d(g, W),
+    g = dy act'(y); a kernel each. Returns dx."""
+    n, c, h, w = _check_image("x", x)
+    co, _, kh, kw = _check_image("W", W, c)
+    _, _, oh, ow = _check_image("y", y, co)
+    window = _window(n, (c, h, w), (co, oh, ow), (kh, kw), _pair(stride), _pair(padding))
+    return _window_backward(x, W, y, dy, window, False, activation, alpha, dW, db, dx)
+
+
+def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activation="identity", alpha=0.2,
+                             out=None):
+    """y = act(conv_transpose2d(x, W) + b) as one implicit GEMM: x (N, C_in, H, W), W (C_in, C_out, kH, kW),
+    b (C_out,) or None -> out (N, C_out, OH, OW)."""
+    stride, padding, output_padding = _pair(stride), _pair(padding), _pair(output_padding)
+    n, ci, h, w = _check_image("x", x)
+    _, co, kh, kw = _check_image("W", W, ci, axis=0)
+    oh = conv_transpose2d_output_size(h, kh, stride[0], padding[0], output_padding[0])
+    ow = conv_transpose2d_output_size(w, kw, stride[1], padding[1], output_padding[1])
+    window = _window(n, (co, oh, ow), (ci, h, w), (kh, kw), stride, padding)
+    return _window_forward("window_scatter_kernel", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
+
+
+def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None,
+                              dx=None):
+    """dW (C_in, C_out, kH, kW) += x im2col(g)^T, db (C_out,) += sum g, dx (N, C_in, H, W) = conv2d(g, W),
+    g = dy act'(y); a kernel each. Returns dx."""
+    n, ci, h, w = _check_image("x", x)
+    _, co, kh, kw = _check_image("W", W, ci, axis=0)
+    _, _, oh, ow = _check_image("y", y, co)
+    window = _window(n, (co, oh, ow), (ci, h, w), (kh, kw), _pair(stride), _pair(padding))
+    return _window_backward(x, W, y, dy, window, True, activation, alpha, dW, db, dx)
+
+
+def _channel_grad_sum(y, dy, db, code, alpha):
+    """db (C,) += the sum of g = dy act'(y) over all but axis 1 of y (N, C, ...): a block per channel."""
+    channels = y.shape[1]
+    check_array("db", db, (channels,))
+    _function("conv", "channel_grad_sum_kernel")((channels,), (THREADS,), (
+        y, dy, db, np.int32(y.shape[0]), np.int32(channels), np.int32(y.size // (y.shape[0] * channels)), code,
+        alpha))
+
+
+# ---- batch norm (batchnorm.cu) -------------------------------------------------------------------------------
+
+def _check_batch(label, x):
+    check_array(label, x)
+    if x.ndim not in (2, 4):
+        raise ValueError(f"{label} must be (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+    return np.int32(x.shape[0]), np.int32(x.shape[1]), np.int32(x.size // (x.shape[0] * x.shape[1]))
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum=0.1, eps=1e-5,
+                      activation="identity", alpha=0.2, out=None):
+    """y = act(gamma (x - mean) invstd + beta) per channel, batch statistics (train) or running ones (eval), one
+    block per channel: x (N, C) or (N, C, H, W); the (C,) vectors as in the reference."""
+    n, channels, pixels = _check_batch("x", x)
+    for label, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                     ("running_var", running_var), ("mean", mean), ("invstd", invstd)):
+        check_array(label, a, (channels,))
+    out = _output(out, "out", x.shape)
+    _function("batchnorm", "batchnorm_forward_kernel")((int(channels),), (THREADS,), (
+        x, gamma, beta, running_mean, running_var, mean, invstd, out, n, channels, pixels, np.int32(bool(train)),
+        np.float32(momentum), np.float32(eps), np.int32(activation_code(activation)), np.float32(alpha)))
+    return out
+
+
+def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
+                       dbeta=None, dx=None):
+    """dgamma += sum g x_hat, dbeta += sum g, dx through the batch statistics (train) or not (eval), g = dy act'(y),
+    one block per channel. Returns dx."""
+    n, channels, pixels = _check_batch("x", x)
+    for label, a in (("gamma", gamma), ("mean", mean), ("invstd", invstd)):
+        check_array(label, a, (channels,))
+    for label, a in (("y", y), ("dy", dy)):
+        check_array(label, a, x.shape)
+    wanted = (("dgamma", dgamma, (channels,)), ("dbeta", dbeta, (channels,)), ("dx", dx, x.shape))
+    args = [check_array(label, a, shape) if a is not None else gamma for label, a, shape in wanted]  # gamma: unread
+    _function("batchnorm", "batchnorm_backward_kernel")((int(channels),), (THREADS,), (
+        x, gamma, y, dy, mean, invstd, *args, n, channels, pixels, np.int32(bool(train)),
+        np.int32(activation_code(activation)), np.float32(alpha), *(np.int32(a is not None) for _, a, _ in wanted)))
+    return dx
 
 
 # ---- standalone activation -----------------------------------------------------------------------------------

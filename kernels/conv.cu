@@ -1,0 +1,157 @@
+// conv.cu: 2-D convolution and transposed convolution (NCHW, fp32) as implicit GEMMs: the windows are read
+// straight from the images as the GEMM's tiles are loaded (gemm.cuh), never written out as im2col columns.
+//
+// The two layers are adjoints, so one geometry serves both. Every window joins a pixel of the BIG image
+// (N, Cb, Hb, Wb) (a convolution's input, a transposed convolution's output) to a pixel of the SMALL image
+// (N, Cs, Hs, Ws) (a convolution's output, a transposed convolution's input); W is (Cs, Cb, kh, kw) for both,
+// PyTorch's layout. Small pixel (sy, sx) sees big pixels (sy sh - ph + i, sx sw - pw + j), 0 <= i < kh,
+// 0 <= j < kw (outside the big image: 0).
+//
+//   window_gather_kernel       small (Cs, (n, sy, sx)) = W (Cs, Cb kh kw) @ patches(big) ((Cb, i, j), (n, sy, sx))
+//                              conv2d_forward (epilogue: + bias, activation) and
+//                              conv_transpose2d_backward's dx (big is then g = dy act'(y), made on load)
+//   window_scatter_kernel      big (Cb, (n, by, bx)) = W' (Cb, (Cs, i, j)) @ scattered(small) ((Cs, i, j), (n, by, bx))
+//                              W'[c, (s, i, j)] = W[s, c, i, j]; scattered(small) is small[n, s, (by + ph - i) / sh,
+//                              (bx + pw - j) / sw] where both divide exactly and land inside, else 0.
+//                              conv_transpose2d_forward (epilogue: + bias, activation) and
+//                              conv2d_backward's dx (small is then g, made on load)
+//   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
+//                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
+//   channel_grad_sum_kernel    db (C,) += sum over n and pixels of g = dy act'(y), y and dy (N, C, P): both
+//                              layers' bias gradient; a block per channel, a fixed-shape tree (deterministic)
+//
+// The GEMM kernels: grid (ceil(Nc / 64), ceil(M / 64)) for C (M, Nc) above, block (16, 16).
+// channel_grad_sum_kernel: grid (C,), block (REDUCE_THREADS,).
+// A gradient operand (`gradient` 1) is dy with y the forward's output beside it; otherwise the y argument is
+// not read (pass the same array twice) and the epilogue adds the bias (when has_bias) and applies act.
+#include "gemm.cuh"
+#include "reduce.cuh"
+
+struct Window {
+    int n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw;
+};
+
+// An image operand: its values v (N, C, H, W), y beside them for a gradient, and the window geometry.
+struct Image {
+    const float* v;
+    const float* y;
+    Window w;
+    int act;
+    float alpha;
+};
+
+// Element (r, c) = ((channel, i, j), (n, sy, sx)) of the patch matrix of a big image (im2col, read in place).
+struct Patches : Image {
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        int channel = r / (w.kh * w.kw), i = (r / w.kw) % w.kh, j = r % w.kw;
+        int n = c / (w.hs * w.ws), sy = (c / w.ws) % w.hs, sx = c % w.ws;
+        int by = sy * w.sh - w.ph + i, bx = sx * w.sw - w.pw + j;
+        if (by < 0 || by >= w.hb || bx < 0 || bx >= w.wb) return 0.f;
+        return read(v, y, (((long long)n * w.cb + channel) * w.hb + by) * w.wb + bx, act, alpha);
+    }
+};
+
+// Element (r, c) = ((channel, i, j), (n, by, bx)) of the scattered matrix of a small image (col2im's input,
+// read in place): the small pixel whose window puts weight (i, j) on big pixel (by, bx), or 0.
+struct Scattered : Image {
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        int channel = r / (w.kh * w.kw), i = (r / w.kw) % w.kh, j = r % w.kw;
+        int n = c / (w.hb * w.wb), by = (c / w.wb) % w.hb, bx = c % w.wb;
+        int ty = by + w.ph - i, tx = bx + w.pw - j;
+        if (ty < 0 || tx < 0 || ty % w.sh || tx % w.sw) return 0.f;
+        int sy = ty / w.sh, sx = tx / w.sw;
+        if (sy >= w.hs || sx >= w.ws) return 0.f;
+        return read(v, y, (((long long)n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
+    }
+};
+
+// Element (r, c) = (channel, (n, pixel)) of an image v (N, C, P) seen as a (C, N P) matrix.
+struct Channels {
+    const float* v;
+    const float* y;
+    int channels, pixels, act;
+    float alpha;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        return read(v, y, ((long long)(c / pixels) * channels + r) * pixels + c % pixels, act, alpha);
+    }
+};
+
+// Element (r, c) = (big channel, (small channel, i, j)) of W (Cs, Cb, kh, kw) with its first two axes swapped.
+struct SwappedWeights {
+    const float* W;
+    Window w;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        int taps = w.kh * w.kw;
+        return W[((long long)(c / taps) * w.cb + r) * taps + c % taps];
+    }
+};
+
+// Stores C (channels, (n, pixel)) into an image (N, channels, pixels): + bias and activation, or as it is.
+struct ImageStore {
+    float* out;
+    const float* b;
+    int channels, pixels, has_bias, act;
+    float alpha;
+    __device__ void operator()(int r, int c, float v) const {
+        long long at = ((long long)(c / pixels) * channels + r) * pixels + c % pixels;
+        out[at] = act_forward(has_bias ? v + b[r] : v, act, alpha);
+    }
+};
+
+#define WINDOW_PARAMS int n, int cb, int hb, int wb, int cs, int hs, int ws, int kh, int kw, int sh, int sw, int ph, \
+                      int pw
+#define WINDOW Window{n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big, const float* __restrict__ big_y,
+                     const float* __restrict__ b, float* __restrict__ small, WINDOW_PARAMS, int act, float alpha,
+                     int gradient, int has_bias) {
+    const Window w = WINDOW;
+    const int M = cs, Nc = n * hs * ws, K = cb * kh * kw;
+    float acc[4][4], unused[4];
+    gemm_tile(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, M,
+              Nc, K, acc, unused, false);
+    store_tile(acc, M, Nc, ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+window_scatter_kernel(const float* __restrict__ W, const float* __restrict__ small,
+                      const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
+                      WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
+    const Window w = WINDOW;
+    const int M = cb, Nc = n * hb * wb, K = cs * kh * kw;
+    float acc[4][4], unused[4];
+    gemm_tile(SwappedWeights{W, w}, Scattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}}, M, Nc, K,
+              acc, unused, false);
+    store_tile(acc, M, Nc, ImageStore{big, b, cb, hb * wb, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+window_weight_grad_kernel(const float* __restrict__ small, const float* __restrict__ small_y,
+                          const float* __restrict__ big, const float* __restrict__ big_y, float* __restrict__ dW,
+                          WINDOW_PARAMS, int small_act, int big_act, float alpha) {
+    const Window w = WINDOW;
+    const int M = cs, Nc = cb * kh * kw, K = n * hs * ws;
+    float acc[4][4], unused[4];
+    gemm_tile(Channels{small, small_y, cs, hs * ws, small_act, alpha},
+              Transposed<Patches>{{{big, big_y, w, big_act, alpha}}}, M, Nc, K, acc, unused, false);
+    store_tile(acc, M, Nc, [&](int r, int c, float v) { dW[(long long)r * Nc + c] += v; });
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+channel_grad_sum_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ db, int n,
+                        int channels, int pixels, int act, float alpha) {
+    __shared__ float s[REDUCE_THREADS];
+    const int c = blockIdx.x;
+    float sum = 0.f;
+    for (long long i = threadIdx.x; i < (long long)n * pixels; i += REDUCE_THREADS) {
+        long long at = ((i / pixels) * channels + c) * pixels + i % pixels;
+        sum += act_backward(y[at], dy[at], act, alpha);
+    }
+    block_sum(s, sum);
+    if (threadIdx.x == 0) db[c] += s[0];
+}

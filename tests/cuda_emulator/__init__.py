@@ -1,0 +1,261 @@
+"""The CUDA backend's kernels run on the CPU, for tests on machines without a GPU.
+
+g++ builds each kernels/*.cu unchanged, with emulator.h included ahead of it, into a shared library; the
+launchers are generated from the kernels' `extern "C"` signatures. `fake_cupy()` is a stand-in for the few CuPy
+calls `cupy_cuda.py` makes, backed by NumPy, so the backend's own launchers (argument order, widths, grids) run
+against the kernels. It checks what CuPy leaves to the GPU to get wrong:
+- every argument's type against the kernel's C signature (a Python int where the kernel takes `long long`, a
+  float64 array where it takes `float*`);
+- the block against the kernel's __launch_bounds__ and the device's 1024-thread limit;
+- writes outside an array: every allocation has guard bytes on both sides, checked after each launch (they are
+  0xFF, a NaN in floating point, so a read outside an array shows up in the results too);
+- __syncthreads() reached by some threads of a block after others returned.
+It is a test of the kernels' logic, not a GPU: races, warp behaviour and speed need the real device.
+"""
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+HEADER = Path(__file__).with_name("emulator.h")
+KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)\))?\s+(\w+)\s*\(([^)]*)\)')
+SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
+           "unsigned int": np.uint32, "unsigned long long": np.uint64}
+GUARD = 4096  # bytes on each side of every allocation
+MAX_THREADS = 1024
+
+_libraries = {}
+
+
+def available():
+    """None when kernels can be emulated here, else why not."""
+    return None if shutil.which("g++") else "no host C++ compiler (g++) to build the kernels with"
+
+
+def _macros(text):
+    """name -> body of every object-like #define in `text` (continuation lines joined)."""
+    found = re.findall(r"^#define\s+(\w+)[ \t]+((?:[^\n]*\\\n)*[^\n]*)", text, re.M)
+    return {name: body.replace("\\\n", " ").strip() for name, body in found}
+
+
+def signatures(code, headers=""):
+    """kernel name -> (launch bound or None, [(C type, NumPy dtype, is_pointer)]) of every kernel in `code`;
+    macros in a signature are expanded from the #defines of `code` and `headers` (the text of its includes)."""
+    macros = _macros(code + "\n" + headers)
+
+    def expand(text):
+        for _ in range(8):
+            text = re.sub(r"\b\w+\b", lambda m: macros.get(m.group(0), m.group(0)), text)
+        return text
+
+    found = {}
+    for bound, name, params in KERNEL.findall(code):
+        args = []
+        for param in expand(params).split(","):
+            ctype = " ".join(param.replace("__restrict__", "").split()[:-1])
+            base = ctype.replace("const", "").replace("*", "").strip()
+            args.append((ctype, SCALARS[" ".join(base.split())], "*" in ctype))
+        found[name] = (int(expand(bound)) if bound else None, args)
+    return found
+
+
+def _launchers(kernels):
+    """C++ text of one `launch_<kernel>(grid, block, args)` per kernel of `signatures()`, cuLaunchKernel style."""
+    out = []
+    for name, (_, args) in kernels.items():
+        call = ", ".join(f"*reinterpret_cast<{ctype}*>(args[{i}])" for i, (ctype, _, _) in enumerate(args))
+        out.append(f'extern "C" int launch_{name}(const unsigned int* grid, const unsigned int* block, '
+                   f"void** args) {{\n    return emulator::launch(grid, block, [&] {{ {name}({call}); }});\n}}\n")
+    return "\n".join(out)
+
+
+def _with_includes(code, folders):
+    """`code` followed by the text of every header it includes, recursively, found in `folders`."""
+    texts, todo = [code], re.findall(r'#include "([^"]+)"', code)
+    while todo:
+        name = todo.pop()
+        path = next(Path(f) / name for f in folders if (Path(f) / name).exists())
+        text = path.read_text()
+        if text not in texts:
+            texts.append(text)
+            todo += re.findall(r'#include "([^"]+)"', text)
+    return "\n".join(texts)
+
+
+def build(code, options=()):
+    """The shared library of `code` (a .cu text) built with emulator.h; cached by content."""
+    folders = [o.split("=", 1)[1] for o in options if o.startswith("--include-path=")]
+    headers = _with_includes(code, folders)
+    fibers = "__syncthreads" in headers
+    flags = [f"-I{f}" for f in folders] + [o for o in options if o.startswith("-D")]
+    flags.append(f"-DEMULATOR_FIBERS={int(fibers)}")
+    text = code + "\n" + _launchers(signatures(code, headers))
+    key = hashlib.sha1("\0".join([HEADER.read_text(), text, *flags]).encode()).hexdigest()[:20]
+    if key not in _libraries:
+        folder = Path(tempfile.gettempdir()) / "gan-engine-cuda-emulator"
+        folder.mkdir(exist_ok=True)
+        library = folder / f"{key}.so"
+        if not library.exists():
+            source = folder / f"{key}.cpp"
+            source.write_text(text)
+            partial = folder / f"{key}.{id(text)}.tmp"
+            done = subprocess.run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-w", "-include", str(HEADER),
+                                   *flags, "-o", str(partial), str(source)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"the emulated build failed:\n{done.stderr}")
+            partial.replace(library)
+        _libraries[key] = ctypes.CDLL(str(library))
+    return _libraries[key]
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing in for a CuPy one: `.data.ptr` is its address."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+
+class _Allocation(np.ndarray):
+    """Raw bytes: GUARD bytes of 0xFF, the array, GUARD bytes of 0xFF."""
+
+
+def empty(shape, dtype=np.float32):
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.full(size + 2 * GUARD, 0xFF, dtype=np.uint8).view(_Allocation)
+    return raw[GUARD:GUARD + size].view(dtype).reshape(shape).view(DeviceArray)
+
+
+def zeros(shape, dtype=np.float32):
+    out = empty(shape, dtype)
+    out[...] = 0
+    return out
+
+
+def asarray(a, dtype=None):
+    if isinstance(a, DeviceArray) and (dtype is None or a.dtype == dtype):
+        return a
+    host = np.asarray(a, dtype=dtype)
+    out = empty(host.shape, host.dtype)
+    out[...] = host
+    return out
+
+
+def _allocation(a):
+    """The whole guarded allocation under a view (the outermost _Allocation of its chain of bases), or None."""
+    found = None
+    while a is not None:
+        found = a if isinstance(a, _Allocation) else found
+        a = a.base
+    return found
+
+
+def _check_guards(name, arrays):
+    for label, a in arrays:
+        raw = _allocation(a)
+        if raw is None:
+            continue
+        raw = raw.view(np.ndarray)
+        for side, guard in (("before", raw[:GUARD]), ("after", raw[-GUARD:])):
+            if (guard != 0xFF).any():
+                raise AssertionError(f"{name} wrote outside argument {label}: the guard bytes {side} it changed")
+
+
+class Kernel:
+    """One emulated kernel, called as CuPy's RawKernel is: kernel(grid, block, args)."""
+
+    def __init__(self, library, name, bound, params):
+        self.library, self.name, self.bound, self.params = library, name, bound, params
+        self.function = getattr(library, f"launch_{name}")
+        self.function.restype = ctypes.c_int
+        library.emulator_error.restype = ctypes.c_char_p
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
+        threads = int(np.prod(block))
+        limit = min(self.bound or MAX_THREADS, MAX_THREADS)
+        if not 0 < threads <= limit or min(grid) < 1:
+            raise ValueError(f"{self.name}: grid {grid} x block {block} (at most {limit} threads a block)")
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name} takes {len(self.params)} arguments, got {len(args)}")
+        holders, arrays = [], []
+        for i, (arg, (ctype, dtype, pointer)) in enumerate(zip(args, self.params)):
+            if pointer:
+                if not isinstance(arg, np.ndarray) or arg.dtype != dtype or not arg.flags.c_contiguous:
+                    raise TypeError(f"{self.name} argument {i} ({ctype}) got "
+                                    f"{getattr(arg, 'dtype', type(arg).__name__)} {getattr(arg, 'shape', '')}")
+                holders.append(ctypes.c_void_p(arg.ctypes.data))
+                arrays.append((i, arg))
+            else:
+                if not isinstance(arg, np.generic) or arg.dtype != dtype:
+                    raise TypeError(f"{self.name} argument {i} ({ctype}) got {arg!r} of type {type(arg).__name__}; "
+                                    f"pass np.{np.dtype(dtype).name}")
+                holders.append(np.ctypeslib.as_ctypes(np.array(arg)))
+        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        dims = [(ctypes.c_uint * 3)(*map(int, d)) for d in (grid, block)]
+        if self.function(dims[0], dims[1], pointers) != 0:
+            raise RuntimeError(f"{self.name}: {self.library.emulator_error().decode()}")
+        _check_guards(self.name, arrays)
+
+
+class RawModule:
+    """cupy.RawModule(code=..., options=...) on the CPU."""
+
+    def __init__(self, code, options=()):
+        self.code, self.library = code, build(code, options)
+        folders = [o.split("=", 1)[1] for o in options if o.startswith("--include-path=")]
+        self.kernels = signatures(code, _with_includes(code, folders))
+
+    def get_function(self, name):
+        bound, params = self.kernels[name]
+        return Kernel(self.library, name, bound, params)
+
+
+class _RuntimeError(Exception):
+    pass
+
+
+def fake_cupy():
+    """A module standing in for `cupy` in cupy_cuda.py: NumPy arrays with guards, emulated kernels."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=_RuntimeError)
+    return types.SimpleNamespace(
+        emulated=True, ndarray=DeviceArray, asarray=asarray, empty=empty, zeros=zeros,
+        asnumpy=lambda a: np.array(a).view(np.ndarray),
+        zeros_like=lambda a: zeros(a.shape, a.dtype), empty_like=lambda a: empty(a.shape, a.dtype),
+        RawModule=RawModule,
+        cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0), runtime=runtime))
+
+
+def emulating(backend):
+    """True when `backend` is the cuda backend running on this emulator."""
+    return getattr(getattr(backend, "xp", None), "emulated", False)
+
+
+def skip_if_emulating(backend, why):
+    """Skip a test (with `why`) that is too long for the emulator; it still runs on a GPU."""
+    import pytest
+
+    if emulating(backend):
+        pytest.skip(f"too slow on the CPU emulation of the CUDA kernels ({why}); runs on a GPU")
+
+
+def install(monkeypatch):
+    """Make the cuda backend run on this emulator for one test; returns the backend module."""
+    from gan_engine import backends
+    from gan_engine.backends import cupy_cuda
+
+    fake = fake_cupy()
+    monkeypatch.setattr(cupy_cuda, "cp", fake)
+    monkeypatch.setattr(cupy_cuda, "xp", fake)
+    monkeypatch.setattr(cupy_cuda, "_modules", {})
+    monkeypatch.setattr(cupy_cuda, "_steps", {})
+    monkeypatch.setitem(backends._loaded, "cuda", (cupy_cuda, None))
+    return cupy_cuda
