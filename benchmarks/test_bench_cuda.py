@@ -10,8 +10,8 @@
   and backward (dW and dx): our implicit-GEMM kernels against cuDNN through PyTorch (cudnn.benchmark on, TF32
   off: both sides true fp32);
 - batch norm forward and backward against PyTorch's (cuDNN's) at a DCGAN layer's shape;
-- training steps, the CUDA backend eager against PyTorch CUDA eager (same models, weights and Adam; PyTorch
-  draws on the device): the seeds' MLP GAN at batch 64, a 512-wide one at batch 256, and the DCGANs for 8x8
+- training steps, the CUDA backend as one CUDA graph a step ("cuda") and as eager launches ("cuda-eager"),
+  against PyTorch CUDA eager (same models, weights and Adam; PyTorch draws on the device): the seeds' MLP GAN at batch 64, a 512-wide one at batch 256, and the DCGANs for 8x8
   digits and 28x28 images at batch 64.
 Each case checks its output once, then times `REPEATS` launches followed by one synchronisation.
 """
@@ -218,13 +218,16 @@ def test_batchnorm(benchmark, runner, direction):
     _time(benchmark, launch, f"batchnorm_{direction} {'x'.join(map(str, shape))}", runner, nbytes=nbytes)
 
 
-@pytest.mark.parametrize("runner", ["cuda", "torch-cuda"])
+@pytest.mark.parametrize("runner", ["cuda", "cuda-eager", "torch-cuda"])
 @pytest.mark.parametrize("case", ["seed-mlp-b64", "mlp-h512-b256", "dcgan-digits-b64", "dcgan-28x28-b64"])
 def test_training_step(benchmark, runner, case):
     if runner == "torch-cuda" and torch is None:
         pytest.skip("PyTorch is not installed")
     reference = make_trainer("numpy", case)
-    trainer = make_trainer("cuda", case) if runner == "cuda" else TorchTrainer(reference, device="cuda")
+    if runner == "torch-cuda":
+        trainer = TorchTrainer(reference, device="cuda")
+    else:
+        trainer = make_trainer("cuda", case, graph=runner == "cuda")  # cuda: one CUDA graph a step
     values = trainer.read_metrics(trainer.step())
     assert all(np.isfinite(v) for v in values.values()), values
     _time(benchmark, trainer.step, case, runner, flops=step_flops(reference.G, reference.D, reference.batch_size))

@@ -43,11 +43,11 @@ AVAILABLE = [name for name, ok, _ in backend_status() if ok and name != "cuda"] 
 PEERS = ["torch"] if torch_version() else []
 
 
-def make_trainer(backend, case):
+def make_trainer(backend, case, graph=True):
     batch, dim, models = CASES[case]
     data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
     G, D = models(backend)
-    return Trainer(G, D, data, batch_size=batch, seed=0,
+    return Trainer(G, D, data, batch_size=batch, seed=0, graph=graph,
                    opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
 
 

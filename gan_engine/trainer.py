@@ -4,6 +4,7 @@ Every step draws a fresh real batch (indices uniform with replacement) and fresh
 random state, so the same seed gives bit-identical losses and a restored state continues the same sequence.
 """
 import math
+import warnings
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from .optim import Adam
 
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 GENERATE_BATCH = 256  # rows per forward pass in generate()
+GRAPH_WARMUP_STEPS = 2  # eager steps before a step is captured: kernels compiled, buffers allocated, Adam counting
 
 
 class TrainingDiverged(GanEngineError):
@@ -26,11 +28,13 @@ class Trainer:
     G and D must share a backend and dtype. `opt_g`/`opt_d` default to Adam(lr=2e-4, beta1=0.5), the DCGAN
     setting. `k_disc` D steps per G step; `loss` is the generator loss ("non-saturating" or "minimax");
     `prior` the noise prior ("normal" or "uniform" on [-1, 1]); `label_smoothing` the one-sided smoothing of
-    D's real targets (1 -> 1 - s).
+    D's real targets (1 -> 1 - s). With `graph` (the default) and a backend that can capture (cuda), the step is
+    captured once as a CUDA graph after GRAPH_WARMUP_STEPS eager steps and replayed from then on: one launch a
+    step. The metrics a replayed step returns are then the same device arrays every step, rewritten by the next.
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
-                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0):
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -58,6 +62,9 @@ class Trainer:
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
         self.rng = be.new_rng(seed)
         self.step_count = 0
+        self.use_graph = bool(graph) and hasattr(be, "capture")
+        self._graph = None      # (replay, its metrics, Adam step increments per replay) once captured
+        self._eager_steps = 0   # since the start or the last load_state_dict, towards GRAPH_WARMUP_STEPS
         self._idx = xp.empty(B, dtype=np.int64)                  # (B,)
         self._real = xp.empty((B, D.in_features), dtype=G.dtype)  # (B, D)
         self._z = xp.empty((B, self.z_dim), dtype=G.dtype)        # (B, Z)
@@ -95,7 +102,38 @@ class Trainer:
 
     def step(self):
         """k_disc D steps, then one G step. Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake
-        (D's figures are from the last D step, before its update)."""
+        (D's figures are from the last D step, before its update). Replays the captured graph once there is one."""
+        if self._graph is not None:
+            replay, metrics, counts = self._graph
+            replay()
+            for opt, n in counts:
+                opt.t += n
+            self.step_count += 1
+            return metrics
+        if self.use_graph and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            return self._capture_step()
+        self._eager_steps += 1
+        return self._eager_step()
+
+    def _capture_step(self):
+        """Capture one step as a graph, then run it. If capture fails: warn, and stay eager for good."""
+        counted = [(opt, opt.t) for opt in (self.opt_d, self.opt_g) if hasattr(opt, "t")]
+        step_count = self.step_count
+        try:
+            replay, metrics = self.backend.capture(self._eager_step)
+        except Exception as exc:
+            for opt, t in counted:
+                opt.t = t
+            self.step_count, self.use_graph = step_count, False
+            warnings.warn(f"capturing the training step as a CUDA graph failed ({type(exc).__name__}: {exc}); "
+                          "training goes on with eager launches", RuntimeWarning, stacklevel=3)
+            return self.step()
+        self._graph = (replay, metrics, [(opt, opt.t - t) for opt, t in counted])
+        replay()  # capturing ran nothing on the device: this is the step
+        return metrics
+
+    def _eager_step(self):
+        """The step's launches, one by one; host counters move as it goes."""
         for _ in range(self.k_disc):
             d_loss, d_real, d_fake = self.d_step()
         g = self.g_step()
@@ -147,6 +185,7 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.backend.set_rng_state(self.rng, state["rng"])
         self.step_count = int(state["step"])
+        self._graph, self._eager_steps = None, 0  # warm up and capture again from the restored state
 
 
 def generate(G, z):

@@ -5,8 +5,10 @@
 //                        m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //                        param -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //   The bias corrections are computed in double from double betas, as the reference does.
+//   adam_count_kernel    step (1,) += 1: a new update, counted on the device, so that a captured CUDA graph
+//                        counts every replay
 //
-// Elementwise kernels: grid (ceil(P / 256),), block (256,).
+// Elementwise kernels: grid (ceil(P / 256),), block (256,); adam_count_kernel: grid (1,), block (1,).
 
 extern "C" __global__ void sgd_update_kernel(float* __restrict__ param, const float* __restrict__ grad,
                                              float* __restrict__ velocity, long long n, float lr, float momentum) {
@@ -32,3 +34,5 @@ extern "C" __global__ void adam_update_kernel(float* __restrict__ param, const f
     v[i] = vi;
     param[i] -= lr * (mi * c1) / (sqrtf(vi * c2) + eps);
 }
+
+extern "C" __global__ void adam_count_kernel(int* step) { step[0] += 1; }

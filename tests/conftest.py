@@ -30,6 +30,14 @@ def backend(request, monkeypatch):
     return get_backend(request.param)
 
 
+@pytest.fixture(params=[p for p in _backend_params() if p.values[0] in ("cuda", EMULATED)])
+def cuda_backend(request, monkeypatch):
+    """The cuda backend on a GPU, and on the CPU emulator."""
+    if request.param == EMULATED:
+        return cuda_emulator.install(monkeypatch)
+    return get_backend(request.param)
+
+
 @pytest.fixture
 def ref():
     """The NumPy reference backend."""

@@ -365,21 +365,29 @@ def sgd_update(param, grad, velocity, lr, momentum=0.0):
         param, grad, velocity, np.int64(n), np.float32(lr), np.float32(momentum)))
 
 
-_steps = {}  # device pointer of a parameter buffer -> its Adam step count on the device, (1,) int32
+_steps = {}  # device pointer of a parameter buffer -> [its Adam step count on the device (1,) int32, the count the
+#              host last asked for]
 
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-    """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count,
-    written to a device counter beside the buffer that the kernel reads."""
+    """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count.
+
+    The kernel reads the count from a device counter beside the buffer. The update after the last one counts it
+    up on the device (adam_count_kernel), so a captured CUDA graph counts every replay; any other step (the first,
+    a resumed run) is written from the host."""
     n = check_array("param", param).size
     for label, a in (("grad", grad), ("m", m), ("v", v)):
         check_array(label, a, param.shape)
-    counter = _steps.get(param.data.ptr)
-    if counter is None:
-        counter = _steps[param.data.ptr] = cp.zeros(1, dtype=np.int32)
-    counter.fill(int(step))
+    counter = _steps.setdefault(param.data.ptr, [None, None])
+    if counter[0] is None:
+        counter[0] = cp.zeros(1, dtype=np.int32)
+    if counter[1] == step - 1:
+        _function("optim", "adam_count_kernel")((1,), (1,), (counter[0],))
+    else:
+        counter[0].fill(int(step))
+    counter[1] = step
     _function("optim", "adam_update_kernel")(elementwise_grid(n), (THREADS,), (
-        param, grad, m, v, np.int64(n), counter, np.float32(lr), np.float64(beta1), np.float64(beta2),
+        param, grad, m, v, np.int64(n), counter[0], np.float32(lr), np.float64(beta1), np.float64(beta2),
         np.float32(eps)))
 
 
@@ -420,3 +428,38 @@ def gather_rows(data, idx, out):
     _function("random", "gather_rows_kernel")(elementwise_grid(out.size), (THREADS,), (
         data, idx, out, np.int32(idx.size), np.int32(d)))
     return out
+
+
+# ---- CUDA graphs ---------------------------------------------------------------------------------------------
+
+def capture(body):
+    """Record body()'s launches as a CUDA graph instead of running them; returns (replay, what body returned).
+
+    Each replay() launches the whole graph on the current stream: the same kernels on the same buffers, with
+    the arguments they had at capture, so body must keep every changing value on the device (Philox counters,
+    Adam's step counts). Capture runs on a side stream, with a memory pool of its own that lives as long as the
+    graph: arrays body allocates (its results among them) keep their addresses and are rewritten by every
+    replay, and no one else is handed their memory. Kernels must be compiled and buffers allocated before (run
+    body eagerly first). An error inside body ends the capture and propagates; nothing has run on the device.
+    """
+    cp.cuda.Device().synchronize()  # eager work before the capture is done before the first replay reads it
+    pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
+    with stream, cp.cuda.using_allocator(pool.malloc):
+        stream.begin_capture()
+        try:
+            result = body()
+        except BaseException:
+            try:
+                stream.end_capture()
+            except Exception:  # an invalidated capture reports its own error; body's is the one to see
+                pass
+            raise
+        graph = stream.end_capture()
+    for counter in _steps.values():  # replays count Adam's steps on the device, unseen here: the next eager
+        counter[1] = None            # update writes its count from the host
+
+    def replay():
+        graph.launch()
+
+    replay.keep_alive = (graph, pool, stream)
+    return replay, result

@@ -10,8 +10,12 @@ against the kernels. It checks what CuPy leaves to the GPU to get wrong:
 - writes outside an array: every allocation has guard bytes on both sides, checked after each launch (they are
   0xFF, a NaN in floating point, so a read outside an array shows up in the results too);
 - __syncthreads() reached by some threads of a block after others returned.
+Stream capture is emulated as CUDA does it: while a stream captures, kernel launches, fills, assignments and
+NumPy ufuncs on device arrays are recorded instead of run, and a graph launch runs the record; so a step that
+keeps a changing value on the host, or reads a result during capture, replays wrongly here as on a GPU.
 It is a test of the kernels' logic, not a GPU: races, warp behaviour and speed need the real device.
 """
+import contextlib
 import ctypes
 import hashlib
 import re
@@ -31,6 +35,7 @@ GUARD = 4096  # bytes on each side of every allocation
 MAX_THREADS = 1024
 
 _libraries = {}
+_recording = None  # while a stream captures: the list of operations a graph launch will run
 
 
 def available():
@@ -114,12 +119,44 @@ def build(code, options=()):
     return _libraries[key]
 
 
+def _run_or_record(operation):
+    """Run `operation` now, or record it for graph launches while a stream captures."""
+    if _recording is None:
+        operation()
+    else:
+        _recording.append(operation)
+
+
 class DeviceArray(np.ndarray):
-    """A NumPy array standing in for a CuPy one: `.data.ptr` is its address."""
+    """A NumPy array standing in for a CuPy one: `.data.ptr` is its address, an integer index gives a 0-d view
+    (as CuPy does, not a scalar copy), and its updates obey stream capture."""
 
     @property
     def data(self):
         return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)) or (isinstance(key, tuple) and all(isinstance(k, (int, np.integer))
+                                                                                 for k in key)):
+            key = (key if isinstance(key, tuple) else (key,)) + (Ellipsis,)
+        return super().__getitem__(key)
+
+    def fill(self, value):
+        _run_or_record(lambda: np.ndarray.fill(self, value))
+
+    def __setitem__(self, key, value):
+        _run_or_record(lambda: np.ndarray.__setitem__(self, key, value))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        plain = [np.asarray(a).view(np.ndarray) if isinstance(a, DeviceArray) else a for a in inputs]
+        if _recording is None:
+            out = getattr(ufunc, method)(*plain, **kwargs)
+            return out.view(DeviceArray) if isinstance(out, np.ndarray) else out
+        if method != "__call__" or kwargs or ufunc.nout != 1:
+            raise RuntimeError(f"the emulator cannot record {ufunc.__name__}.{method} during stream capture")
+        out = empty(np.broadcast_shapes(*(np.shape(a) for a in plain)), np.result_type(*plain))
+        _recording.append(lambda: ufunc(*plain, out=out.view(np.ndarray)))
+        return out
 
 
 class _Allocation(np.ndarray):
@@ -201,9 +238,13 @@ class Kernel:
                 holders.append(np.ctypeslib.as_ctypes(np.array(arg)))
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
         dims = [(ctypes.c_uint * 3)(*map(int, d)) for d in (grid, block)]
-        if self.function(dims[0], dims[1], pointers) != 0:
-            raise RuntimeError(f"{self.name}: {self.library.emulator_error().decode()}")
-        _check_guards(self.name, arrays)
+
+        def launch(keep=holders):  # the holders own the argument values the pointers point at
+            if self.function(dims[0], dims[1], pointers) != 0:
+                raise RuntimeError(f"{self.name}: {self.library.emulator_error().decode()}")
+            _check_guards(self.name, arrays)
+
+        _run_or_record(launch)
 
 
 class RawModule:
@@ -223,6 +264,41 @@ class _RuntimeError(Exception):
     pass
 
 
+class _Graph:
+    def __init__(self, operations):
+        self.operations = operations
+
+    def launch(self, stream=None):
+        for operation in self.operations:
+            operation()
+
+
+class _Stream:
+    """A stream that can capture: see the module's docstring."""
+
+    def __init__(self, non_blocking=False):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self, mode=None):
+        global _recording
+        if _recording is not None:
+            raise RuntimeError("a stream is capturing already")
+        _recording = []
+
+    def end_capture(self):
+        global _recording
+        if _recording is None:
+            raise RuntimeError("the stream is not capturing")
+        graph, _recording = _Graph(_recording), None
+        return graph
+
+
 def fake_cupy():
     """A module standing in for `cupy` in cupy_cuda.py: NumPy arrays with guards, emulated kernels."""
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=_RuntimeError)
@@ -231,7 +307,9 @@ def fake_cupy():
         asnumpy=lambda a: np.array(a).view(np.ndarray),
         zeros_like=lambda a: zeros(a.shape, a.dtype), empty_like=lambda a: empty(a.shape, a.dtype),
         RawModule=RawModule,
-        cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0), runtime=runtime))
+        cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None),
+                                   runtime=runtime, Stream=_Stream, MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+                                   using_allocator=lambda allocator: contextlib.nullcontext()))
 
 
 def emulating(backend):

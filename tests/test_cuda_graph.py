@@ -1,0 +1,93 @@
+"""The training step as one CUDA graph: replays compute what eager launches compute, bit for bit.
+
+Runs on a GPU (marker gpu) and on the CPU emulator, which captures as CUDA does (kernels, fills and array
+arithmetic are recorded, not run, while a stream captures), so a value the step keeps on the host shows here.
+"""
+import numpy as np
+import pytest
+
+from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator, trainer as trainer_module
+from gan_engine.backends import numpy_ref as R
+from gan_engine.models import dcgan_discriminator, dcgan_generator
+
+
+def make(backend, model, graph=True, seed=0):
+    rng = np.random.default_rng(0)
+    if model == "mlp":
+        G = mlp_generator(4, (16,), 6, backend=backend, seed=seed)
+        D = mlp_discriminator(6, (16,), backend=backend, seed=seed + 1)
+        data = rng.uniform(-1, 1, (40, 6)).astype(np.float32)
+    else:
+        G = dcgan_generator(4, (1, 8, 8), (8, 4), backend=backend, seed=seed)
+        D = dcgan_discriminator((1, 8, 8), (4, 8), backend=backend, seed=seed + 1)
+        data = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
+    return Trainer(G, D, data, batch_size=5, k_disc=2, seed=seed, graph=graph,
+                   opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5))
+
+
+def losses(trainer, steps):
+    return [trainer.read_metrics(trainer.step()) for _ in range(steps)]
+
+
+def state(trainer):
+    s = trainer.state_dict()
+    return {"G": s["G"], "D": s["D"], "opt_g": s["opt_g"], "opt_d": s["opt_d"], "rng": s["rng"], "step": s["step"]}
+
+
+def assert_same_state(a, b):
+    assert a["step"] == b["step"] and a["rng"] == b["rng"]
+    for part in ("G", "D", "opt_g", "opt_d"):
+        for key in a[part]:
+            np.testing.assert_array_equal(np.asarray(a[part][key]), np.asarray(b[part][key]), err_msg=f"{part} {key}")
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_graph_replays_equal_eager_launches(cuda_backend, model):
+    graphed, eager = make(cuda_backend, model), make(cuda_backend, model, graph=False)
+    assert losses(graphed, 6) == losses(eager, 6)
+    assert graphed._graph is not None and eager._graph is None
+    assert graphed.opt_d.t == 12 and graphed.opt_g.t == 6 and graphed.step_count == 6
+    assert_same_state(state(graphed), state(eager))
+
+
+def test_a_restored_state_resumes_the_graphed_run_exactly(cuda_backend):
+    run = make(cuda_backend, "mlp")
+    losses(run, 4)
+    saved = run.state_dict()
+    rest = losses(run, 5)
+    resumed = make(cuda_backend, "mlp", seed=3)
+    losses(resumed, 4)  # a graph of its own, then dropped by the restore
+    resumed.load_state_dict(saved)
+    assert losses(resumed, 5) == rest
+    assert_same_state(state(resumed), state(run))
+
+
+def test_the_test_sees_a_step_count_kept_on_the_host(cuda_backend, monkeypatch):
+    """Captured before any eager step, Adam's first count is written from the host into the graph, and every
+    replay writes it again: the replays then differ from eager launches."""
+    monkeypatch.setattr(trainer_module, "GRAPH_WARMUP_STEPS", 0)
+    graphed, eager = make(cuda_backend, "mlp"), make(cuda_backend, "mlp", graph=False)
+    assert losses(graphed, 4) != losses(eager, 4)
+
+
+def test_a_failed_capture_warns_and_goes_on_eagerly(cuda_backend, monkeypatch):
+    def failing(body):
+        body()  # as a capture that breaks after recording: host counters moved, the device ran nothing
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed, eager = make(cuda_backend, "mlp"), make(cuda_backend, "mlp", graph=False)
+    monkeypatch.setattr(cuda_backend, "capture", failing)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed .*not permitted.*eager launches"):
+        got = losses(graphed, 4)
+    assert got[:2] == losses(eager, 2) and not graphed.use_graph
+
+
+def test_adam_counts_on_the_device_and_writes_a_resumed_count(cuda_backend):
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(300), rng.standard_normal(300)
+    want_p, want_m, want_v = p.copy(), np.zeros(300), np.zeros(300)
+    got = [cuda_backend.asarray(a, np.float32) for a in (p, g, np.zeros(300), np.zeros(300))]
+    for step in (1, 2, 3, 7, 8):  # counted on the device, then a jump (a resumed run), then counted again
+        R.adam_update(want_p, g, want_m, want_v, step, 1e-2, 0.5, 0.999, 1e-8)
+        cuda_backend.adam_update(*got, step, 1e-2, 0.5, 0.999, 1e-8)
+        np.testing.assert_allclose(cuda_backend.to_numpy(got[0]), want_p, rtol=1e-5, atol=1e-6, err_msg=step)
