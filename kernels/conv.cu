@@ -15,12 +15,19 @@
 //                              (bx + pw - j) / sw] where both divide exactly and land inside, else 0.
 //                              conv_transpose2d_forward (epilogue: + bias, activation) and
 //                              conv2d_backward's dx (small is then g, made on load)
+//                              Variant 1: one GEMM that multiplies the zeros; with stride s, all but 1 / s^2 of
+//                              its K loop (for kernel sides divisible by s) is zeros.
+//   window_scatter_phases_kernel  the same result, variant 2: split by stride phase (blockIdx.z = py sw + px), the
+//                              big pixels (py + sh qy, px + sw qx) only meet the taps i = ry + sh ti, ry =
+//                              (py + ph) mod sh (likewise j), so each phase is a stride-1 GEMM over those taps
+//                              alone: K = Cs ceil((kh - ry) / sh) ceil((kw - rx) / sw), no zeros multiplied.
 //   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
 //                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
 //   channel_grad_sum_kernel    db (C,) += sum over n and pixels of g = dy act'(y), y and dy (N, C, P): both
 //                              layers' bias gradient; a block per channel, a fixed-shape tree (deterministic)
 //
-// The GEMM kernels: grid (ceil(Nc / 64), ceil(M / 64)) for C (M, Nc) above, block (16, 16).
+// The GEMM kernels: grid (ceil(Nc / 64), ceil(M / 64)) for C (M, Nc) above, block (16, 16); the phases
+// kernel: grid (ceil(N ceil(Hb / sh) ceil(Wb / sw) / 64), ceil(Cb / 64), sh sw), the largest phase's tiles.
 // channel_grad_sum_kernel: grid (C,), block (REDUCE_THREADS,).
 // A gradient operand (`gradient` 1) is dy with y the forward's output beside it; otherwise the y argument is
 // not read (pass the same array twice) and the epilogue adds the bias (when has_bias) and applies act.
@@ -63,6 +70,58 @@ struct Scattered : Image {
         if (ty < 0 || tx < 0 || ty % w.sh || tx % w.sw) return 0.f;
         int sy = ty / w.sh, sx = tx / w.sw;
         if (sy >= w.hs || sx >= w.ws) return 0.f;
+        return read(v, y, (((long long)n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
+    }
+};
+
+// Stride phase z of the big image: its pixels (py + sh qy, px + sw qx), qy < hq, qx < wq; the taps that reach
+// them, i = ry + sh ti (ti < ti_count) and j = rx + sw tj (tj < tj_count); tap ti's small row, sy = qy + oy - ti.
+struct Phase {
+    int py, px, hq, wq, ry, rx, ti_count, tj_count, oy, ox;
+};
+
+__device__ __forceinline__ int count_from(int first, int end, int step) {
+    return first < end ? (end - first + step - 1) / step : 0;
+}
+
+__device__ Phase phase_of(const Window& w, int z) {
+    Phase f;
+    f.py = z / w.sw;
+    f.px = z % w.sw;
+    f.hq = count_from(f.py, w.hb, w.sh);
+    f.wq = count_from(f.px, w.wb, w.sw);
+    f.ry = (f.py + w.ph) % w.sh;
+    f.rx = (f.px + w.pw) % w.sw;
+    f.ti_count = count_from(f.ry, w.kh, w.sh);
+    f.tj_count = count_from(f.rx, w.kw, w.sw);
+    f.oy = (f.py + w.ph - f.ry) / w.sh;
+    f.ox = (f.px + w.pw - f.rx) / w.sw;
+    return f;
+}
+
+// Element (r, c) = (big channel, (small channel, ti, tj)) of the phase's weights: W[s, r, ry + sh ti, rx + sw tj].
+struct PhaseWeights {
+    const float* W;
+    Window w;
+    Phase f;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        int taps = f.ti_count * f.tj_count, channel = c / taps, ti = (c / f.tj_count) % f.ti_count,
+            tj = c % f.tj_count;
+        return W[(((long long)channel * w.cb + r) * w.kh + f.ry + w.sh * ti) * w.kw + f.rx + w.sw * tj];
+    }
+};
+
+// Element (r, c) = ((channel, ti, tj), (n, qy, qx)) of the phase's scattered matrix: small[n, channel, qy + oy - ti,
+// qx + ox - tj], or 0 outside the small image.
+struct PhaseScattered : Image {
+    Phase f;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        int taps = f.ti_count * f.tj_count, channel = r / taps, ti = (r / f.tj_count) % f.ti_count,
+            tj = r % f.tj_count;
+        int n = c / (f.hq * f.wq), sy = (c / f.wq) % f.hq + f.oy - ti, sx = c % f.wq + f.ox - tj;
+        if (sy < 0 || sy >= w.hs || sx < 0 || sx >= w.ws) return 0.f;
         return read(v, y, (((long long)n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
     }
 };
@@ -128,6 +187,24 @@ window_scatter_kernel(const float* __restrict__ W, const float* __restrict__ sma
     gemm_tile(SwappedWeights{W, w}, Scattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}}, M, Nc, K,
               acc, unused, false);
     store_tile(acc, M, Nc, ImageStore{big, b, cb, hb * wb, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+window_scatter_phases_kernel(const float* __restrict__ W, const float* __restrict__ small,
+                             const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
+                             WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
+    const Window w = WINDOW;
+    const Phase f = phase_of(w, blockIdx.z);
+    const int M = cb, Nc = n * f.hq * f.wq, K = cs * f.ti_count * f.tj_count;
+    if ((int)blockIdx.x * TILE_N >= Nc || (int)blockIdx.y * TILE_M >= M) return;  // the whole block: a smaller phase
+    float acc[4][4], unused[4];
+    gemm_tile(PhaseWeights{W, w, f}, PhaseScattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f}, M,
+              Nc, K, acc, unused, false);
+    const int out_act = gradient ? ACT_IDENTITY : act;
+    store_tile(acc, M, Nc, [&](int r, int c, float v) {
+        int image = c / (f.hq * f.wq), by = f.py + sh * ((c / f.wq) % f.hq), bx = f.px + sw * (c % f.wq);
+        big[(((long long)image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

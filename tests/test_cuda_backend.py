@@ -107,3 +107,14 @@ def test_bce_is_deterministic_to_the_bit():
     runs = [cupy_cuda.bce_with_logits(x, 1.0) for _ in range(3)]
     values = [(float(loss), float(p)) for loss, p in runs]
     assert values[0] == values[1] == values[2]
+
+
+@pytest.mark.parametrize("variant", ["phases", "zeros"])
+@pytest.mark.parametrize("op", ["conv_transpose2d_forward", "conv2d_backward"])
+def test_both_scatter_variants_match_the_reference(cuda_backend, op, variant, monkeypatch):
+    """conv.cu writes a transposed convolution's output (and a convolution's dx) per stride phase or as one GEMM
+    over the inserted zeros; the parity cases (strides 1 to 3, rectangular windows, output padding) hold for both."""
+    from .test_backend_parity import test_op_matches_the_float64_reference
+
+    monkeypatch.setattr(cupy_cuda, "SCATTER_VARIANT", variant)
+    test_op_matches_the_float64_reference(cuda_backend, op, np.float32)

@@ -35,6 +35,10 @@ GEMM_BLOCK = (16, 16)   # gemm.cuh: 16 x 16 threads, 4 x 4 outputs each
 THREADS = 256           # elementwise kernels, and reduce.cuh REDUCE_THREADS
 BCE_MAX_BLOCKS = 1024   # bce.cu
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
+# conv.cu's GEMM onto a transposed convolution's output (and a convolution's dx): "phases", one stride-1 GEMM per
+# stride phase over the taps that reach it, or "zeros", one implicit GEMM that multiplies the inserted zeros.
+# Chosen by FLOPs (s^2 fewer for stride s), not yet by a GPU measurement: benchmarks/test_bench_cuda.py times both.
+SCATTER_VARIANT = "phases"
 
 _modules = {}
 
@@ -183,12 +187,23 @@ def _bias(b, channels, fallback):
     return check_array("b", b, (channels,)), np.int32(1)
 
 
-def _window_forward(kernel, x, W, b, out, shape, window, activation, alpha):
-    """conv.cu's forward: out (N, C, H, W) = act(the GEMM `kernel` of W and x's windows + b)."""
+def _window_gemm(onto, window):
+    """(kernel, grid) of conv.cu's GEMM that writes the "small" image (gather) or the "big" one (scatter, in the
+    SCATTER_VARIANT)."""
+    n, cb, hb, wb, cs, hs, ws, _, _, sh, sw, _, _ = (int(v) for v in window)
+    if onto == "small":
+        return "window_gather_kernel", gemm_grid(cs, n * hs * ws)
+    if SCATTER_VARIANT == "phases":  # the largest phase's tiles, a grid layer per phase
+        return "window_scatter_phases_kernel", gemm_grid(cb, n * -(-hb // sh) * -(-wb // sw)) + (sh * sw,)
+    return "window_scatter_kernel", gemm_grid(cb, n * hb * wb)
+
+
+def _window_forward(onto, x, W, b, out, shape, window, activation, alpha):
+    """conv.cu's forward: out (N, C, H, W), the `onto` image, = act(W times x's windows + b)."""
     b, has_bias = _bias(b, shape[1], W)
     out = _output(out, "out", shape)
-    c = shape[1]
-    _function("conv", kernel)(gemm_grid(c, out.size // c), GEMM_BLOCK, (
+    kernel, grid = _window_gemm(onto, window)
+    _function("conv", kernel)(grid, GEMM_BLOCK, (
         W, x, x, b, out, *window, np.int32(activation_code(activation)), np.float32(alpha), np.int32(0), has_bias))
     return out
 
@@ -207,8 +222,8 @@ def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db,
             *small, *big, dW, *window, *map(np.int32, acts), alpha))
     if dx is not None:
         check_array("dx", dx, x.shape)
-        kernel = "window_gather_kernel" if transposed else "window_scatter_kernel"  # g's windows onto dx
-        _function("conv", kernel)(gemm_grid(x.shape[1], x.size // x.shape[1]), GEMM_BLOCK, (
+        kernel, grid = _window_gemm("small" if transposed else "big", window)  # g's windows onto dx
+        _function("conv", kernel)(grid, GEMM_BLOCK, (
             W, dy, y, W, dx, *window, code, alpha, np.int32(1), np.int32(0)))
     return dx
 
@@ -221,7 +236,7 @@ def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, o
     co, _, kh, kw = _check_image("W", W, c)
     oh, ow = conv2d_output_size(h, kh, stride[0], padding[0]), conv2d_output_size(w, kw, stride[1], padding[1])
     window = _window(n, (c, h, w), (co, oh, ow), (kh, kw), stride, padding)
-    return _window_forward("window_gather_kernel", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
+    return _window_forward("small", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
 
 
 def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
@@ -244,7 +259,7 @@ def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activat
     oh = conv_transpose2d_output_size(h, kh, stride[0], padding[0], output_padding[0])
     ow = conv_transpose2d_output_size(w, kw, stride[1], padding[1], output_padding[1])
     window = _window(n, (co, oh, ow), (ci, h, w), (kh, kw), stride, padding)
-    return _window_forward("window_scatter_kernel", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
+    return _window_forward("big", x, W, b, out, (n, co, oh, ow), window, activation, alpha)
 
 
 def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0.2, dW=None, db=None,

@@ -307,9 +307,9 @@ def fake_cupy():
         asnumpy=lambda a: np.array(a).view(np.ndarray),
         zeros_like=lambda a: zeros(a.shape, a.dtype), empty_like=lambda a: empty(a.shape, a.dtype),
         RawModule=RawModule,
-        cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None),
-                                   runtime=runtime, Stream=_Stream, MemoryPool=lambda: types.SimpleNamespace(malloc=None),
-                                   using_allocator=lambda allocator: contextlib.nullcontext()))
+        cuda=types.SimpleNamespace(
+            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None), runtime=runtime, Stream=_Stream,
+            MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda _: contextlib.nullcontext()))
 
 
 def emulating(backend):
