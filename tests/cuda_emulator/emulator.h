@@ -1,7 +1,8 @@
 // emulator.h: enough of CUDA C for g++ to build kernels/*.cu unchanged and run them on the CPU, for the tests.
 //
 // A launch runs its blocks one after another. A kernel that synchronises (EMULATOR_FIBERS 1) runs each thread of
-// a block as a cooperative fiber (ucontext) that yields at __syncthreads(); once every thread has reached the
+// a block as a cooperative fiber that yields at __syncthreads() (started on its own stack with ucontext, then
+// switched with _setjmp / _longjmp, which unlike swapcontext make no system call); once every thread has reached the
 // barrier they all resume, and a barrier that some threads reach after others have returned is an error, as on
 // a GPU it would hang or misbehave. A kernel without a barrier runs its threads one after another. __shared__
 // memory is a static: one copy, which the running block owns. No preemption means atomics are plain updates.
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <csetjmp>
 #include <functional>
 #include <string>
 #include <ucontext.h>
@@ -58,24 +60,26 @@ using std::min;
 #endif
 
 namespace emulator {
-constexpr size_t STACK = 64 * 1024;
+constexpr size_t STACK = 16 * 1024;
 
 struct Fiber {
-    ucontext_t context;
+    ucontext_t start;  // the first entry, onto the fiber's stack
+    jmp_buf resume;    // where it waits at a barrier
     dim3 index;
-    bool done;
+    bool started, done;
     std::vector<char> stack = std::vector<char>(STACK);
 };
 
 inline std::vector<Fiber> fibers;
-inline ucontext_t scheduler;
+inline jmp_buf scheduler;
 inline Fiber* running = nullptr;
 inline std::function<void()> body;
 inline std::string error;
 
 inline void fiber_main() {
     body();
-    running->done = true;  // returning resumes the scheduler (uc_link)
+    running->done = true;
+    _longjmp(scheduler, 1);
 }
 
 inline void barrier() {
@@ -83,7 +87,7 @@ inline void barrier() {
         error = "__syncthreads() in a kernel built without EMULATOR_FIBERS";
         return;
     }
-    swapcontext(&running->context, &scheduler);
+    if (!_setjmp(running->resume)) _longjmp(scheduler, 1);
 }
 
 inline dim3 thread_index(unsigned int t, dim3 block) {
@@ -103,12 +107,12 @@ inline bool run_block(unsigned int threads) {
     for (unsigned int t = 0; t < threads; ++t) {
         Fiber& f = fibers[t];
         f.index = thread_index(t, blockDim);
-        f.done = false;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.data();
-        f.context.uc_stack.ss_size = f.stack.size();
-        f.context.uc_link = &scheduler;
-        makecontext(&f.context, fiber_main, 0);
+        f.started = f.done = false;
+        getcontext(&f.start);
+        f.start.uc_stack.ss_sp = f.stack.data();
+        f.start.uc_stack.ss_size = f.stack.size();
+        f.start.uc_link = nullptr;
+        makecontext(&f.start, fiber_main, 0);
     }
     for (;;) {
         unsigned int done = 0;
@@ -117,7 +121,11 @@ inline bool run_block(unsigned int threads) {
             if (!f.done) {
                 running = &f;
                 threadIdx = f.index;
-                swapcontext(&scheduler, &f.context);
+                if (!_setjmp(scheduler)) {
+                    if (f.started) _longjmp(f.resume, 1);
+                    f.started = true;
+                    setcontext(&f.start);
+                }
                 running = nullptr;
             }
             done += f.done;
