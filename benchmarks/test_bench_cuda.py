@@ -12,8 +12,9 @@
   sides true fp32);
 - batch norm forward and backward against PyTorch's (cuDNN's) at a DCGAN layer's shape;
 - training steps, the CUDA backend as one CUDA graph a step ("cuda") and as eager launches ("cuda-eager"),
-  against PyTorch CUDA eager (same models, weights and Adam; PyTorch draws on the device): the seeds' MLP GAN
-  at batch 64, a 512-wide one at batch 256, and the DCGANs for 8x8 digits and 28x28 images at batch 64.
+  against PyTorch CUDA eager and PyTorch with the step captured as a CUDA graph ("torch-cuda-graph"; same
+  models, weights and Adam; PyTorch draws on the device): the seeds' MLP GAN at batch 64, a 512-wide one at
+  batch 256, and the DCGANs for 8x8 digits and 28x28 images at batch 64.
 Each case checks its output once, then times `REPEATS` launches followed by one synchronisation.
 """
 import numpy as np
@@ -224,14 +225,14 @@ def test_batchnorm(benchmark, runner, direction):
     _time(benchmark, launch, f"batchnorm_{direction} {'x'.join(map(str, shape))}", runner, nbytes=nbytes)
 
 
-@pytest.mark.parametrize("runner", ["cuda", "cuda-eager", "torch-cuda"])
+@pytest.mark.parametrize("runner", ["cuda", "cuda-eager", "torch-cuda", "torch-cuda-graph"])
 @pytest.mark.parametrize("case", ["seed-mlp-b64", "mlp-h512-b256", "dcgan-digits-b64", "dcgan-28x28-b64"])
 def test_training_step(benchmark, runner, case):
-    if runner == "torch-cuda" and torch is None:
+    if runner.startswith("torch") and torch is None:
         pytest.skip("PyTorch is not installed")
     reference = make_trainer("numpy", case)
-    if runner == "torch-cuda":
-        trainer = TorchTrainer(reference, device="cuda")
+    if runner.startswith("torch"):
+        trainer = TorchTrainer(reference, device="cuda", graph=runner == "torch-cuda-graph")
     else:
         trainer = make_trainer("cuda", case, graph=runner == "cuda")  # cuda: one CUDA graph a step
     values = trainer.read_metrics(trainer.step())

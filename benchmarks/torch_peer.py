@@ -66,21 +66,28 @@ class TorchTrainer:
     """The PyTorch eager twin of a gan-engine Trainer (Adam, non-saturating loss, no label smoothing).
 
     On the CPU it draws indices and noise from NumPy exactly as the Trainer does; on a GPU (device="cuda") it
-    draws them with PyTorch's generator on the device, as a PyTorch user would.
+    draws them with PyTorch's generator on the device, as a PyTorch user would. With graph=True (GPU only) the
+    step is captured as one CUDA graph after WARMUP eager steps on a side stream, as PyTorch's CUDA graphs notes
+    describe for whole-network capture (capturable Adam, gradients zeroed in place, the default generator).
     """
 
-    def __init__(self, trainer, seed=0, device="cpu"):
-        self.device = torch.device(device)
+    WARMUP = 3
+
+    def __init__(self, trainer, seed=0, device="cpu", graph=False):
+        self.device, self.graph = torch.device(device), graph
         self.G, self.D = torch_model(trainer.G).to(self.device), torch_model(trainer.D).to(self.device)
-        opt = trainer.opt_g
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
-        opt = trainer.opt_d
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+        self.opt_g, self.opt_d = (
+            torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+                             capturable=graph)
+            for model, opt in ((self.G, trainer.opt_g), (self.D, trainer.opt_d)))
         data = np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32)
         self.data = torch.from_numpy(data).to(self.device)
         self.batch_size, self.k_disc, self.z_dim = trainer.batch_size, trainer.k_disc, trainer.z_dim
         self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.torch_rng = torch.Generator(device=self.device).manual_seed(seed)
+        if graph:
+            torch.manual_seed(seed)  # a captured graph draws from the default generator
+        self.torch_rng = None if graph else torch.Generator(device=self.device).manual_seed(seed)
+        self._captured, self._eager_steps = None, 0  # (graph, its metrics) once captured
         self._z = np.empty((self.batch_size, self.z_dim), dtype=np.float32)
         self.ones = torch.ones(self.batch_size, 1, device=self.device)
         self.zeros = torch.zeros(self.batch_size, 1, device=self.device)
@@ -100,11 +107,31 @@ class TorchTrainer:
 
     def step(self):
         """k D steps, then one G step; returns the last D loss, G loss, mean D(x), mean D(G(z)) as tensors."""
+        if not self.graph:
+            return self._step()
+        if self._captured is None and self._eager_steps < self.WARMUP:
+            self._eager_steps += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                metrics = self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            return metrics
+        if self._captured is None:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                metrics = self._step()
+            self._captured = graph, metrics
+        graph, metrics = self._captured
+        graph.replay()
+        return metrics
+
+    def _step(self):
         for _ in range(self.k_disc):
             real = self.data[self._indices()]
             with torch.no_grad():
                 fake = self.G(self._noise())
-            self.opt_d.zero_grad()
+            self.opt_d.zero_grad(set_to_none=False)
             logits_real = self.D(real)
             loss_real = self.bce(logits_real, self.ones)
             loss_real.backward()
@@ -113,7 +140,7 @@ class TorchTrainer:
             loss_fake.backward()
             self.opt_d.step()
         self.D.requires_grad_(False)
-        self.opt_g.zero_grad()
+        self.opt_g.zero_grad(set_to_none=False)
         g_loss = self.bce(self.D(self.G(self._noise())), self.ones)
         g_loss.backward()
         self.opt_g.step()
