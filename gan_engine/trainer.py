@@ -121,10 +121,13 @@ class Trainer:
         step_count = self.step_count
         try:
             replay, metrics = self.backend.capture(self._eager_step)
-        except Exception as exc:
+        except BaseException as exc:  # nothing ran on the device: the host counters go back too
             for opt, t in counted:
                 opt.t = t
-            self.step_count, self.use_graph = step_count, False
+            self.step_count = step_count
+            if not isinstance(exc, Exception):  # Ctrl-C: stop, with a state that matches the device
+                raise
+            self.use_graph = False
             warnings.warn(f"capturing the training step as a CUDA graph failed ({type(exc).__name__}: {exc}); "
                           "training goes on with eager launches", RuntimeWarning, stacklevel=3)
             return self.step()

@@ -161,6 +161,14 @@ struct ImageStore {
     }
 };
 
+// C (channels, (n, pixel)) = A @ B over K, stored into the image (N, channels, pixels) of `out`.
+template <class OperandA, class OperandB>
+__device__ void image_gemm(const OperandA& A, const OperandB& B, int K, const ImageStore& out, int n) {
+    float acc[4][4], unused[4];
+    gemm_tile(A, B, out.channels, n * out.pixels, K, acc, unused, false);
+    store_tile(acc, out.channels, n * out.pixels, out);
+}
+
 #define WINDOW_PARAMS int n, int cb, int hb, int wb, int cs, int hs, int ws, int kh, int kw, int sh, int sw, int ph, \
                       int pw
 #define WINDOW Window{n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw}
@@ -170,11 +178,9 @@ window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big,
                      const float* __restrict__ b, float* __restrict__ small, WINDOW_PARAMS, int act, float alpha,
                      int gradient, int has_bias) {
     const Window w = WINDOW;
-    const int M = cs, Nc = n * hs * ws, K = cb * kh * kw;
-    float acc[4][4], unused[4];
-    gemm_tile(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, M,
-              Nc, K, acc, unused, false);
-    store_tile(acc, M, Nc, ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+    const int K = cb * kh * kw;
+    image_gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, K,
+               ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha}, n);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -182,11 +188,8 @@ window_scatter_kernel(const float* __restrict__ W, const float* __restrict__ sma
                       const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
                       WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
     const Window w = WINDOW;
-    const int M = cb, Nc = n * hb * wb, K = cs * kh * kw;
-    float acc[4][4], unused[4];
-    gemm_tile(SwappedWeights{W, w}, Scattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}}, M, Nc, K,
-              acc, unused, false);
-    store_tile(acc, M, Nc, ImageStore{big, b, cb, hb * wb, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+    image_gemm(SwappedWeights{W, w}, Scattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}},
+               cs * kh * kw, ImageStore{big, b, cb, hb * wb, has_bias, gradient ? ACT_IDENTITY : act, alpha}, n);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
