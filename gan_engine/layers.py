@@ -97,7 +97,6 @@ def _check_positive(what, **sizes):
 class Dense(Layer):
     """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features)."""
 
-
     def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier"):
         self.activation, self.alpha = _check_activation(activation, alpha)
         check_choice("initialiser", init, INITS)
@@ -198,7 +197,6 @@ class Conv2d(_Convolution):
     """y = act(conv2d(x, W) + b): x (N, C_in, H, W) -> y (N, C_out, OH, OW), W (C_out, C_in, k, k),
     OH = (H + 2 padding - k) // stride + 1. The DCGAN discriminator's strided convolution."""
 
-
     def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=True,
                  activation="identity", alpha=0.2, init="normal"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, 0, bias, activation, alpha, init)
@@ -224,7 +222,6 @@ class ConvTranspose2d(_Convolution):
     """y = act(conv_transpose2d(x, W) + b): x (N, C_in, H, W) -> y (N, C_out, OH, OW), W (C_in, C_out, k, k),
     OH = (H - 1) stride - 2 padding + k + output_padding. The DCGAN generator's upsampling layer; kernel 4,
     stride 2, padding 1 doubles the side."""
-
 
     def __init__(self, in_channels, out_channels, kernel_size=4, stride=2, padding=1, output_padding=0, bias=True,
                  activation="identity", alpha=0.2, init="normal"):
@@ -258,7 +255,6 @@ class BatchNorm(Layer):
     normalises by the running statistics (generation, evaluation). gamma starts at 1 (N(1, 0.02) with the
     DCGAN "normal" initialiser) and beta at 0.
     """
-
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
         _check_positive("BatchNorm", num_features=num_features)
@@ -320,7 +316,6 @@ class BatchNorm(Layer):
 
 class Activation(Layer):
     """y = act(x) elementwise, any shape: for an activation that no layer before it fuses."""
-
 
     def __init__(self, activation, alpha=0.2):
         self.activation, self.alpha = _check_activation(activation, alpha)

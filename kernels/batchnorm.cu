@@ -16,11 +16,6 @@
 #include "common.cuh"
 #include "reduce.cuh"
 
-// Index of value i (0 <= i < N P) of channel c in x (N, C, P).
-__device__ __forceinline__ long long channel_value(long long i, int c, int channels, int pixels) {
-    return (i / pixels * channels + c) * pixels + i % pixels;
-}
-
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 batchnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ gamma,
                          const float* __restrict__ beta, float* __restrict__ running_mean,

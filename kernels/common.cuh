@@ -8,6 +8,11 @@
 #define ACT_TANH 3
 #define ACT_SIGMOID 4
 
+// Index of value i (0 <= i < N P: image i / P, pixel i % P) of channel c in an image batch (N, C, P).
+__device__ __forceinline__ long long channel_value(long long i, int c, int channels, int pixels) {
+    return (i / pixels * channels + c) * pixels + i % pixels;
+}
+
 // The activation of a pre-activation z.
 __device__ __forceinline__ float act_forward(float z, int act, float alpha) {
     switch (act) {

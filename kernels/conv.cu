@@ -134,7 +134,7 @@ struct Channels {
     float alpha;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        return read(v, y, ((long long)(c / pixels) * channels + r) * pixels + c % pixels, act, alpha);
+        return read(v, y, channel_value(c, r, channels, pixels), act, alpha);
     }
 };
 
@@ -156,8 +156,7 @@ struct ImageStore {
     int channels, pixels, has_bias, act;
     float alpha;
     __device__ void operator()(int r, int c, float v) const {
-        long long at = ((long long)(c / pixels) * channels + r) * pixels + c % pixels;
-        out[at] = act_forward(has_bias ? v + b[r] : v, act, alpha);
+        out[channel_value(c, r, channels, pixels)] = act_forward(has_bias ? v + b[r] : v, act, alpha);
     }
 };
 
@@ -229,7 +228,7 @@ channel_grad_sum_kernel(const float* __restrict__ y, const float* __restrict__ d
     const int c = blockIdx.x;
     float sum = 0.f;
     for (long long i = threadIdx.x; i < (long long)n * pixels; i += REDUCE_THREADS) {
-        long long at = ((i / pixels) * channels + c) * pixels + i % pixels;
+        long long at = channel_value(i, c, channels, pixels);
         sum += act_backward(y[at], dy[at], act, alpha);
     }
     block_sum(s, sum);

@@ -22,20 +22,20 @@ def _backend_params():
     return params
 
 
+def _backend(name, monkeypatch):
+    return cuda_emulator.install(monkeypatch) if name == EMULATED else get_backend(name)
+
+
 @pytest.fixture(params=_backend_params())
 def backend(request, monkeypatch):
     """Each registered backend module in turn, and the cuda backend on the CPU emulator."""
-    if request.param == EMULATED:
-        return cuda_emulator.install(monkeypatch)
-    return get_backend(request.param)
+    return _backend(request.param, monkeypatch)
 
 
 @pytest.fixture(params=[p for p in _backend_params() if p.values[0] in ("cuda", EMULATED)])
 def cuda_backend(request, monkeypatch):
     """The cuda backend on a GPU, and on the CPU emulator."""
-    if request.param == EMULATED:
-        return cuda_emulator.install(monkeypatch)
-    return get_backend(request.param)
+    return _backend(request.param, monkeypatch)
 
 
 @pytest.fixture

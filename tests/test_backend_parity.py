@@ -73,8 +73,9 @@ def conv_cases():
 
 def _conv_inputs(rng, case, transpose):
     (n, ci, co, h, w, k, s, p, op, bias), act = case
-    wshape = (ci, co, *R._pair(k)) if transpose else (co, ci, *R._pair(k))
-    a = {"x": rng.standard_normal((n, ci, h, w)), "W": rng.standard_normal(wshape) / np.sqrt(ci * np.prod(R._pair(k))),
+    kernel = R._pair(k)
+    wshape = (ci, co, *kernel) if transpose else (co, ci, *kernel)
+    a = {"x": rng.standard_normal((n, ci, h, w)), "W": rng.standard_normal(wshape) / np.sqrt(ci * np.prod(kernel)),
          "b": rng.standard_normal(co) if bias else None, "s": s, "p": p, "op": op if transpose else 0, "act": act}
     if transpose:
         a["y0"] = R.conv_transpose2d_forward(a["x"], a["W"], a["b"], s, p, a["op"], act, 0.2)

@@ -94,13 +94,15 @@ def _with_includes(code, folders):
 
 
 def build(code, options=()):
-    """The shared library of `code` (a .cu text) built with emulator.h; cached by content."""
+    """(the shared library of `code`, a .cu text, built with emulator.h and cached by content; its kernels'
+    `signatures`)."""
     folders = [o.split("=", 1)[1] for o in options if o.startswith("--include-path=")]
     headers = _with_includes(code, folders)
     fibers = "__syncthreads" in headers
     flags = [f"-I{f}" for f in folders] + [o for o in options if o.startswith("-D")]
     flags.append(f"-DEMULATOR_FIBERS={int(fibers)}")
-    text = code + "\n" + _launchers(signatures(code, headers))
+    kernels = signatures(code, headers)
+    text = code + "\n" + _launchers(kernels)
     key = hashlib.sha1("\0".join([HEADER.read_text(), text, *flags]).encode()).hexdigest()[:20]
     if key not in _libraries:
         folder = Path(tempfile.gettempdir()) / "gan-engine-cuda-emulator"
@@ -117,7 +119,7 @@ def build(code, options=()):
                 raise RuntimeError(f"the emulated build failed:\n{done.stderr}")
             partial.replace(library)
         _libraries[key] = ctypes.CDLL(str(library))
-    return _libraries[key]
+    return _libraries[key], kernels
 
 
 def _run_or_record(operation):
@@ -252,9 +254,7 @@ class RawModule:
     """cupy.RawModule(code=..., options=...) on the CPU."""
 
     def __init__(self, code, options=()):
-        self.code, self.library = code, build(code, options)
-        folders = [o.split("=", 1)[1] for o in options if o.startswith("--include-path=")]
-        self.kernels = signatures(code, _with_includes(code, folders))
+        self.library, self.kernels = build(code, options)
 
     def get_function(self, name):
         bound, params = self.kernels[name]
@@ -304,9 +304,8 @@ def fake_cupy():
     """A module standing in for `cupy` in cupy_cuda.py: NumPy arrays with guards, emulated kernels."""
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=_RuntimeError)
     return types.SimpleNamespace(
-        emulated=True, ndarray=DeviceArray, asarray=asarray, empty=empty, zeros=zeros,
-        asnumpy=lambda a: np.array(a).view(np.ndarray),
-        zeros_like=lambda a: zeros(a.shape, a.dtype), empty_like=lambda a: empty(a.shape, a.dtype),
+        emulated=True, asarray=asarray, empty=empty, zeros=zeros, asnumpy=lambda a: np.array(a).view(np.ndarray),
+        zeros_like=lambda a: zeros(a.shape, a.dtype),
         RawModule=RawModule,
         cuda=types.SimpleNamespace(
             Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None), runtime=runtime, Stream=_Stream,
