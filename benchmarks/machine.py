@@ -31,7 +31,7 @@ def gpu_peak_gflops(props):
     if lanes is None:
         return None, f"unknown (sm_{props['major']}{props['minor']})"
     sms, ghz = props["multiProcessorCount"], props["clockRate"] / 1e6
-    peak = sms * lanes * 2 * ghz * 1e3
+    peak = sms * lanes * 2 * ghz
     return peak, f"{sms} SMs x {lanes} FP32 lanes x 2 FLOPs x {ghz:.2f} GHz = {peak / 1e3:.1f} TFLOP/s"
 
 

@@ -206,7 +206,8 @@ def test_batchnorm(benchmark, runner, direction):
     shape = (256, 128, 7, 7)
     rng = np.random.default_rng(0)
     x, dy = (cp.asarray(rng.standard_normal(shape).astype(np.float32)) for _ in range(2))
-    gamma, beta, rm, rv, mean, invstd, dgamma, dbeta = (cp.ones(128, np.float32) for _ in range(8))
+    gamma, rm, rv, mean, invstd, dgamma, dbeta = (cp.ones(128, np.float32) for _ in range(7))
+    beta = cp.zeros(128, np.float32)  # PyTorch's BatchNorm2d starts at weight 1, bias 0
     out, dx = cp.empty_like(x), cp.empty_like(x)
     cupy_cuda.batchnorm_forward(x, gamma, beta, rm, rv, mean, invstd, True, out=out)
     xt = torch.from_dlpack(x).requires_grad_(True)
