@@ -41,6 +41,7 @@ VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 SCATTER_VARIANT = "phases"
 
 _modules = {}
+_unread = {}  # device id -> a (1,) fp32 array passed for a pointer argument the kernel is told not to touch
 
 
 def unavailable_reason():
@@ -126,6 +127,15 @@ def _function(module, kernel):
     return _modules[key].get_function(kernel)
 
 
+def _unused():
+    """A pointer for an argument the kernel will not touch (a flag says so): a buffer of its own, never an alias of
+    another argument, so no two pointers of a launch overlap where one is written (`__restrict__`)."""
+    key = cp.cuda.Device().id
+    if key not in _unread:
+        _unread[key] = cp.zeros(1, dtype=np.float32)
+    return _unread[key]
+
+
 def _output(out, label, shape, dtype=np.float32):
     return cp.empty(shape, dtype=dtype) if out is None else check_array(label, out, shape, dtype)
 
@@ -154,7 +164,7 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
     if dW is not None or db is not None:
         dW = check_array("dW", dW, (i, o)) if dW is not None else cp.zeros((i, o), dtype=np.float32)
-        db_arg = check_array("db", db, (o,)) if db is not None else dW  # not written when want_db is 0
+        db_arg = check_array("db", db, (o,)) if db is not None else _unused()  # want_db 0: not written
         _function("dense", "dense_backward_dw_kernel")(gemm_grid(i, o), GEMM_BLOCK, (
             x, y, dy, dW, db_arg, np.int32(n), np.int32(i), np.int32(o), code, alpha, np.int32(db is not None)))
     if dx is not None:
@@ -180,10 +190,10 @@ def _window(n, big, small, kernel, stride, padding):
     return tuple(np.int32(v) for v in (n, *big, *small, *kernel, *stride, *padding))
 
 
-def _bias(b, channels, fallback):
+def _bias(b, channels):
     """(the bias argument, has_bias): a kernel takes a valid pointer either way, and reads it only with has_bias."""
     if b is None:
-        return fallback, np.int32(0)
+        return _unused(), np.int32(0)
     return check_array("b", b, (channels,)), np.int32(1)
 
 
@@ -200,7 +210,7 @@ def _window_gemm(onto, window):
 
 def _window_forward(onto, x, W, b, out, shape, window, activation, alpha):
     """conv.cu's forward: out (N, C, H, W), the `onto` image, = act(W times x's windows + b)."""
-    b, has_bias = _bias(b, shape[1], W)
+    b, has_bias = _bias(b, shape[1])
     out = _output(out, "out", shape)
     kernel, grid = _window_gemm(onto, window)
     _function("conv", kernel)(grid, GEMM_BLOCK, (
@@ -224,7 +234,7 @@ def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db,
         check_array("dx", dx, x.shape)
         kernel, grid = _window_gemm("small" if transposed else "big", window)  # g's windows onto dx
         _function("conv", kernel)(grid, GEMM_BLOCK, (
-            W, dy, y, W, dx, *window, code, alpha, np.int32(1), np.int32(0)))
+            W, dy, y, _unused(), dx, *window, code, alpha, np.int32(1), np.int32(0)))
     return dx
 
 
@@ -316,7 +326,7 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identit
     for label, a in (("y", y), ("dy", dy)):
         check_array(label, a, x.shape)
     wanted = (("dgamma", dgamma, (channels,)), ("dbeta", dbeta, (channels,)), ("dx", dx, x.shape))
-    args = [check_array(label, a, shape) if a is not None else gamma for label, a, shape in wanted]  # gamma: unread
+    args = [check_array(label, a, shape) if a is not None else _unused() for label, a, shape in wanted]
     _function("batchnorm", "batchnorm_backward_kernel")((int(channels),), (THREADS,), (
         x, gamma, y, dy, mean, invstd, *args, n, channels, pixels, np.int32(bool(train)),
         np.int32(activation_code(activation)), np.float32(alpha), *(np.int32(a is not None) for _, a, _ in wanted)))

@@ -335,5 +335,6 @@ def install(monkeypatch):
     monkeypatch.setattr(cupy_cuda, "xp", fake)
     monkeypatch.setattr(cupy_cuda, "_modules", {})
     monkeypatch.setattr(cupy_cuda, "_steps", {})
+    monkeypatch.setattr(cupy_cuda, "_unread", {})
     monkeypatch.setitem(backends._loaded, "cuda", (cupy_cuda, None))
     return cupy_cuda
