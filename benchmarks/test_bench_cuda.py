@@ -7,9 +7,8 @@
   at the GAN shapes and at 4096^3 (FLOP/s);
 - BCE and Adam at 16M values against a device-to-device copy of the same bytes (GB/s);
 - every (transposed) convolution of the default DCGANs for 28x28 and 64x64 images, at batch 64 and 256, forward
-  and backward (dW and dx): our implicit-GEMM kernels (both scatter variants: per stride phase, "cuda", and
-  over the inserted zeros, "cuda-zeros") against cuDNN through PyTorch (cudnn.benchmark on, TF32 off: both
-  sides true fp32);
+  and backward (dW and dx): our implicit-GEMM kernels against cuDNN through PyTorch (cudnn.benchmark on, TF32
+  off: both sides true fp32);
 - batch norm forward and backward against PyTorch's (cuDNN's) at a DCGAN layer's shape;
 - training steps, the CUDA backend as one CUDA graph a step ("cuda") and as eager launches ("cuda-eager"),
   against PyTorch CUDA eager and PyTorch with the step captured as a CUDA graph ("torch-cuda-graph"; same
@@ -133,13 +132,12 @@ def _torch_fp32():
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
-@pytest.mark.parametrize("runner", ["cuda", "cuda-zeros", "torch-cuda"])
+@pytest.mark.parametrize("runner", ["cuda", "torch-cuda"])
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("conv", CONVS, ids=lambda c: f"b{c[0]} {c[1]}")
-def test_conv(benchmark, runner, direction, conv, monkeypatch):
+def test_conv(benchmark, runner, direction, conv):
     """One DCGAN convolution, forward (y) or backward (dW and dx), ours against cuDNN; both checked against each
-    other first. "cuda" writes a transposed convolution's output (and a convolution's dx) per stride phase,
-    "cuda-zeros" as one GEMM over the inserted zeros (conv.cu's two scatter variants)."""
+    other first."""
     import cupy as cp
 
     from gan_engine.backends import cupy_cuda
@@ -149,10 +147,6 @@ def test_conv(benchmark, runner, direction, conv, monkeypatch):
     _torch_fp32()
     batch, name, layer, shape = conv
     transposed = isinstance(layer, ConvTranspose2d)
-    if runner == "cuda-zeros":
-        if transposed != (direction == "forward"):
-            pytest.skip("this direction has no scatter GEMM: the variants are the same")
-        monkeypatch.setattr(cupy_cuda, "SCATTER_VARIANT", "zeros")
     s, p, op = layer.stride, layer.padding, layer.output_padding
     rng = np.random.default_rng(0)
     x = cp.asarray(rng.standard_normal((batch, *shape)).astype(np.float32))
@@ -173,7 +167,7 @@ def test_conv(benchmark, runner, direction, conv, monkeypatch):
         ("torch-cuda", "backward"): lambda: torch.ops.aten.convolution_backward(dyt, xt, Wt, None, *args,
                                                                                 [True, True, False]),
     }[("torch-cuda" if runner == "torch-cuda" else "ours", direction)]
-    if runner != "torch-cuda":  # ours against cuDNN's, once
+    if runner == "cuda":  # ours against cuDNN's, once
         ours["backward"](x, W, y, dy, s, p, dW=dW, dx=dx)
         want_dx, want_dW, _ = torch.ops.aten.convolution_backward(dyt, xt, Wt, None, *args, [True, True, False])
         _assert_close(y, forward(xt, Wt, None, s, p, **extra), f"{name} y")

@@ -4,6 +4,7 @@ The CUDA backend compiles them at run time with CuPy's NVRTC; the tests compile 
 architecture in ARCHITECTURES, GPU or not, so a kernel that does not compile fails everywhere.
 """
 import hashlib
+import re
 from pathlib import Path
 
 DIRECTORY = Path(__file__).resolve().parent
@@ -26,3 +27,13 @@ def fingerprint():
     for path in sorted(DIRECTORY.glob("*.cu*")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def constant(name):
+    """The integer of `#define name <integer>` in the kernel sources (e.g. "REDUCE_THREADS" -> 256): a launch
+    constant is written once, in the .cu or .cuh file whose kernels assume it, and the backend reads it there."""
+    for path in sorted(DIRECTORY.glob("*.cu*")):
+        found = re.search(rf"^#define\s+{name}\s+(\d+)\s*$", path.read_text(), re.M)
+        if found:
+            return int(found.group(1))
+    raise KeyError(f"no '#define {name} <integer>' in {DIRECTORY}")

@@ -12,7 +12,7 @@
 //                              each of dgamma, dbeta, dx only when its want_ flag is 1.
 //
 // Sums are fixed-shape block trees (reduce.cuh): the same inputs give the same bits on every run.
-// Grid (C,), block (REDUCE_THREADS,).
+// Grid (C,), block (REDUCE_THREADS,). N C P below 2^31.
 #include "common.cuh"
 #include "reduce.cuh"
 
@@ -24,16 +24,16 @@ batchnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ 
                          float eps, int act, float alpha) {
     __shared__ float s[REDUCE_THREADS];
     const int c = blockIdx.x;
-    const long long m = (long long)n * pixels;
+    const int m = n * pixels;
     float mu, inv;
     if (train) {
         float sum = 0.f;
-        for (long long i = threadIdx.x; i < m; i += REDUCE_THREADS) sum += x[channel_value(i, c, channels, pixels)];
+        for (int i = threadIdx.x; i < m; i += REDUCE_THREADS) sum += x[channel_value(i, c, channels, pixels)];
         block_sum(s, sum);
         mu = s[0] / m;
         __syncthreads();  // everyone has read s[0] before the next sum writes s
         float squares = 0.f;
-        for (long long i = threadIdx.x; i < m; i += REDUCE_THREADS) {
+        for (int i = threadIdx.x; i < m; i += REDUCE_THREADS) {
             float d = x[channel_value(i, c, channels, pixels)] - mu;
             squares += d * d;
         }
@@ -53,8 +53,8 @@ batchnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ 
         invstd[c] = inv;
     }
     const float scale = gamma[c] * inv, shift = beta[c];
-    for (long long i = threadIdx.x; i < m; i += REDUCE_THREADS) {
-        long long at = channel_value(i, c, channels, pixels);
+    for (int i = threadIdx.x; i < m; i += REDUCE_THREADS) {
+        const int at = channel_value(i, c, channels, pixels);
         out[at] = act_forward((x[at] - mu) * scale + shift, act, alpha);
     }
 }
@@ -67,11 +67,11 @@ batchnorm_backward_kernel(const float* __restrict__ x, const float* __restrict__
                           int want_dgamma, int want_dbeta, int want_dx) {
     __shared__ float s[REDUCE_THREADS];
     const int c = blockIdx.x;
-    const long long m = (long long)n * pixels;
+    const int m = n * pixels;
     const float mu = mean[c], inv = invstd[c];
     float sum_g = 0.f, sum_g_xhat = 0.f;
-    for (long long i = threadIdx.x; i < m; i += REDUCE_THREADS) {
-        long long at = channel_value(i, c, channels, pixels);
+    for (int i = threadIdx.x; i < m; i += REDUCE_THREADS) {
+        const int at = channel_value(i, c, channels, pixels);
         float g = act_backward(y[at], dy[at], act, alpha);
         sum_g += g;
         sum_g_xhat += g * (x[at] - mu) * inv;
@@ -87,8 +87,8 @@ batchnorm_backward_kernel(const float* __restrict__ x, const float* __restrict__
     }
     if (!want_dx) return;
     const float scale = gamma[c] * inv, mean_g = train ? sum_g / m : 0.f, mean_g_xhat = train ? sum_g_xhat / m : 0.f;
-    for (long long i = threadIdx.x; i < m; i += REDUCE_THREADS) {
-        long long at = channel_value(i, c, channels, pixels);
+    for (int i = threadIdx.x; i < m; i += REDUCE_THREADS) {
+        const int at = channel_value(i, c, channels, pixels);
         float g = act_backward(y[at], dy[at], act, alpha);
         dx[at] = scale * (g - mean_g - (x[at] - mu) * inv * mean_g_xhat);
     }

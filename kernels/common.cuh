@@ -8,9 +8,10 @@
 #define ACT_TANH 3
 #define ACT_SIGMOID 4
 
-// Index of value i (0 <= i < N P: image i / P, pixel i % P) of channel c in an image batch (N, C, P).
-__device__ __forceinline__ long long channel_value(long long i, int c, int channels, int pixels) {
-    return (i / pixels * channels + c) * pixels + i % pixels;
+// Index of value i (0 <= i < N P: image i / P, pixel i % P) of channel c in an image batch (N, C, P), N C P < 2^31.
+__device__ __forceinline__ int channel_value(int i, int c, int channels, int pixels) {
+    const unsigned n = (unsigned)i / (unsigned)pixels, p = (unsigned)i - n * (unsigned)pixels;
+    return (int)((n * channels + c) * pixels + p);
 }
 
 // The activation of a pre-activation z.

@@ -10,29 +10,22 @@
 //   window_gather_kernel       small (Cs, (n, sy, sx)) = W (Cs, Cb kh kw) @ patches(big) ((Cb, i, j), (n, sy, sx))
 //                              conv2d_forward (epilogue: + bias, activation) and
 //                              conv_transpose2d_backward's dx (big is then g = dy act'(y), made on load)
-//   window_scatter_kernel      big (Cb, (n, by, bx)) = W' (Cb, (Cs, i, j)) @ scattered(small) ((Cs, i, j), (n, by, bx))
-//                              W'[c, (s, i, j)] = W[s, c, i, j]; scattered(small) is small[n, s, (by + ph - i) / sh,
-//                              (bx + pw - j) / sw] where both divide exactly and land inside, else 0.
+//   window_scatter_phases_kernel  big (Cb, (n, by, bx)) = the transpose of the gather, split by stride phase
+//                              (blockIdx.z / splits = py sw + px): the big pixels (py + sh qy, px + sw qx) only meet
+//                              the taps i = ry + sh ti, ry = (py + ph) mod sh (likewise j), so each phase is a
+//                              stride-1 GEMM over those taps alone, K = Cs ceil((kh - ry) / sh) ceil((kw - rx) / sw):
+//                              no inserted zeros multiplied.
 //                              conv_transpose2d_forward (epilogue: + bias, activation) and
 //                              conv2d_backward's dx (small is then g, made on load)
-//                              Variant 1: one GEMM that multiplies the zeros; with stride s, all but 1 / s^2 of
-//                              its K loop (for kernel sides divisible by s) is zeros.
-//   window_scatter_phases_kernel  the same result, variant 2: split by stride phase (blockIdx.z = py sw + px), the
-//                              big pixels (py + sh qy, px + sw qx) only meet the taps i = ry + sh ti, ry =
-//                              (py + ph) mod sh (likewise j), so each phase is a stride-1 GEMM over those taps
-//                              alone: K = Cs ceil((kh - ry) / sh) ceil((kw - rx) / sw), no zeros multiplied.
 //   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
 //                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
-//   channel_grad_sum_kernel    db (C,) += sum over n and pixels of g = dy act'(y), y and dy (N, C, P): both
-//                              layers' bias gradient; a block per channel, a fixed-shape tree (deterministic)
 //
-// The GEMM kernels: grid (ceil(Nc / 64), ceil(M / 64)) for C (M, Nc) above, block (16, 16); the phases
-// kernel: grid (ceil(N ceil(Hb / sh) ceil(Wb / sw) / 64), ceil(Cb / 64), sh sw), the largest phase's tiles.
-// channel_grad_sum_kernel: grid (C,), block (REDUCE_THREADS,).
-// A gradient operand (`gradient` 1) is dy with y the forward's output beside it; otherwise the y argument is
-// not read (pass the same array twice) and the epilogue adds the bias (when has_bias) and applies act.
+// The bias gradient is bias.cu's channel_grad_sum_kernel.
+// Grids (tiles, 1, splits) for C (M, Nc) above, block (16, 16) (gemm.cuh); the phases kernel: (the largest phase's
+// tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest
+// phase's. A gradient operand (`gradient` 1) is dy with y the forward's output beside it; otherwise the y argument
+// is not read (pass the same array twice) and the epilogue adds the bias (when has_bias) and applies act.
 #include "gemm.cuh"
-#include "reduce.cuh"
 
 struct Window {
     int n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw;
@@ -51,26 +44,13 @@ struct Image {
 struct Patches : Image {
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        int channel = r / (w.kh * w.kw), i = (r / w.kw) % w.kh, j = r % w.kw;
-        int n = c / (w.hs * w.ws), sy = (c / w.ws) % w.hs, sx = c % w.ws;
-        int by = sy * w.sh - w.ph + i, bx = sx * w.sw - w.pw + j;
+        const unsigned taps = w.kh * w.kw, channel = (unsigned)r / taps, tap = (unsigned)r - channel * taps;
+        const unsigned i = tap / w.kw, j = tap - i * w.kw;
+        const unsigned pixels = w.hs * w.ws, n = (unsigned)c / pixels, p = (unsigned)c - n * pixels;
+        const unsigned sy = p / w.ws, sx = p - sy * w.ws;
+        const int by = sy * w.sh - w.ph + i, bx = sx * w.sw - w.pw + j;
         if (by < 0 || by >= w.hb || bx < 0 || bx >= w.wb) return 0.f;
-        return read(v, y, (((long long)n * w.cb + channel) * w.hb + by) * w.wb + bx, act, alpha);
-    }
-};
-
-// Element (r, c) = ((channel, i, j), (n, by, bx)) of the scattered matrix of a small image (col2im's input,
-// read in place): the small pixel whose window puts weight (i, j) on big pixel (by, bx), or 0.
-struct Scattered : Image {
-    static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const {
-        int channel = r / (w.kh * w.kw), i = (r / w.kw) % w.kh, j = r % w.kw;
-        int n = c / (w.hb * w.wb), by = (c / w.wb) % w.hb, bx = c % w.wb;
-        int ty = by + w.ph - i, tx = bx + w.pw - j;
-        if (ty < 0 || tx < 0 || ty % w.sh || tx % w.sw) return 0.f;
-        int sy = ty / w.sh, sx = tx / w.sw;
-        if (sy >= w.hs || sx >= w.ws) return 0.f;
-        return read(v, y, (((long long)n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
+        return read(v, y, ((n * w.cb + channel) * w.hb + by) * w.wb + bx, act, alpha);
     }
 };
 
@@ -106,9 +86,9 @@ struct PhaseWeights {
     Phase f;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        int taps = f.ti_count * f.tj_count, channel = c / taps, ti = (c / f.tj_count) % f.ti_count,
-            tj = c % f.tj_count;
-        return W[(((long long)channel * w.cb + r) * w.kh + f.ry + w.sh * ti) * w.kw + f.rx + w.sw * tj];
+        const unsigned taps = f.ti_count * f.tj_count, channel = (unsigned)c / taps, tap = (unsigned)c - channel * taps;
+        const unsigned ti = tap / f.tj_count, tj = tap - ti * f.tj_count;
+        return W[((channel * w.cb + r) * w.kh + f.ry + w.sh * ti) * w.kw + f.rx + w.sw * tj];
     }
 };
 
@@ -118,11 +98,13 @@ struct PhaseScattered : Image {
     Phase f;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        int taps = f.ti_count * f.tj_count, channel = r / taps, ti = (r / f.tj_count) % f.ti_count,
-            tj = r % f.tj_count;
-        int n = c / (f.hq * f.wq), sy = (c / f.wq) % f.hq + f.oy - ti, sx = c % f.wq + f.ox - tj;
+        const unsigned taps = f.ti_count * f.tj_count, channel = (unsigned)r / taps, tap = (unsigned)r - channel * taps;
+        const unsigned ti = tap / f.tj_count, tj = tap - ti * f.tj_count;
+        const unsigned pixels = f.hq * f.wq, n = (unsigned)c / pixels, p = (unsigned)c - n * pixels;
+        const unsigned qy = p / f.wq, qx = p - qy * f.wq;
+        const int sy = (int)qy + f.oy - (int)ti, sx = (int)qx + f.ox - (int)tj;
         if (sy < 0 || sy >= w.hs || sx < 0 || sx >= w.ws) return 0.f;
-        return read(v, y, (((long long)n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
+        return read(v, y, ((n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
     }
 };
 
@@ -138,17 +120,6 @@ struct Channels {
     }
 };
 
-// Element (r, c) = (big channel, (small channel, i, j)) of W (Cs, Cb, kh, kw) with its first two axes swapped.
-struct SwappedWeights {
-    const float* W;
-    Window w;
-    static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const {
-        int taps = w.kh * w.kw;
-        return W[((long long)(c / taps) * w.cb + r) * taps + c % taps];
-    }
-};
-
 // Stores C (channels, (n, pixel)) into an image (N, channels, pixels): + bias and activation, or as it is.
 struct ImageStore {
     float* out;
@@ -160,14 +131,6 @@ struct ImageStore {
     }
 };
 
-// C (channels, (n, pixel)) = A @ B over K, stored into the image (N, channels, pixels) of `out`.
-template <class OperandA, class OperandB>
-__device__ void image_gemm(const OperandA& A, const OperandB& B, int K, const ImageStore& out, int n) {
-    float acc[4][4], unused[4];
-    gemm_tile(A, B, out.channels, n * out.pixels, K, acc, unused, false);
-    store_tile(acc, out.channels, n * out.pixels, out);
-}
-
 #define WINDOW_PARAMS int n, int cb, int hb, int wb, int cs, int hs, int ws, int kh, int kw, int sh, int sw, int ph, \
                       int pw
 #define WINDOW Window{n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw}
@@ -175,62 +138,39 @@ __device__ void image_gemm(const OperandA& A, const OperandB& B, int K, const Im
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big, const float* __restrict__ big_y,
                      const float* __restrict__ b, float* __restrict__ small, WINDOW_PARAMS, int act, float alpha,
-                     int gradient, int has_bias) {
+                     int gradient, int has_bias, SPLIT_PARAMS) {
     const Window w = WINDOW;
     const int K = cb * kh * kw;
-    image_gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, K,
-               ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha}, n);
-}
-
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-window_scatter_kernel(const float* __restrict__ W, const float* __restrict__ small,
-                      const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
-                      WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
-    const Window w = WINDOW;
-    image_gemm(SwappedWeights{W, w}, Scattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}},
-               cs * kh * kw, ImageStore{big, b, cb, hb * wb, has_bias, gradient ? ACT_IDENTITY : act, alpha}, n);
+    gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, cs,
+         n * hs * ws, K, SPLIT, ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha});
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 window_scatter_phases_kernel(const float* __restrict__ W, const float* __restrict__ small,
                              const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
-                             WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
+                             WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias, SPLIT_PARAMS) {
     const Window w = WINDOW;
-    const Phase f = phase_of(w, blockIdx.z);
+    const int phase = blockIdx.z / splits;
+    const Phase f = phase_of(w, phase);
     const int M = cb, Nc = n * f.hq * f.wq, K = cs * f.ti_count * f.tj_count;
-    if ((int)blockIdx.x * TILE_N >= Nc || (int)blockIdx.y * TILE_M >= M) return;  // the whole block: a smaller phase
-    float acc[4][4], unused[4];
-    gemm_tile(PhaseWeights{W, w, f}, PhaseScattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f}, M,
-              Nc, K, acc, unused, false);
+    const int largest = n * ((hb + sh - 1) / sh) * ((wb + sw - 1) / sw);  // the largest phase's Nc
+    const int tiles = (M + TILE_M - 1) / TILE_M * ((largest + TILE_N - 1) / TILE_N);
+    const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits, (int)blockIdx.z % splits};
     const int out_act = gradient ? ACT_IDENTITY : act;
-    store_tile(acc, M, Nc, [&](int r, int c, float v) {
-        int image = c / (f.hq * f.wq), by = f.py + sh * ((c / f.wq) % f.hq), bx = f.px + sw * (c % f.wq);
-        big[(((long long)image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
-    });
+    gemm(PhaseWeights{W, w, f}, PhaseScattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f}, M, Nc,
+         K, split, [&](int r, int c, float v) {
+             const int pixels = f.hq * f.wq, image = c / pixels, q = c - image * pixels, qy = q / f.wq;
+             const int by = f.py + sh * qy, bx = f.px + sw * (q - qy * f.wq);
+             big[((image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
+         });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 window_weight_grad_kernel(const float* __restrict__ small, const float* __restrict__ small_y,
                           const float* __restrict__ big, const float* __restrict__ big_y, float* __restrict__ dW,
-                          WINDOW_PARAMS, int small_act, int big_act, float alpha) {
+                          WINDOW_PARAMS, int small_act, int big_act, float alpha, SPLIT_PARAMS) {
     const Window w = WINDOW;
     const int M = cs, Nc = cb * kh * kw, K = n * hs * ws;
-    float acc[4][4], unused[4];
-    gemm_tile(Channels{small, small_y, cs, hs * ws, small_act, alpha},
-              Transposed<Patches>{{{big, big_y, w, big_act, alpha}}}, M, Nc, K, acc, unused, false);
-    store_tile(acc, M, Nc, [&](int r, int c, float v) { dW[(long long)r * Nc + c] += v; });
-}
-
-extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
-channel_grad_sum_kernel(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ db, int n,
-                        int channels, int pixels, int act, float alpha) {
-    __shared__ float s[REDUCE_THREADS];
-    const int c = blockIdx.x;
-    float sum = 0.f;
-    for (long long i = threadIdx.x; i < (long long)n * pixels; i += REDUCE_THREADS) {
-        long long at = channel_value(i, c, channels, pixels);
-        sum += act_backward(y[at], dy[at], act, alpha);
-    }
-    block_sum(s, sum);
-    if (threadIdx.x == 0) db[c] += s[0];
+    gemm(Channels{small, small_y, cs, hs * ws, small_act, alpha}, Transposed<Patches>{{{big, big_y, w, big_act, alpha}}},
+         M, Nc, K, SPLIT, [&](int r, int c, float v) { dW[r * Nc + c] += v; });
 }

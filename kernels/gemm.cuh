@@ -1,24 +1,57 @@
 // gemm.cuh: the tiled fp32 GEMM every matrix-product kernel is built on (dense.cu, conv.cu).
 //
-// gemm_tile computes one TILE_M x TILE_N tile of C (M, Nc) = A (M, K) @ B (K, Nc) with a block of 16 x 16
-// threads, 4 x 4 values per thread in registers, stepping over K in TILE_K slices staged in shared memory.
-// A and B are operand readers: `(r, c)` returns element (r, c) of the operand, 0 outside it, wherever and
-// however it is stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it is read, a window
-// of an image for a convolution), and ROW_CONTIGUOUS says whether neighbouring columns are neighbours in
-// memory, which orders the loads so that neighbouring threads read neighbouring addresses.
-// store_tile hands each of the thread's 16 values that lie inside C to the kernel's epilogue.
-// Grid: (ceil(Nc / TILE_N), ceil(M / TILE_M)), block (16, 16).
+// gemm(A, B, M, Nc, K, split, epilogue) computes C (M, Nc) = A (M, K) @ B (K, Nc) and hands each value of C to the
+// kernel's epilogue(r, c, value), once. A and B are operand readers: `(r, c)` returns element (r, c) of the
+// operand wherever and however it is stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it
+// is read, a window of an image for a convolution); it is called only inside the operand. ROW_CONTIGUOUS says
+// whether neighbouring columns are neighbours in memory, which orders the loads so that neighbouring threads
+// read neighbouring addresses.
+//
+// Tile. A block of GEMM_THREADS = 16 x 16 threads computes a TILE_M x TILE_N tile of C, THREAD_M x THREAD_N =
+// (TILE_M / 16) x (TILE_N / 16) values a thread, in registers. TILE_M and TILE_N (16, 32, 64 or 128) are fixed
+// when the file is compiled (-DTILE_M=.. -DTILE_N=..; 64 x 64 by default): the CUDA backend compiles a module per
+// tile shape it uses and picks the shape and the split per product (cupy_cuda.gemm_plan).
+// K runs in slices of TILE_K = 16 staged in shared memory, double-buffered: the next slice is read from global
+// memory into registers while this one is multiplied, then stored into the other buffer; one barrier a slice.
+// Shared rows are padded by 4 floats, which keeps the 16-byte alignment of the multiply's 128-bit reads and
+// spreads a column's stores over the banks (2-way conflicts at most). A thread's rows (and columns) come in runs
+// of up to 4 consecutive ones, the runs TILE / (THREAD / 4) apart, so the 128-bit reads of a warp cover
+// consecutive addresses: no bank conflicts.
+//
+// Split K. A product with few tiles and a long K is split along K (split.count > 1): the block of split s takes
+// an equal share of the K slices and writes its sums to split.partial (count, M, Nc). The last of a tile's blocks
+// to finish (an arrival counter per tile in split.arrivals, at 0 between launches: that block sets it back) adds
+// the tile's partials in split order, which fixes the order of the additions whatever order the blocks ran in
+// (the same inputs give the same bits), and runs the epilogue. So every element of C has exactly one writer, and
+// epilogues may accumulate (`+=`) into their output.
+//
+// Grid: x = the tile (row tile * column tiles + column tile; blocks past the last tile return at once), z = the
+// split (a kernel may fold more into z, as conv.cu does the stride phases); block (16, 16). Sizes: M Nc, M K, K Nc
+// and count M Nc below 2^31 (32-bit index math; the launchers check).
 #pragma once
 #include "common.cuh"
 
+#ifndef TILE_M
 #define TILE_M 64
+#endif
+#ifndef TILE_N
 #define TILE_N 64
+#endif
 #define TILE_K 16
 #define GEMM_THREADS 256
+#define THREAD_M (TILE_M / 16)
+#define THREAD_N (TILE_N / 16)
+#define SHARED_PAD 4
+
+static_assert(TILE_M == 16 || TILE_M == 32 || TILE_M == 64 || TILE_M == 128, "TILE_M is 16, 32, 64 or 128");
+static_assert(TILE_N == 16 || TILE_N == 32 || TILE_N == 64 || TILE_N == 128, "TILE_N is 16, 32, 64 or 128");
+static_assert(GEMM_THREADS == 16 * 16, "a GEMM block is 16 x 16 threads");
+static_assert(GEMM_THREADS % TILE_K == 0 && GEMM_THREADS % TILE_M == 0 && GEMM_THREADS % TILE_N == 0,
+              "a slice's loads map whole rows of threads");
 
 // Value `at` of an operand stored in v: v[at] itself, or with a gradient activation (act not identity)
 // g = v[at] act'(y[at]), dy times the activation's derivative at the forward's output y stored beside it.
-__device__ __forceinline__ float read(const float* v, const float* y, long long at, int act, float alpha) {
+__device__ __forceinline__ float read(const float* v, const float* y, int at, int act, float alpha) {
     return act == ACT_IDENTITY ? v[at] : act_backward(y[at], v[at], act, alpha);
 }
 
@@ -26,7 +59,7 @@ __device__ __forceinline__ float read(const float* v, const float* y, long long 
 struct Rows {
     const float* v;
     const float* y;
-    long long ld;
+    int ld;
     int act;
     float alpha;
     static constexpr bool ROW_CONTIGUOUS = true;
@@ -41,56 +74,169 @@ struct Transposed {
     __device__ float operator()(int r, int c) const { return m(c, r); }
 };
 
-// acc[i][j] = C[row0 + ty * 4 + i, col0 + tx * 4 + j] of this block's tile. With sum_b, the threads of row
-// ty == 0 also sum B over all K for their 4 columns (each column owned by one thread: deterministic).
-template <class OperandA, class OperandB>
-__device__ void gemm_tile(const OperandA& A, const OperandB& B, int M, int Nc, int K, float acc[4][4],
-                          float colsum[4], bool sum_b) {
-    __shared__ float As[TILE_K][TILE_M + 1];  // +1: a column of stores (kk varying) spreads over the banks
-    __shared__ float Bs[TILE_K][TILE_N + 1];
-    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
-    const int row0 = blockIdx.y * TILE_M, col0 = blockIdx.x * TILE_N;
-    for (int i = 0; i < 4; ++i) {
-        colsum[i] = 0.f;
-        for (int j = 0; j < 4; ++j) acc[i][j] = 0.f;
-    }
-    for (int k0 = 0; k0 < K; k0 += TILE_K) {
-        // Neighbouring threads take neighbouring k where k runs along memory (A's columns, B's rows), else
-        // neighbouring rows of A or columns of B.
-        for (int l = tid; l < TILE_K * TILE_M; l += GEMM_THREADS) {
-            constexpr bool k_fast = OperandA::ROW_CONTIGUOUS;
-            int kk = k_fast ? l % TILE_K : l / TILE_M, mm = k_fast ? l / TILE_K : l % TILE_M;
-            int r = row0 + mm, c = k0 + kk;
-            As[kk][mm] = (r < M && c < K) ? A(r, c) : 0.f;
+// Where the blocks of a split product meet (see the header): `count` splits along K, this block's `index`,
+// partial (count, M, Nc) sums, arrivals (tiles,) counters.
+struct Split {
+    float* partial;
+    int* arrivals;
+    int count, index;
+};
+#define SPLIT_PARAMS float *__restrict__ partial, int *__restrict__ arrivals, int splits
+#define SPLIT Split{partial, arrivals, splits, (int)blockIdx.z % splits}
+
+// Position in the tile of thread t's value i of its THREAD values along a side TILE long: runs of up to 4.
+template <int TILE, int THREAD>
+__device__ __forceinline__ int tile_index(int t, int i) {
+    constexpr int RUN = THREAD < 4 ? THREAD : 4;
+    return i / RUN * (TILE * RUN / THREAD) + t * RUN + i % RUN;
+}
+
+// Thread t's THREAD values of a staged row of a slice (TILE + SHARED_PAD floats, 16-byte aligned).
+template <int TILE, int THREAD>
+__device__ __forceinline__ void read_fragment(const float* row, int t, float* out) {
+    constexpr int RUN = THREAD < 4 ? THREAD : 4;
+    #pragma unroll
+    for (int run = 0; run < THREAD / RUN; ++run) {
+        const float* at = row + run * (TILE * RUN / THREAD) + t * RUN;
+        if constexpr (RUN == 4) {
+            const float4 v = *reinterpret_cast<const float4*>(at);
+            out[4 * run] = v.x;
+            out[4 * run + 1] = v.y;
+            out[4 * run + 2] = v.z;
+            out[4 * run + 3] = v.w;
+        } else {
+            #pragma unroll
+            for (int e = 0; e < RUN; ++e) out[run * RUN + e] = at[e];
         }
-        for (int l = tid; l < TILE_K * TILE_N; l += GEMM_THREADS) {
-            constexpr bool k_fast = !OperandB::ROW_CONTIGUOUS;
-            int kk = k_fast ? l % TILE_K : l / TILE_N, nn = k_fast ? l / TILE_K : l % TILE_N;
-            int r = k0 + kk, c = col0 + nn;
-            Bs[kk][nn] = (r < K && c < Nc) ? B(r, c) : 0.f;
-        }
-        __syncthreads();
-        for (int kk = 0; kk < TILE_K; ++kk) {
-            float a[4], b[4];
-            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
-            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-            if (sum_b && ty == 0)
-                for (int j = 0; j < 4; ++j) colsum[j] += b[j];
-        }
-        __syncthreads();
     }
 }
 
-// epilogue(r, c, value) for each of this thread's values inside C (M, Nc).
-template <class Epilogue>
-__device__ __forceinline__ void store_tile(const float acc[4][4], int M, int Nc, Epilogue epilogue) {
-    for (int i = 0; i < 4; ++i) {
-        int r = blockIdx.y * TILE_M + threadIdx.y * 4 + i;
-        for (int j = 0; j < 4; ++j) {
-            int c = blockIdx.x * TILE_N + threadIdx.x * 4 + j;
-            if (r < M && c < Nc) epilogue(r, c, acc[i][j]);
+// One operand seen along K: element (x, k) is A(x, k) of the left operand, or B(k, x) of the right one.
+template <class Operand, bool RIGHT>
+struct AlongK {
+    const Operand& m;
+    static constexpr bool K_CONTIGUOUS = RIGHT ? !Operand::ROW_CONTIGUOUS : Operand::ROW_CONTIGUOUS;
+    __device__ float operator()(int x, int k) const { return RIGHT ? m(k, x) : m(x, k); }
+};
+
+// A thread's share of one TILE x TILE_K slice of an operand (0 outside it), in registers between its read from
+// global memory and its store into shared memory as staged[k][x]. Neighbouring threads take neighbouring k where
+// K runs along memory, else neighbouring x; either way a thread keeps the same x (or k) offsets slice after slice.
+template <int TILE, class View>
+struct Slice {
+    static constexpr int LOADS = TILE * TILE_K / GEMM_THREADS;
+    float v[LOADS];
+
+    __device__ static int x_of(int l) {
+        const int at = (int)(threadIdx.y * 16 + threadIdx.x) + l * GEMM_THREADS;
+        return View::K_CONTIGUOUS ? at / TILE_K : at % TILE;
+    }
+    __device__ static int k_of(int l) {
+        const int at = (int)(threadIdx.y * 16 + threadIdx.x) + l * GEMM_THREADS;
+        return View::K_CONTIGUOUS ? at % TILE_K : at / TILE;
+    }
+    __device__ void read(const View& view, int x0, int extent, int k0, int K) {
+        #pragma unroll
+        for (int l = 0; l < LOADS; ++l) {
+            const int x = x0 + x_of(l), k = k0 + k_of(l);
+            v[l] = x < extent && k < K ? view(x, k) : 0.f;
         }
     }
+    __device__ void stage(float (*staged)[TILE + SHARED_PAD]) const {
+        #pragma unroll
+        for (int l = 0; l < LOADS; ++l) staged[k_of(l)][x_of(l)] = v[l];
+    }
+};
+
+// acc = the thread's values of the tile at (row0, col0) of A[:, k_begin:k_end] @ B[k_begin:k_end, :].
+template <class OperandA, class OperandB>
+__device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, int K, int row0, int col0, int k_begin,
+                         int k_end, float acc[THREAD_M][THREAD_N]) {
+    __shared__ __align__(16) float As[2][TILE_K][TILE_M + SHARED_PAD];
+    __shared__ __align__(16) float Bs[2][TILE_K][TILE_N + SHARED_PAD];
+    #pragma unroll
+    for (int i = 0; i < THREAD_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < THREAD_N; ++j) acc[i][j] = 0.f;
+    if (k_begin >= k_end) return;  // an empty split: the same for the whole block
+    const AlongK<OperandA, false> left{A};
+    const AlongK<OperandB, true> right{B};
+    Slice<TILE_M, AlongK<OperandA, false>> a;
+    Slice<TILE_N, AlongK<OperandB, true>> b;
+    a.read(left, row0, M, k_begin, K);
+    b.read(right, col0, Nc, k_begin, K);
+    a.stage(As[0]);
+    b.stage(Bs[0]);
+    __syncthreads();
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    int buffer = 0;
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
+        const bool more = k0 + TILE_K < k_end;
+        if (more) {  // the next slice's global reads are in flight during this slice's multiply
+            a.read(left, row0, M, k0 + TILE_K, K);
+            b.read(right, col0, Nc, k0 + TILE_K, K);
+        }
+        #pragma unroll
+        for (int kk = 0; kk < TILE_K; ++kk) {
+            float x[THREAD_M], y[THREAD_N];
+            read_fragment<TILE_M, THREAD_M>(As[buffer][kk], ty, x);
+            read_fragment<TILE_N, THREAD_N>(Bs[buffer][kk], tx, y);
+            #pragma unroll
+            for (int i = 0; i < THREAD_M; ++i)
+                #pragma unroll
+                for (int j = 0; j < THREAD_N; ++j) acc[i][j] = fmaf(x[i], y[j], acc[i][j]);
+        }
+        if (more) {  // into the other buffer, which every thread finished reading before the last barrier
+            a.stage(As[buffer ^ 1]);
+            b.stage(Bs[buffer ^ 1]);
+        }
+        __syncthreads();
+        buffer ^= 1;
+    }
+}
+
+// fn(r, c, i, j) for each of the thread's values (i, j) that lies inside C, at C's (r, c).
+template <class Fn>
+__device__ __forceinline__ void for_each_value(int M, int Nc, int row0, int col0, Fn fn) {
+    for (int i = 0; i < THREAD_M; ++i) {
+        const int r = row0 + tile_index<TILE_M, THREAD_M>(threadIdx.y, i);
+        if (r >= M) continue;
+        for (int j = 0; j < THREAD_N; ++j) {
+            const int c = col0 + tile_index<TILE_N, THREAD_N>(threadIdx.x, j);
+            if (c < Nc) fn(r, c, i, j);
+        }
+    }
+}
+
+template <class OperandA, class OperandB, class Epilogue>
+__device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K, const Split& split,
+                     const Epilogue& epilogue) {
+    if (M <= 0 || Nc <= 0) return;
+    const int tiles_n = (Nc + TILE_N - 1) / TILE_N, tile = blockIdx.x;
+    const int row0 = tile / tiles_n * TILE_M, col0 = tile % tiles_n * TILE_N;
+    if (row0 >= M) return;  // past this product's tiles (the grid covers a larger one): the whole block
+    const int slices = (K + TILE_K - 1) / TILE_K, per = (slices + split.count - 1) / split.count;
+    const int k_begin = min(split.index * per, slices) * TILE_K, k_end = min((split.index + 1) * per * TILE_K, K);
+    float acc[THREAD_M][THREAD_N];
+    multiply(A, B, M, Nc, K, row0, col0, k_begin, k_end, acc);
+    if (split.count == 1) {
+        for_each_value(M, Nc, row0, col0, [&](int r, int c, int i, int j) { epilogue(r, c, acc[i][j]); });
+        return;
+    }
+    for_each_value(M, Nc, row0, col0, [&](int r, int c, int i, int j) {
+        split.partial[(split.index * M + r) * Nc + c] = acc[i][j];
+    });
+    __threadfence();  // this block's partials are visible to every block before its arrival is counted
+    __shared__ int last;
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&split.arrivals[tile], 1) == split.count - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for_each_value(M, Nc, row0, col0, [&](int r, int c, int, int) {
+        float sum = 0.f;
+        for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
+        epilogue(r, c, sum);
+    });
+    if (threadIdx.x == 0 && threadIdx.y == 0) split.arrivals[tile] = 0;
 }

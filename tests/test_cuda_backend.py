@@ -16,16 +16,36 @@ requires_gpu = pytest.mark.skipif(CUDA != "available", reason=f"backend cuda una
 
 # ---- without a GPU -------------------------------------------------------------------------------------------
 
-def test_grids_cover_every_output():
-    assert cupy_cuda.gemm_grid(1, 1) == (1, 1)
-    assert cupy_cuda.gemm_grid(0, 5) == (1, 1)  # an empty output still launches a valid grid, which writes nothing
-    assert cupy_cuda.gemm_grid(64, 64) == (1, 1)
-    assert cupy_cuda.gemm_grid(65, 129) == (3, 2)  # (column tiles, row tiles)
+def test_elementwise_and_bce_grids_cover_every_value():
     assert cupy_cuda.elementwise_grid(0) == (1,)
     assert cupy_cuda.elementwise_grid(256) == (1,)
     assert cupy_cuda.elementwise_grid(257) == (2,)
     assert cupy_cuda.elementwise_grid(1025, per_thread=4) == (2,)  # 4 values a thread, 256 threads a block
     assert [cupy_cuda.bce_blocks(n) for n in (1, 256, 257, 10 ** 9)] == [1, 1, 2, 1024]
+
+
+def test_launch_constants_are_read_from_the_kernel_sources():
+    assert cupy_cuda.THREADS == 256 and cupy_cuda.TILE_K == 16 and cupy_cuda.BCE_MAX_BLOCKS == 1024
+    with pytest.raises(KeyError, match="no '#define NO_SUCH_CONSTANT"):
+        cupy_cuda.kernels.constant("NO_SUCH_CONSTANT")
+
+
+def test_gemm_plan_fills_the_gpu_and_splits_long_products():
+    """The tile and split gemm_plan chooses for the products that matter (132 SMs, as an H100 or H200)."""
+    square = cupy_cuda.gemm_plan(4096, 4096, 4096)
+    assert square.tile == (128, 128) and square.splits == 1 and square.tiles == 32 * 32
+    weight_grad = cupy_cuda.gemm_plan(64, 16, 64 * 14 * 14)  # a 1 -> 64 channel 4x4 convolution's dW at batch 64
+    assert weight_grad.tiles * weight_grad.splits >= 32, weight_grad  # one tile: its K is spread over many SMs
+    head = cupy_cuda.gemm_plan(64, 1, 6272)  # the 28x28 discriminator's last layer
+    assert head.splits >= 16, head
+    one_channel = cupy_cuda.gemm_plan(1, 64 * 14 * 14, 256, layers=4)  # a transposed convolution onto 1 channel
+    assert one_channel.tile[0] == 16, one_channel  # the thinnest tile: 15 of its 16 rows unused, not 63 of 64
+    for m, n, k in ((1, 1, 1), (3, 17, 129), (129, 3, 100_000), (5000, 5000, 1)):
+        plan = cupy_cuda.gemm_plan(m, n, k)
+        assert plan.tile in cupy_cuda.GEMM_TILES and 1 <= plan.splits <= max(1, -(-k // 16)), (m, n, k, plan)
+        assert plan.splits * m * n <= cupy_cuda.MAX_PARTIAL or plan.splits == 1
+        assert plan == cupy_cuda.gemm_plan(m, n, k)  # the same shape, the same plan: the same bits
+    assert cupy_cuda.gemm_plan(64, 16, 12544, multiprocessors=8).splits < weight_grad.splits  # fewer SMs, fewer
 
 
 def test_checks_name_the_argument_and_the_problem():
@@ -109,12 +129,37 @@ def test_bce_is_deterministic_to_the_bit():
     assert values[0] == values[1] == values[2]
 
 
-@pytest.mark.parametrize("variant", ["phases", "zeros"])
-@pytest.mark.parametrize("op", ["conv_transpose2d_forward", "conv2d_backward"])
-def test_both_scatter_variants_match_the_reference(cuda_backend, op, variant, monkeypatch):
-    """conv.cu writes a transposed convolution's output (and a convolution's dx) per stride phase or as one GEMM
-    over the inserted zeros; the parity cases (strides 1 to 3, rectangular windows, output padding) hold for both."""
+GEMM_OPS = ["dense_forward", "dense_backward", "conv2d_forward", "conv2d_backward", "conv_transpose2d_forward",
+            "conv_transpose2d_backward"]
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("tile", sorted(cupy_cuda.GEMM_TILES), ids=lambda t: f"{t[0]}x{t[1]}")
+def test_every_tile_shape_and_split_matches_the_reference(cuda_backend, tile, splits, monkeypatch):
+    """Every matrix-product op with each of gemm.cuh's tile shapes, whole and split in 3 along K (uneven splits
+    and, for K below 3 slices, empty ones), on the parity cases (every awkward size, every geometry)."""
     from .test_backend_parity import test_op_matches_the_float64_reference
 
-    monkeypatch.setattr(cupy_cuda, "SCATTER_VARIANT", variant)
-    test_op_matches_the_float64_reference(cuda_backend, op, np.float32)
+    def forced(m, n, k, layers=1, multiprocessors=None):
+        return cupy_cuda.GemmPlan(tile, splits, max(1, -(-m // tile[0]) * -(-n // tile[1])), 0.0)
+    monkeypatch.setattr(cupy_cuda, "gemm_plan", forced)
+    for op in GEMM_OPS:
+        test_op_matches_the_float64_reference(cuda_backend, op, np.float32)
+
+
+def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_backend, monkeypatch):
+    """The last block of a split tile adds the partials in split order: the same bits every time, close to the
+    unsplit sum; every arrival counter is back at 0 for the next launch."""
+    rng = np.random.default_rng(0)
+    x, W, b = (cuda_backend.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((17, 300), (300, 40), (40,)))
+
+    def run(splits):
+        monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None:
+                            cupy_cuda.GemmPlan((16, 64), splits, 2, 0.0))
+        return cuda_backend.to_numpy(cuda_backend.dense_forward(x, W, b))
+
+    split, again, whole = run(5), run(5), run(1)
+    assert np.array_equal(split, again)
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+    arrivals = [a for (_, name), kept in cupy_cuda._buffers.items() if name == "arrivals" for a in kept]
+    assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from gan_engine import kernels
+from gan_engine.backends import cupy_cuda
 
 from . import cuda_emulator
 
@@ -19,11 +20,11 @@ except ImportError as exc:  # pragma: no cover - the dev install has it
 SOURCES = kernels.sources()
 
 
-def compile_source(name, text, arch):
-    """(ok, log) of compiling `text` for `arch` with the kernels' options."""
+def compile_source(name, text, arch, extra=()):
+    """(ok, log) of compiling `text` for `arch` with the kernels' options (and `extra` ones)."""
     err, program = nvrtc.nvrtcCreateProgram(text.encode(), f"{name}.cu".encode(), 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in kernels.CHECK_OPTIONS]
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in (*kernels.CHECK_OPTIONS, *extra)]
     (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
     log = b" " * size
@@ -38,6 +39,20 @@ def compile_source(name, text, arch):
 def test_kernel_source_compiles(name, arch):
     ok, log = compile_source(name, SOURCES[name], arch)
     assert ok, f"{name}.cu does not compile for {arch}:\n{log}"
+
+
+GEMM_SOURCES = sorted(name for name, text in SOURCES.items() if '#include "gemm.cuh"' in text)
+
+
+@pytest.mark.skipif(nvrtc is None, reason=MISSING if nvrtc is None else "")
+@pytest.mark.parametrize("tile", sorted(cupy_cuda.GEMM_TILES), ids=lambda t: f"{t[0]}x{t[1]}")
+@pytest.mark.parametrize("name", GEMM_SOURCES)
+def test_gemm_sources_compile_for_every_tile_shape(name, tile):
+    """The CUDA backend compiles dense.cu and conv.cu once per gemm.cuh tile shape it uses (-DTILE_M, -DTILE_N)."""
+    ok, log = compile_source(name, SOURCES[name], kernels.ARCHITECTURES[-1], (f"-DTILE_M={tile[0]}",
+                                                                             f"-DTILE_N={tile[1]}"))
+    assert ok, f"{name}.cu does not compile for tile {tile}:\n{log}"
+    assert GEMM_SOURCES == ["conv", "dense"]
 
 
 @pytest.mark.skipif(nvrtc is None, reason=MISSING if nvrtc is None else "")

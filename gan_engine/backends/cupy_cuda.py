@@ -9,9 +9,12 @@ Random numbers come from Philox4x32-10 (random.cu), whose key and counter live i
 returns that array, and every draw advances the counter on the device. The streams differ from the CPU
 backends' (NumPy's PCG64); a seed still reproduces a run on this backend.
 
-Convolutions are implicit GEMMs on gemm.cuh's tile (conv.cu); batch norm is a block per channel (batchnorm.cu).
+Every matrix product (dense layers, convolutions as implicit GEMMs) runs on gemm.cuh's GEMM, whose tile shape and
+split along K `gemm_plan` chooses per product from a model of its speed; batch norm is a block per channel.
+The kernels index with 32-bit integers: every array holds fewer than 2^31 values (checked).
 """
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -30,18 +33,36 @@ xp = cp
 DTYPES = (np.float32,)  # the kernels are fp32; float64 models stay on the CPU backends
 RANDOM_STREAM = "philox4x32_10"  # not NumPy's PCG64: the same seed draws other numbers than on the CPU
 
-GEMM_TILE = 64          # gemm.cuh TILE_M = TILE_N
-GEMM_BLOCK = (16, 16)   # gemm.cuh: 16 x 16 threads, 4 x 4 outputs each
-THREADS = 256           # elementwise kernels, and reduce.cuh REDUCE_THREADS
-BCE_MAX_BLOCKS = 1024   # bce.cu
+THREADS = kernels.constant("REDUCE_THREADS")   # reduce.cuh; also the elementwise kernels' block
+GEMM_BLOCK = (16, 16)                           # gemm.cuh: GEMM_THREADS = 16 x 16
+assert GEMM_BLOCK[0] * GEMM_BLOCK[1] == kernels.constant("GEMM_THREADS")
+TILE_K = kernels.constant("TILE_K")
+BCE_MAX_BLOCKS = kernels.constant("BCE_MAX_BLOCKS")
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
-# conv.cu's GEMM onto a transposed convolution's output (and a convolution's dx): "phases", one stride-1 GEMM per
-# stride phase over the taps that reach it, or "zeros", one implicit GEMM that multiplies the inserted zeros.
-# Chosen by FLOPs (s^2 fewer for stride s), not yet by a GPU measurement: benchmarks/test_bench_cuda.py times both.
-SCATTER_VARIANT = "phases"
+MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
+MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
+
+# gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
+# near 1.9 GHz), counted per warp and K step from the kernel's instructions (FMAs: 4 warp instructions a cycle;
+# shared-memory reads: 128 bytes a cycle; a thread's global reads and index math): microseconds for one block to
+# multiply one TILE_K-deep slice alone on an SM (latency-bound), microseconds per block per slice once the SM is
+# saturated (128 x 128: FMA-bound near 85%; 64 x 64: instruction issue; the smaller ones: shared-memory reads),
+# and how many blocks of the tile an SM holds at once (65536 registers: ptxas gives the convolution kernels about
+# 210, 120, 60, 64 and 64 registers a thread). To be confirmed on a GPU.
+GEMM_TILES = {
+    (128, 128): (1.5, 1.3, 1),
+    (64, 64): (0.6, 0.55, 2),
+    (32, 32): (0.35, 0.27, 4),
+    (16, 64): (0.3, 0.2, 4),
+    (64, 16): (0.3, 0.2, 4),
+}
+BLOCK_US = 0.5          # a block's start and epilogue, per wave
+FIXUP_BYTES_PER_US = 1e5  # the last block of a split tile reads the partials at about 100 GB/s (one SM)
+DEFAULT_MULTIPROCESSORS = 132
 
 _modules = {}
-_unread = {}  # device id -> a (1,) fp32 array passed for a pointer argument the kernel is told not to touch
+_buffers = {}  # (device, name) -> device buffers the launchers keep (a dummy argument, split-K workspaces)
+_multiprocessor_counts = {}  # device -> its SM count
 
 
 def unavailable_reason():
@@ -57,9 +78,39 @@ def unavailable_reason():
 
 # ---- launch geometry and checks (pure functions, tested without a GPU) ----------------------------------------
 
-def gemm_grid(rows, cols):
-    """gemm.cuh's grid for a (rows, cols) output: one 64 x 64 tile per block."""
-    return (max(1, math.ceil(cols / GEMM_TILE)), max(1, math.ceil(rows / GEMM_TILE)))
+class GemmPlan(namedtuple("GemmPlan", "tile splits tiles us")):
+    """How gemm.cuh computes one product: the tile shape (TILE_M, TILE_N), the split along K, the tiles of C and
+    the modelled microseconds."""
+
+
+def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+    """Modelled microseconds of gemm.cuh's C (m, n) = A (m, k) @ B (k, n), `layers` such products side by side
+    (grid z), with tile shape `tile` and `splits` splits along K (GEMM_TILES' numbers; launch cost left out)."""
+    alone, saturated, resident = GEMM_TILES[tile]
+    blocks = math.ceil(m / tile[0]) * math.ceil(n / tile[1]) * splits * layers
+    per_sm = math.ceil(blocks / multiprocessors)
+    waves, together = math.ceil(per_sm / resident), min(per_sm, resident)
+    slices = math.ceil(math.ceil(k / TILE_K) / splits)
+    us = waves * (slices * max(alone, together * saturated) + BLOCK_US)
+    if splits > 1:
+        us += BLOCK_US + splits * tile[0] * tile[1] * 4 / FIXUP_BYTES_PER_US
+    return us
+
+
+def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+    """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
+    side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (and MAX_PARTIAL partial sums). Ties
+    go to fewer splits, then to the larger tile. Deterministic for a shape and a GPU: so are the sums' bits."""
+    slices = max(1, math.ceil(k / TILE_K))
+    best = None
+    for tile in sorted(GEMM_TILES, key=lambda t: -t[0] * t[1]):
+        splits = 1
+        while splits == 1 or (splits <= slices and splits * m * n * layers <= MAX_PARTIAL):
+            us = gemm_time(m, n, k, tile, splits, layers, multiprocessors)
+            if best is None or us < best.us * (1 - 1e-9):
+                best = GemmPlan(tile, splits, max(1, math.ceil(m / tile[0]) * math.ceil(n / tile[1])), us)
+            splits *= 2
+    return best
 
 
 def elementwise_grid(n, per_thread=1):
@@ -68,7 +119,8 @@ def elementwise_grid(n, per_thread=1):
 
 
 def check_array(label, a, shape=None, dtype=np.float32):
-    """Raise ValueError unless `a` is a C-contiguous array of `dtype` (and `shape`, when given). Returns a."""
+    """Raise ValueError unless `a` is a C-contiguous array of `dtype` (and `shape`, when given) of fewer than 2^31
+    values. Returns a."""
     if not hasattr(a, "dtype") or not hasattr(a, "flags"):
         raise ValueError(f"{label} must be a device array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -77,6 +129,9 @@ def check_array(label, a, shape=None, dtype=np.float32):
         raise ValueError(f"{label} must be C-contiguous")
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise ValueError(f"{label} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+    if a.size > MAX_VALUES:
+        raise ValueError(f"{label} has {a.size} values; the CUDA kernels index with 32-bit integers, so at most "
+                         f"{MAX_VALUES}: use a smaller batch")
     return a
 
 
@@ -118,22 +173,49 @@ def set_rng_state(rng, state):
     rng[...] = cp.asarray(np.array([state["key"], state["counter"]], dtype=np.uint64))
 
 
-def _function(module, kernel):
-    """The compiled kernel `kernel` of kernels/<module>.cu on the current device (compiled on first use)."""
-    key = (module, cp.cuda.Device().id)
+def _function(module, kernel, tile=None):
+    """The compiled kernel `kernel` of kernels/<module>.cu on the current device (compiled on first use), for
+    gemm.cuh's kernels with the tile shape `tile` (TILE_M, TILE_N)."""
+    key = (module, tile, cp.cuda.Device().id)
     if key not in _modules:
         options = kernels.OPTIONS + (f"-DGAN_ENGINE_KERNELS={kernels.fingerprint()}",)
+        if tile is not None:
+            options += (f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}")
         _modules[key] = cp.RawModule(code=kernels.sources()[module], options=options)
     return _modules[key].get_function(kernel)
+
+
+def _multiprocessors():
+    """The current GPU's SM count, which gemm_plan sizes grids by."""
+    key = cp.cuda.Device().id
+    if key not in _multiprocessor_counts:
+        _multiprocessor_counts[key] = cp.cuda.Device().attributes["MultiProcessorCount"]
+    return _multiprocessor_counts[key]
+
+
+def _buffer(name, size, dtype=np.float32):
+    """A device buffer of at least `size` values that the backend keeps, zeros when made. It is never freed (a
+    captured graph may hold its address); a larger request makes a larger one."""
+    kept = _buffers.setdefault((cp.cuda.Device().id, name), [])
+    if not kept or kept[-1].size < size:
+        kept.append(cp.zeros(max(1, size), dtype=dtype))
+    return kept[-1]
+
+
+def _gemm(module, kernel, m, n, k, args, layers=1):
+    """Launch gemm.cuh kernel `kernel` of `module` (its arguments `args` before the split's) for C (m, n) over K
+    = k, `layers` such products side by side in grid z, as gemm_plan says."""
+    plan = gemm_plan(m, n, k, layers, _multiprocessors())
+    partial = _buffer("partial", plan.splits * m * n * layers if plan.splits > 1 else 1)
+    arrivals = _buffer("arrivals", plan.tiles * layers, np.int32)  # zeros; each split tile's last block resets its own
+    _function(module, kernel, plan.tile)((plan.tiles, 1, plan.splits * layers), GEMM_BLOCK, (
+        *args, partial, arrivals, np.int32(plan.splits)))
 
 
 def _unused():
     """A pointer for an argument the kernel will not touch (a flag says so): a buffer of its own, never an alias of
     another argument, so no two pointers of a launch overlap where one is written (`__restrict__`)."""
-    key = cp.cuda.Device().id
-    if key not in _unread:
-        _unread[key] = cp.zeros(1, dtype=np.float32)
-    return _unread[key]
+    return _buffer("unused", 1)
 
 
 def _output(out, label, shape, dtype=np.float32):
@@ -148,28 +230,29 @@ def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
     o = check_array("W", W, (i, W.shape[1])).shape[1]
     check_array("b", b, (o,))
     out = _output(out, "out", (n, o))
-    _function("dense", "dense_forward_kernel")(gemm_grid(n, o), GEMM_BLOCK, (
+    _gemm("dense", "dense_forward_kernel", n, o, i, (
         x, W, b, out, np.int32(n), np.int32(i), np.int32(o), np.int32(activation_code(activation)),
         np.float32(alpha)))
     return out
 
 
 def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
-    """dW (I, O) += x^T g, db (O,) += sum_n g (in the dW kernel), dx (N, I) = g W^T, g = dy * act'(y) made as
-    the kernels load dy. Returns dx."""
+    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T, g = dy * act'(y) made as the kernels load dy; a
+    kernel each, for those given. Returns dx."""
     n, i = check_array("x", x).shape
     o = check_array("W", W, (i, W.shape[1])).shape[1]
     check_array("y", y, (n, o))
     check_array("dy", dy, (n, o))
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
-    if dW is not None or db is not None:
-        dW = check_array("dW", dW, (i, o)) if dW is not None else cp.zeros((i, o), dtype=np.float32)
-        db_arg = check_array("db", db, (o,)) if db is not None else _unused()  # want_db 0: not written
-        _function("dense", "dense_backward_dw_kernel")(gemm_grid(i, o), GEMM_BLOCK, (
-            x, y, dy, dW, db_arg, np.int32(n), np.int32(i), np.int32(o), code, alpha, np.int32(db is not None)))
+    if dW is not None:
+        check_array("dW", dW, (i, o))
+        _gemm("dense", "dense_backward_dw_kernel", i, o, n, (
+            x, y, dy, dW, np.int32(n), np.int32(i), np.int32(o), code, alpha))
+    if db is not None:
+        _channel_grad_sum(y, dy, db, code, alpha)
     if dx is not None:
         check_array("dx", dx, (n, i))
-        _function("dense", "dense_backward_dx_kernel")(gemm_grid(n, i), GEMM_BLOCK, (
+        _gemm("dense", "dense_backward_dx_kernel", n, i, o, (
             y, dy, W, dx, np.int32(n), np.int32(i), np.int32(o), code, alpha))
     return dx
 
@@ -197,23 +280,22 @@ def _bias(b, channels):
     return check_array("b", b, (channels,)), np.int32(1)
 
 
-def _window_gemm(onto, window):
-    """(kernel, grid) of conv.cu's GEMM that writes the "small" image (gather) or the "big" one (scatter, in the
-    SCATTER_VARIANT)."""
-    n, cb, hb, wb, cs, hs, ws, _, _, sh, sw, _, _ = (int(v) for v in window)
+def _window_gemm(onto, window, args):
+    """Launch conv.cu's GEMM that writes the "small" image (gather) or the "big" one (scatter, a product per
+    stride phase) with the kernel arguments `args` (before the split's)."""
+    n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, _, _ = (int(v) for v in window)
     if onto == "small":
-        return "window_gather_kernel", gemm_grid(cs, n * hs * ws)
-    if SCATTER_VARIANT == "phases":  # the largest phase's tiles, a grid layer per phase
-        return "window_scatter_phases_kernel", gemm_grid(cb, n * -(-hb // sh) * -(-wb // sw)) + (sh * sw,)
-    return "window_scatter_kernel", gemm_grid(cb, n * hb * wb)
+        _gemm("conv", "window_gather_kernel", cs, n * hs * ws, cb * kh * kw, args)
+    else:  # the largest phase's product, a grid layer per phase
+        _gemm("conv", "window_scatter_phases_kernel", cb, n * -(-hb // sh) * -(-wb // sw),
+              cs * -(-kh // sh) * -(-kw // sw), args, layers=sh * sw)
 
 
 def _window_forward(onto, x, W, b, out, shape, window, activation, alpha):
     """conv.cu's forward: out (N, C, H, W), the `onto` image, = act(W times x's windows + b)."""
     b, has_bias = _bias(b, shape[1])
     out = _output(out, "out", shape)
-    kernel, grid = _window_gemm(onto, window)
-    _function("conv", kernel)(grid, GEMM_BLOCK, (
+    _window_gemm(onto, window, (
         W, x, x, b, out, *window, np.int32(activation_code(activation)), np.float32(alpha), np.int32(0), has_bias))
     return out
 
@@ -228,12 +310,12 @@ def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db,
     if dW is not None:
         check_array("dW", dW, W.shape)
         small, big, acts = ((x, x), (dy, y), (0, code)) if transposed else ((dy, y), (x, x), (code, 0))
-        _function("conv", "window_weight_grad_kernel")(gemm_grid(W.shape[0], W.size // W.shape[0]), GEMM_BLOCK, (
+        n, _, _, _, _, hs, ws = (int(v) for v in window[:7])
+        _gemm("conv", "window_weight_grad_kernel", W.shape[0], W.size // W.shape[0], n * hs * ws, (
             *small, *big, dW, *window, *map(np.int32, acts), alpha))
     if dx is not None:
         check_array("dx", dx, x.shape)
-        kernel, grid = _window_gemm("small" if transposed else "big", window)  # g's windows onto dx
-        _function("conv", kernel)(grid, GEMM_BLOCK, (
+        _window_gemm("small" if transposed else "big", window, (  # g's windows onto dx
             W, dy, y, _unused(), dx, *window, code, alpha, np.int32(1), np.int32(0)))
     return dx
 
@@ -287,7 +369,7 @@ def _channel_grad_sum(y, dy, db, code, alpha):
     """db (C,) += the sum of g = dy act'(y) over all but axis 1 of y (N, C, ...): a block per channel."""
     channels = y.shape[1]
     check_array("db", db, (channels,))
-    _function("conv", "channel_grad_sum_kernel")((channels,), (THREADS,), (
+    _function("bias", "channel_grad_sum_kernel")((channels,), (THREADS,), (
         y, dy, db, np.int32(y.shape[0]), np.int32(channels), np.int32(y.size // (y.shape[0] * channels)), code,
         alpha))
 

@@ -32,6 +32,10 @@ KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)\)
 SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
            "unsigned int": np.uint32, "unsigned long long": np.uint64}
 GUARD = 4096  # bytes on each side of every allocation
+# -fno-gnu-unique: each library keeps its own statics. Otherwise g++ binds a template's statics (the __shared__
+# arrays of gemm.cuh, the emulator's own state) once per process, and the build of one tile shape would use the
+# arrays of another's.
+COMPILE = ["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w", "-fno-gnu-unique"]
 MAX_THREADS = 1024
 
 _libraries = {}
@@ -103,7 +107,7 @@ def build(code, options=()):
     flags.append(f"-DEMULATOR_FIBERS={int(fibers)}")
     kernels = signatures(code, headers)
     text = code + "\n" + _launchers(kernels)
-    key = hashlib.sha1("\0".join([HEADER.read_text(), text, *flags]).encode()).hexdigest()[:20]
+    key = hashlib.sha1("\0".join([HEADER.read_text(), text, *COMPILE, *flags]).encode()).hexdigest()[:20]
     if key not in _libraries:
         folder = Path(tempfile.gettempdir()) / "gan-engine-cuda-emulator"
         folder.mkdir(exist_ok=True)
@@ -112,9 +116,8 @@ def build(code, options=()):
             source = folder / f"{key}.cpp"
             source.write_text(text)
             partial = folder / f"{key}.{id(text)}.tmp"
-            done = subprocess.run(["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w",
-                                   "-include", str(HEADER),
-                                   *flags, "-o", str(partial), str(source)], capture_output=True, text=True)
+            done = subprocess.run([*COMPILE, "-include", str(HEADER), *flags, "-o", str(partial), str(source)],
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"the emulated build failed:\n{done.stderr}")
             partial.replace(library)
@@ -308,7 +311,7 @@ def fake_cupy():
         zeros_like=lambda a: zeros(a.shape, a.dtype),
         RawModule=RawModule,
         cuda=types.SimpleNamespace(
-            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None), runtime=runtime, Stream=_Stream,
+            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132}), runtime=runtime, Stream=_Stream,
             MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda _: contextlib.nullcontext()))
 
 
@@ -335,6 +338,7 @@ def install(monkeypatch):
     monkeypatch.setattr(cupy_cuda, "xp", fake)
     monkeypatch.setattr(cupy_cuda, "_modules", {})
     monkeypatch.setattr(cupy_cuda, "_steps", {})
-    monkeypatch.setattr(cupy_cuda, "_unread", {})
+    monkeypatch.setattr(cupy_cuda, "_buffers", {})
+    monkeypatch.setattr(cupy_cuda, "_multiprocessor_counts", {})
     monkeypatch.setitem(backends._loaded, "cuda", (cupy_cuda, None))
     return cupy_cuda

@@ -23,6 +23,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 { unsigned int x = 1, y = 1, z = 1; };
 struct uint2 { unsigned int x, y; };
@@ -47,6 +48,13 @@ inline void sincospif(float x, float* s, float* c) {
     *c = (float)cos(a);
 }
 template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+inline void __threadfence() {}
+inline int atomicAdd(int* p, int v) {
+    int old = *p;
+    *p += v;
+    return old;
+}
 inline float atomicAdd(float* p, float v) {
     float old = *p;
     *p += v;
