@@ -13,6 +13,7 @@ Every matrix product (dense layers, convolutions as implicit GEMMs) runs on gemm
 split along K `gemm_plan` chooses per product from a model of its speed; batch norm is a block per channel.
 The kernels index with 32-bit integers: every array holds fewer than 2^31 values (checked).
 """
+import functools
 import math
 from collections import namedtuple
 
@@ -97,6 +98,7 @@ def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROC
     return us
 
 
+@functools.lru_cache(maxsize=4096)
 def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
     """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
     side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (and MAX_PARTIAL partial sums). Ties
