@@ -3,11 +3,13 @@
     with record(cupy_cuda, timed=True) as launches:
         trainer.step()
 
-wraps `cupy_cuda._function` for the duration, so every kernel launch is noted as a Launch: the .cu module,
-the kernel, its grid and block and its arguments (the launcher's own, so the scalars give the shapes). With
-`timed` (a real GPU) each launch is also bracketed by two CUDA events, and `Launch.milliseconds()` reads the
-time between them once the device has finished. Copies and fills that CuPy makes itself are not kernels of
-ours and are not recorded.
+wraps `cupy_cuda._function` (and `_gemm`) for the duration, so every kernel launch is noted as a Launch: the .cu
+module, the kernel, the tile shape it was compiled with, its grid and block, its arguments (the launcher's own,
+so the scalars give the shapes) and, for gemm.cuh's products, the product's shape and plan. With `timed` (a real
+GPU) each launch is bracketed by two CUDA events, and `Launch.milliseconds()` reads the time between them once
+the device has finished. With `run=False` nothing is compiled or launched: the launchers' checks and allocations
+run, the kernels do not, which is enough to count what a step launches (benchmarks/perf_model.py). Copies and
+fills that CuPy makes itself are not kernels of ours and are not recorded.
 """
 import contextlib
 import math
@@ -18,9 +20,11 @@ from dataclasses import dataclass, field
 class Launch:
     module: str         # kernels/<module>.cu
     kernel: str         # e.g. "dense_forward_kernel"
+    tile: tuple         # gemm.cuh's (TILE_M, TILE_N) the module was compiled with, or None
     grid: tuple         # (x, y, z)
     block: tuple        # (x, y, z)
     args: tuple         # as the launcher passed them
+    product: tuple = None  # gemm.cuh's products: (m, n, k, layers, GemmPlan)
     events: tuple = field(default=None, repr=False)  # (start, end) CUDA events when timed
 
     @property
@@ -35,30 +39,37 @@ class Launch:
 
 
 @contextlib.contextmanager
-def record(cupy_cuda, timed=False):
-    """Record every kernel launch of the CUDA backend `cupy_cuda` inside the block; yields the list of Launches."""
-    launches, original = [], cupy_cuda._function
+def record(cupy_cuda, timed=False, run=True):
+    """Record every kernel launch of the CUDA backend `cupy_cuda` inside the block; yields the list of Launches.
+    `timed`: bracket each with CUDA events; `run=False`: record without compiling or launching anything."""
+    launches, products = [], []
+    original_function, original_gemm = cupy_cuda._function, cupy_cuda._gemm
 
-    def function(module, kernel):
-        compiled = original(module, kernel)
+    def gemm(module, kernel, m, n, k, args, layers=1):
+        products.append((m, n, k, layers, cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors())))
+        original_gemm(module, kernel, m, n, k, args, layers)
+
+    def function(module, kernel, tile=None):
+        compiled = original_function(module, kernel, tile) if run else None
 
         def launch(grid, block, args, **options):
             grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
-            entry = Launch(module, kernel, grid, block, tuple(args))
+            entry = Launch(module, kernel, tile, grid, block, tuple(args), products.pop() if products else None)
             if timed:
                 import cupy as cp
 
                 entry.events = (cp.cuda.Event(), cp.cuda.Event())
                 entry.events[0].record()
-            compiled(grid, block, args, **options)
+            if run:
+                compiled(grid, block, args, **options)
             if timed:
                 entry.events[1].record()
             launches.append(entry)
 
         return launch
 
-    cupy_cuda._function = function
+    cupy_cuda._function, cupy_cuda._gemm = function, gemm
     try:
         yield launches
     finally:
-        cupy_cuda._function = original
+        cupy_cuda._function, cupy_cuda._gemm = original_function, original_gemm

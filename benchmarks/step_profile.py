@@ -43,7 +43,8 @@ def profile(case):
     with record(cupy_cuda, timed=True) as launches:
         eager.step()
     cp.cuda.Device().synchronize()
-    rows = [(f"{x.module}.{x.kernel}", list(x.grid), x.milliseconds() * 1e3) for x in launches]
+    rows = [(f"{x.module}.{x.kernel}" + (f"@{x.tile[0]}x{x.tile[1]}" if x.tile else ""), list(x.grid),
+             x.milliseconds() * 1e3) for x in launches]
     by_kernel = defaultdict(lambda: [0, 0.0])
     for name, _, us in rows:
         by_kernel[name][0] += 1

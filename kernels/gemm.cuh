@@ -148,12 +148,19 @@ struct Slice {
     }
 };
 
+// The block's shared memory: the double-buffered slices of A and B while it multiplies, then a chunk of C's tile.
+#define SHARED_A (2 * TILE_K * (TILE_M + SHARED_PAD))
+#define SHARED_FLOATS (SHARED_A + 2 * TILE_K * (TILE_N + SHARED_PAD))
+#define CHUNK_ROWS (TILE_M * TILE_N <= SHARED_FLOATS ? TILE_M : TILE_M / 2)  // 128 x 128: two chunks of 64 rows
+static_assert(CHUNK_ROWS * TILE_N <= SHARED_FLOATS && (THREAD_M < 8 || CHUNK_ROWS == TILE_M / 2),
+              "a chunk of C fits in the slices' memory, and a thread's run of rows lies in one chunk");
+
 // acc = the thread's values of the tile at (row0, col0) of A[:, k_begin:k_end] @ B[k_begin:k_end, :].
 template <class OperandA, class OperandB>
 __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, int K, int row0, int col0, int k_begin,
-                         int k_end, float acc[THREAD_M][THREAD_N]) {
-    __shared__ __align__(16) float As[2][TILE_K][TILE_M + SHARED_PAD];
-    __shared__ __align__(16) float Bs[2][TILE_K][TILE_N + SHARED_PAD];
+                         int k_end, float* shared, float acc[THREAD_M][THREAD_N]) {
+    auto As = reinterpret_cast<float(*)[TILE_K][TILE_M + SHARED_PAD]>(shared);
+    auto Bs = reinterpret_cast<float(*)[TILE_K][TILE_N + SHARED_PAD]>(shared + SHARED_A);
     #pragma unroll
     for (int i = 0; i < THREAD_M; ++i)
         #pragma unroll
@@ -195,15 +202,26 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
     }
 }
 
-// fn(r, c, i, j) for each of the thread's values (i, j) that lies inside C, at C's (r, c).
+// fn(r, c, v) for every value v of the tile at (row0, col0) that lies inside C (M, Nc), at C's (r, c). The values go
+// from registers through shared memory (a chunk of rows at a time), so that neighbouring threads then handle
+// neighbouring columns (coalesced stores) and one copy of fn's code serves them all. Every thread must call it.
 template <class Fn>
-__device__ __forceinline__ void for_each_value(int M, int Nc, int row0, int col0, Fn fn) {
-    for (int i = 0; i < THREAD_M; ++i) {
-        const int r = row0 + tile_index<TILE_M, THREAD_M>(threadIdx.y, i);
-        if (r >= M) continue;
-        for (int j = 0; j < THREAD_N; ++j) {
-            const int c = col0 + tile_index<TILE_N, THREAD_N>(threadIdx.x, j);
-            if (c < Nc) fn(r, c, i, j);
+__device__ void for_each_value(const float acc[THREAD_M][THREAD_N], int M, int Nc, int row0, int col0, float* shared,
+                               Fn fn) {
+    const int tid = threadIdx.y * 16 + threadIdx.x;
+    for (int chunk = 0; chunk < TILE_M / CHUNK_ROWS; ++chunk) {
+        __syncthreads();  // the slices (or the last chunk) are read: the memory is free
+        #pragma unroll
+        for (int i = 0; i < THREAD_M; ++i) {  // unrolled: acc stays in registers (an array indexed at run time
+            const int row = tile_index<TILE_M, THREAD_M>(threadIdx.y, i) - chunk * CHUNK_ROWS;  // is local memory)
+            if (row < 0 || row >= CHUNK_ROWS) continue;
+            #pragma unroll
+            for (int j = 0; j < THREAD_N; ++j) shared[row * TILE_N + tile_index<TILE_N, THREAD_N>(threadIdx.x, j)] = acc[i][j];
+        }
+        __syncthreads();
+        for (int e = tid; e < CHUNK_ROWS * TILE_N; e += GEMM_THREADS) {
+            const int r = row0 + chunk * CHUNK_ROWS + e / TILE_N, c = col0 + e % TILE_N;
+            if (r < M && c < Nc) fn(r, c, shared[e]);
         }
     }
 }
@@ -211,6 +229,8 @@ __device__ __forceinline__ void for_each_value(int M, int Nc, int row0, int col0
 template <class OperandA, class OperandB, class Epilogue>
 __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K, const Split& split,
                      const Epilogue& epilogue) {
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    __shared__ int last;
     if (M <= 0 || Nc <= 0) return;
     const int tiles_n = (Nc + TILE_N - 1) / TILE_N, tile = blockIdx.x;
     const int row0 = tile / tiles_n * TILE_M, col0 = tile % tiles_n * TILE_N;
@@ -218,25 +238,26 @@ __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K,
     const int slices = (K + TILE_K - 1) / TILE_K, per = (slices + split.count - 1) / split.count;
     const int k_begin = min(split.index * per, slices) * TILE_K, k_end = min((split.index + 1) * per * TILE_K, K);
     float acc[THREAD_M][THREAD_N];
-    multiply(A, B, M, Nc, K, row0, col0, k_begin, k_end, acc);
+    multiply(A, B, M, Nc, K, row0, col0, k_begin, k_end, shared, acc);
     if (split.count == 1) {
-        for_each_value(M, Nc, row0, col0, [&](int r, int c, int i, int j) { epilogue(r, c, acc[i][j]); });
+        for_each_value(acc, M, Nc, row0, col0, shared, epilogue);
         return;
     }
-    for_each_value(M, Nc, row0, col0, [&](int r, int c, int i, int j) {
-        split.partial[(split.index * M + r) * Nc + c] = acc[i][j];
+    for_each_value(acc, M, Nc, row0, col0, shared, [&](int r, int c, float v) {
+        split.partial[(split.index * M + r) * Nc + c] = v;
     });
     __threadfence();  // this block's partials are visible to every block before its arrival is counted
-    __shared__ int last;
     __syncthreads();
     if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&split.arrivals[tile], 1) == split.count - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for_each_value(M, Nc, row0, col0, [&](int r, int c, int, int) {
+    for (int e = threadIdx.y * 16 + threadIdx.x; e < TILE_M * TILE_N; e += GEMM_THREADS) {
+        const int r = row0 + e / TILE_N, c = col0 + e % TILE_N;
+        if (r >= M || c >= Nc) continue;
         float sum = 0.f;
         for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
         epilogue(r, c, sum);
-    });
+    }
     if (threadIdx.x == 0 && threadIdx.y == 0) split.arrivals[tile] = 0;
 }

@@ -1,0 +1,132 @@
+"""A model of the CUDA backend's training step on a Hopper-class GPU (H100 / H200), before and after gemm.cuh's
+split-K and faster main loop, from the launches a step makes; a GPU run confirms or corrects it.
+
+    python -m benchmarks.perf_model [--steps FILE] [CASE ...]
+
+Runs one step of each case (benchmarks/test_bench_step.py) through the backend's own launchers on the CPU
+emulator's stand-in for CuPy, with the kernels not run (benchmarks/launches.py, run=False), and counts per step:
+the launches, the FLOPs of the matrix products, the bytes the kernels' arrays hold, and the serial 16-deep K
+slices on the critical path (per product: the slices of one block times the waves of blocks). Then it predicts
+the step's time as a CUDA graph, launch after launch on one stream, from these costs:
+- a launch: LAUNCH_US (a kernel node of a graph, back to back on one stream);
+- a product: gemm.cuh's model (cupy_cuda.gemm_time, the numbers in cupy_cuda.GEMM_TILES) for the plan the
+  launcher chose; "before": one 64 x 64 tile per block, no split, and the per-slice time of the old loop,
+  OLD_SLICE_US, fitted to the old kernels' events on an H200 (benchmarks/results/gpu-h200-2026-11-27/
+  step_profile.txt: the D head's 392 slices in 600 us and the seed D layer 0's 49 in 90-97 us for dense.cu, the
+  1-channel weight gradient's 784 in 2.5 ms and the gather's 64 in 253 us for conv.cu);
+- a block-per-channel reduction (batch norm, bias gradients): REDUCE_PASS_US per strided pass of 256 values,
+  passes as the kernel makes them, one wave of blocks;
+- anything else: its arrays' bytes at BANDWIDTH.
+With --steps (a pytest-benchmark JSON of benchmarks/test_bench_cuda.py's steps), the measured graph step sits beside
+the prediction.
+"""
+import argparse
+import json
+import math
+
+import numpy as np
+
+LAUNCH_US = 2.5
+BANDWIDTH_BYTES_PER_US = 3.0e6
+REDUCE_PASS_US = 0.2
+PASSES = {"batchnorm_forward_kernel": 3, "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": 1}
+OLD_SLICE_US = {"dense": 1.7, "conv": 3.5}
+OLD_TILE = (64, 64)
+
+
+def step_launches(case):
+    """The Launches of one training step of `case` (after two warm-up steps), kernels not run."""
+    import pytest
+
+    from gan_engine.backends import cupy_cuda
+    from tests import cuda_emulator
+
+    from .launches import record
+    from .test_bench_step import make_trainer
+
+    with pytest.MonkeyPatch.context() as patch:
+        cuda_emulator.install(patch)
+        trainer = make_trainer("cuda", case, graph=False)
+        with record(cupy_cuda, run=False):
+            trainer.step()
+        with record(cupy_cuda, run=False) as launches:
+            trainer.step()
+    return launches
+
+
+def _bytes(launch):
+    """Bytes a launch moves at least: each array argument once (a product's arrays as stored, not its operands'
+    im2col size; not its split workspace), a row gather's rows read and written."""
+    if launch.kernel == "gather_rows_kernel":
+        return 2 * launch.args[2].nbytes
+    arrays = launch.args[:-3] if launch.product is not None else launch.args  # (partial, arrivals, splits) last
+    return sum(a.nbytes for a in arrays if hasattr(a, "nbytes") and a.size > 1)
+
+
+def launch_cost(launch, before=False):
+    """(predicted microseconds, FLOPs, serial K slices) of one launch, now or with the old GEMM ("before")."""
+    from gan_engine.backends import cupy_cuda
+
+    if launch.product is not None:
+        m, n, k, layers, plan = launch.product
+        flops = 2 * m * n * k * layers
+        slices = math.ceil(k / cupy_cuda.TILE_K)
+        if before:
+            blocks = math.ceil(m / OLD_TILE[0]) * math.ceil(n / OLD_TILE[1]) * layers
+            waves = math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS)
+            return LAUNCH_US + waves * slices * OLD_SLICE_US[launch.module], flops, waves * slices
+        alone, saturated, resident = cupy_cuda.GEMM_TILES[plan.tile]
+        blocks = plan.tiles * plan.splits * layers
+        waves = math.ceil(math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS) / resident)
+        us = cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers)
+        return LAUNCH_US + us, flops, waves * math.ceil(slices / plan.splits)
+    if launch.kernel in PASSES:
+        values = launch.args[0].size // launch.grid[0]  # a block per channel: N P values each
+        return LAUNCH_US + PASSES[launch.kernel] * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
+    return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
+
+
+def summarise(case):
+    """{case, launches, gflop, mbytes, serial slices before/after, predicted us before/after}."""
+    launches = step_launches(case)
+    now = [launch_cost(x) for x in launches]
+    old = [launch_cost(x, before=True) for x in launches]
+    return {"case": case, "launches": len(launches), "gflop": sum(f for _, f, _ in now) / 1e9,
+            "mbytes": sum(_bytes(x) for x in launches) / 1e6,
+            "slices_before": sum(s for _, _, s in old), "slices_after": sum(s for _, _, s in now),
+            "us_before": sum(us for us, _, _ in old), "us_after": sum(us for us, _, _ in now)}
+
+
+def measured_steps(path):
+    """case -> measured microseconds of the CUDA-graph step in a benchmarks/test_bench_cuda.py JSON."""
+    with open(path) as f:
+        rows = json.load(f)["benchmarks"]
+    return {b["extra_info"]["case"]: b["extra_info"]["seconds_per_call"] * 1e6 for b in rows
+            if b["extra_info"].get("backend") == "cuda" and "seconds_per_call" in b["extra_info"]}
+
+
+def main(argv=None):
+    from .test_bench_step import CASES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
+    parser.add_argument("--steps", help="a benchmarks/test_bench_cuda.py JSON with measured CUDA-graph steps")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    measured = measured_steps(args.steps) if args.steps else {}
+    print(f"per launch {LAUNCH_US} us; memory {BANDWIDTH_BYTES_PER_US / 1e6:.1f} TB/s; reductions {REDUCE_PASS_US} us "
+          f"a pass; old GEMM slices {OLD_SLICE_US} us on {OLD_TILE[0]}x{OLD_TILE[1]} tiles, unsplit")
+    print("| case | launches | GFLOP | MB | serial K slices before -> after | predicted step before -> after |"
+          " measured (graph) |")
+    print("|---|---|---|---|---|---|---|")
+    for case in args.cases or list(CASES):
+        s = summarise(case)
+        seen = f"{measured[case]:.0f} us" if case in measured else "-"
+        print(f"| {case} | {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | {s['slices_before']} -> "
+              f"{s['slices_after']} | {s['us_before']:.0f} -> {s['us_after']:.0f} us | {seen} |")
+
+
+if __name__ == "__main__":
+    main()
