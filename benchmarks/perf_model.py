@@ -14,8 +14,9 @@ the step's time as a CUDA graph, launch after launch on one stream, from these c
   OLD_SLICE_US, fitted to the old kernels' events on an H200 (benchmarks/results/gpu-h200-2026-11-27/
   step_profile.txt: the D head's 392 slices in 600 us and the seed D layer 0's 49 in 90-97 us for dense.cu, the
   1-channel weight gradient's 784 in 2.5 ms and the gather's 64 in 253 us for conv.cu);
-- a block-per-channel reduction (batch norm, bias gradients): REDUCE_PASS_US per strided pass of 256 values,
-  passes as the kernel makes them, one wave of blocks;
+- a channel reduction (batch norm, bias gradients; reduce.cuh, blocks of a channel's chunk): REDUCE_PASS_US per
+  strided pass of 256 values, passes as the kernel makes them, waves of BLOCKS_PER_SM blocks an SM (the old
+  kernels: a block per channel, batch norm's forward 3 passes in one kernel, its backward 2);
 - anything else: its arrays' bytes at BANDWIDTH.
 With --steps (a pytest-benchmark JSON of benchmarks/test_bench_cuda.py's steps), the measured graph step sits beside
 the prediction.
@@ -29,7 +30,9 @@ import numpy as np
 LAUNCH_US = 2.5
 BANDWIDTH_BYTES_PER_US = 3.0e6
 REDUCE_PASS_US = 0.2
-PASSES = {"batchnorm_forward_kernel": 3, "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": 1}
+PASSES = {"batchnorm_stats_kernel": 2, "batchnorm_forward_kernel": 1, "batchnorm_grad_sums_kernel": 1,
+          "batchnorm_backward_kernel": 1, "channel_grad_sum_kernel": 1}
+BLOCKS_PER_SM = 8  # of a channel reduction's 256 threads
 OLD_SLICE_US = {"dense": 1.7, "conv": 3.5}
 OLD_TILE = (64, 64)
 
@@ -81,8 +84,14 @@ def launch_cost(launch, before=False):
         us = cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers)
         return LAUNCH_US + us, flops, waves * math.ceil(slices / plan.splits)
     if launch.kernel in PASSES:
-        values = launch.args[0].size // launch.grid[0]  # a block per channel: N P values each
-        return LAUNCH_US + PASSES[launch.kernel] * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
+        if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward
+            old = {"batchnorm_stats_kernel": 0, "batchnorm_forward_kernel": 3, "batchnorm_grad_sums_kernel": 0,
+                   "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": 1}[launch.kernel]
+            values = launch.args[0].size // launch.grid[0]
+            return (LAUNCH_US + old * math.ceil(values / 256) * REDUCE_PASS_US if old else 0.0), 0, 0
+        values = launch.args[0].size // (launch.grid[0] * launch.grid[1])
+        waves = math.ceil(launch.blocks / (BLOCKS_PER_SM * cupy_cuda.DEFAULT_MULTIPROCESSORS))
+        return LAUNCH_US + waves * PASSES[launch.kernel] * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
     return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
 
 

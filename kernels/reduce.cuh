@@ -1,4 +1,11 @@
-// reduce.cuh: a deterministic block sum, for kernels that reduce with blocks of REDUCE_THREADS threads.
+// reduce.cuh: deterministic sums, for kernels that reduce with blocks of REDUCE_THREADS threads.
+//
+// block_sum: a block's values summed with a fixed-shape tree.
+// Channel reductions: a channel's values (N P of them, channel c of an (N, C, P) batch) are cut into gridDim.y
+// chunks, block (c, chunk) each; each block writes its chunk's result to partial[c][chunk], and the last block of a
+// channel to finish (an arrival counter per channel, at 0 between launches: that block sets it back) combines the
+// channel's partials in chunk order, which fixes the order of the additions whatever order the blocks ran in. The
+// same inputs on the same grid give the same bits; the launcher picks the chunks from the sizes and the SM count.
 #pragma once
 
 #define REDUCE_THREADS 256
@@ -16,4 +23,29 @@ __device__ __forceinline__ void block_sum(float* s, float v) {
         if (t < stride) s[t] += s[t + stride];
         __syncthreads();
     }
+}
+
+// This block's chunk of its channel's m values: [begin, end).
+struct Chunk {
+    int begin, end;
+};
+
+__device__ __forceinline__ Chunk chunk_of(int m) {
+    const int per = (m + gridDim.y - 1) / gridDim.y;
+    return Chunk{min((int)blockIdx.y * per, m), min(((int)blockIdx.y + 1) * per, m)};
+}
+
+// After a block wrote its partials: true in every thread of the last block of its channel to arrive (which then
+// sees every block's partials), false elsewhere. Every thread must call it. The last block resets the counter.
+__device__ __forceinline__ bool last_of_channel(int* arrivals) {
+    __shared__ int last;
+    __threadfence();  // this block's partials are visible to every block before its arrival is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(&arrivals[blockIdx.x], 1) == (int)gridDim.y - 1;
+        if (last) arrivals[blockIdx.x] = 0;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
 }

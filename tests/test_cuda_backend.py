@@ -163,3 +163,21 @@ def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_b
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
     arrivals = [a for (_, name), kept in cupy_cuda._buffers.items() if name == "arrivals" for a in kept]
     assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)
+
+
+def test_channel_chunks_fill_the_gpu_without_tiny_chunks():
+    assert cupy_cuda.channel_chunks(64 * 14 * 14, 64) == 6  # 384 blocks on 132 SMs, 2048 values or more each
+    assert cupy_cuda.channel_chunks(64 * 28 * 28, 1) == 24  # a 1-channel bias gradient: 24 blocks, not 1
+    assert cupy_cuda.channel_chunks(64, 784) == 1  # a dense layer's bias: a block a channel is plenty
+    assert cupy_cuda.channel_chunks(10 ** 9, 1) == 528 and cupy_cuda.channel_chunks(1, 1) == 1
+
+
+@pytest.mark.parametrize("op", ["batchnorm_forward", "batchnorm_backward", "dense_backward", "conv2d_backward",
+                                "conv_transpose2d_backward"])
+def test_channel_reductions_in_chunks_match_the_reference(cuda_backend, op, monkeypatch):
+    """Batch norm and the bias gradients with every channel cut into 3 chunks (uneven, and empty ones where a
+    channel has fewer than 3 values): the last block of each channel combines the chunks."""
+    from .test_backend_parity import test_op_matches_the_float64_reference
+
+    monkeypatch.setattr(cupy_cuda, "channel_chunks", lambda values, channels, multiprocessors=None: 3)
+    test_op_matches_the_float64_reference(cuda_backend, op, np.float32)

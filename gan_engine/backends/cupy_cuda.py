@@ -42,6 +42,7 @@ BCE_MAX_BLOCKS = kernels.constant("BCE_MAX_BLOCKS")
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
 MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
+MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a thread)
 
 # gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
 # near 1.9 GHz), counted per warp and K step from the kernel's instructions (FMAs: 4 warp instructions a cycle;
@@ -214,10 +215,10 @@ def _gemm(module, kernel, m, n, k, args, layers=1):
         *args, partial, arrivals, np.int32(plan.splits)))
 
 
-def _unused():
-    """A pointer for an argument the kernel will not touch (a flag says so): a buffer of its own, never an alias of
-    another argument, so no two pointers of a launch overlap where one is written (`__restrict__`)."""
-    return _buffer("unused", 1)
+def _unused(label="unused"):
+    """A pointer for an argument `label` the kernel will not touch (a flag says so): a buffer of its own, never an
+    alias of another argument, so no two pointers of a launch overlap where one is written (`__restrict__`)."""
+    return _buffer(f"unused {label}", 1)
 
 
 def _output(out, label, shape, dtype=np.float32):
@@ -367,16 +368,32 @@ def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity
     return _window_backward(x, W, y, dy, window, True, activation, alpha, dW, db, dx)
 
 
+# ---- channel reductions (reduce.cuh): bias gradients (bias.cu), batch norm (batchnorm.cu) ---------------------
+
+def channel_chunks(values, channels, multiprocessors=DEFAULT_MULTIPROCESSORS):
+    """reduce.cuh's chunks per channel for `values` values in each of `channels` channels: enough blocks for
+    about 4 per SM, none with fewer than MIN_CHUNK values."""
+    return max(1, min(math.ceil(4 * multiprocessors / channels), values // MIN_CHUNK, 65535))
+
+
+def _channel_grid(x, what):
+    """(grid, (partial, arrivals) workspace) of a channel reduction over x (N, C, ...) with `what` partial values
+    a chunk."""
+    n, channels = x.shape[0], x.shape[1]
+    chunks = channel_chunks(x.size // channels, channels, _multiprocessors())
+    return (channels, chunks), (_buffer("channel partial", what * channels * chunks),
+                                _buffer("channel arrivals", channels, np.int32))
+
+
 def _channel_grad_sum(y, dy, db, code, alpha):
-    """db (C,) += the sum of g = dy act'(y) over all but axis 1 of y (N, C, ...): a block per channel."""
+    """db (C,) += the sum of g = dy act'(y) over all but axis 1 of y (N, C, ...): a channel reduction."""
     channels = y.shape[1]
     check_array("db", db, (channels,))
-    _function("bias", "channel_grad_sum_kernel")((channels,), (THREADS,), (
-        y, dy, db, np.int32(y.shape[0]), np.int32(channels), np.int32(y.size // (y.shape[0] * channels)), code,
-        alpha))
+    grid, workspace = _channel_grid(y, 1)
+    _function("bias", "channel_grad_sum_kernel")(grid, (THREADS,), (
+        y, dy, db, *workspace, np.int32(y.shape[0]), np.int32(channels), np.int32(y.size // (y.shape[0] * channels)),
+        code, alpha))
 
-
-# ---- batch norm (batchnorm.cu) -------------------------------------------------------------------------------
 
 def _check_batch(label, x):
     check_array(label, x)
@@ -387,33 +404,45 @@ def _check_batch(label, x):
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum=0.1, eps=1e-5,
                       activation="identity", alpha=0.2, out=None):
-    """y = act(gamma (x - mean) invstd + beta) per channel, batch statistics (train) or running ones (eval), one
-    block per channel: x (N, C) or (N, C, H, W); the (C,) vectors as in the reference."""
+    """y = act(gamma (x - mean) invstd + beta) per channel, batch statistics (train: a statistics kernel first) or
+    running ones (eval): x (N, C) or (N, C, H, W); the (C,) vectors as in the reference."""
     n, channels, pixels = _check_batch("x", x)
     for label, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                      ("running_var", running_var), ("mean", mean), ("invstd", invstd)):
         check_array(label, a, (channels,))
     out = _output(out, "out", x.shape)
-    _function("batchnorm", "batchnorm_forward_kernel")((int(channels),), (THREADS,), (
+    grid, workspace = _channel_grid(x, 2)
+    if train:
+        _function("batchnorm", "batchnorm_stats_kernel")(grid, (THREADS,), (
+            x, running_mean, running_var, mean, invstd, *workspace, n, channels, pixels, np.float32(momentum),
+            np.float32(eps)))
+    _function("batchnorm", "batchnorm_forward_kernel")(grid, (THREADS,), (
         x, gamma, beta, running_mean, running_var, mean, invstd, out, n, channels, pixels, np.int32(bool(train)),
-        np.float32(momentum), np.float32(eps), np.int32(activation_code(activation)), np.float32(alpha)))
+        np.float32(eps), np.int32(activation_code(activation)), np.float32(alpha)))
     return out
 
 
 def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
                        dbeta=None, dx=None):
-    """dgamma += sum g x_hat, dbeta += sum g, dx through the batch statistics (train) or not (eval), g = dy act'(y),
-    one block per channel. Returns dx."""
+    """dgamma += sum g x_hat, dbeta += sum g, dx through the batch statistics (train) or not (eval), g = dy act'(y):
+    a kernel for the sums (when dgamma, dbeta or a train dx needs them), one for dx. Returns dx."""
     n, channels, pixels = _check_batch("x", x)
     for label, a in (("gamma", gamma), ("mean", mean), ("invstd", invstd)):
         check_array(label, a, (channels,))
     for label, a in (("y", y), ("dy", dy)):
         check_array(label, a, x.shape)
-    wanted = (("dgamma", dgamma, (channels,)), ("dbeta", dbeta, (channels,)), ("dx", dx, x.shape))
-    args = [check_array(label, a, shape) if a is not None else _unused() for label, a, shape in wanted]
-    _function("batchnorm", "batchnorm_backward_kernel")((int(channels),), (THREADS,), (
-        x, gamma, y, dy, mean, invstd, *args, n, channels, pixels, np.int32(bool(train)),
-        np.int32(activation_code(activation)), np.float32(alpha), *(np.int32(a is not None) for _, a, _ in wanted)))
+    code, alpha, grid = np.int32(activation_code(activation)), np.float32(alpha), _channel_grid(x, 2)[0]
+    sums = _buffer("batchnorm sums", 2 * channels)
+    if dgamma is not None or dbeta is not None or (dx is not None and train):
+        wanted = [check_array(label, a, (channels,)) if a is not None else _unused(label)
+                  for label, a in (("dgamma", dgamma), ("dbeta", dbeta))]
+        _function("batchnorm", "batchnorm_grad_sums_kernel")(grid, (THREADS,), (
+            x, y, dy, mean, invstd, *wanted, sums, *_channel_grid(x, 2)[1], n, channels, pixels, code, alpha,
+            np.int32(dgamma is not None), np.int32(dbeta is not None)))
+    if dx is not None:
+        check_array("dx", dx, x.shape)
+        _function("batchnorm", "batchnorm_backward_kernel")(grid, (THREADS,), (
+            x, gamma, y, dy, mean, invstd, sums, dx, n, channels, pixels, np.int32(bool(train)), code, alpha))
     return dx
 
 
