@@ -17,7 +17,9 @@ the step's time as a CUDA graph, launch after launch on one stream, from these c
 - a channel reduction (batch norm, bias gradients; reduce.cuh, blocks of a channel's chunk): REDUCE_PASS_US per
   strided pass of 256 values, passes as the kernel makes them, waves of BLOCKS_PER_SM blocks an SM (the old
   kernels: a block per channel, batch norm's forward 3 passes in one kernel, its backward 2);
-- anything else: its arrays' bytes at BANDWIDTH.
+- anything else: its arrays' bytes at BANDWIDTH;
+- before, also: OLD_FOLDED_LAUNCHES small launches a step that the kernels now do in their last block, and a
+  dense layer's bias gradient inside its dW kernel (no launch of its own).
 With --steps (a pytest-benchmark JSON of benchmarks/test_bench_cuda.py's steps), the measured graph step sits beside
 the prediction.
 """
@@ -35,6 +37,7 @@ PASSES = {"batchnorm_stats_kernel": 2, "batchnorm_forward_kernel": 1, "batchnorm
 BLOCKS_PER_SM = 8  # of a channel reduction's 256 threads
 OLD_SLICE_US = {"dense": 1.7, "conv": 3.5}
 OLD_TILE = (64, 64)
+OLD_FOLDED_LAUNCHES = 8  # a step's counter advances (3), Adam counts (2) and BCE reductions (3): own launches then
 
 
 def step_launches(case):
@@ -84,9 +87,10 @@ def launch_cost(launch, before=False):
         us = cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers)
         return LAUNCH_US + us, flops, waves * math.ceil(slices / plan.splits)
     if launch.kernel in PASSES:
-        if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward
+        if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward; a
+            # dense layer's bias gradient summed in its dW kernel
             old = {"batchnorm_stats_kernel": 0, "batchnorm_forward_kernel": 3, "batchnorm_grad_sums_kernel": 0,
-                   "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": 1}[launch.kernel]
+                   "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": launch.args[0].ndim > 2}[launch.kernel]
             values = launch.args[0].size // launch.grid[0]
             return (LAUNCH_US + old * math.ceil(values / 256) * REDUCE_PASS_US if old else 0.0), 0, 0
         values = launch.args[0].size // (launch.grid[0] * launch.grid[1])
@@ -96,14 +100,16 @@ def launch_cost(launch, before=False):
 
 
 def summarise(case):
-    """{case, launches, gflop, mbytes, serial slices before/after, predicted us before/after}."""
+    """{case, launches (before), gflop, mbytes, serial slices before/after, predicted us before/after}."""
     launches = step_launches(case)
     now = [launch_cost(x) for x in launches]
     old = [launch_cost(x, before=True) for x in launches]
     return {"case": case, "launches": len(launches), "gflop": sum(f for _, f, _ in now) / 1e9,
             "mbytes": sum(_bytes(x) for x in launches) / 1e6,
             "slices_before": sum(s for _, _, s in old), "slices_after": sum(s for _, _, s in now),
-            "us_before": sum(us for us, _, _ in old), "us_after": sum(us for us, _, _ in now)}
+            "launches_before": sum(us > 0 for us, _, _ in old) + OLD_FOLDED_LAUNCHES,
+            "us_before": sum(us for us, _, _ in old) + OLD_FOLDED_LAUNCHES * LAUNCH_US,
+            "us_after": sum(us for us, _, _ in now)}
 
 
 def measured_steps(path):
@@ -127,13 +133,13 @@ def main(argv=None):
     measured = measured_steps(args.steps) if args.steps else {}
     print(f"per launch {LAUNCH_US} us; memory {BANDWIDTH_BYTES_PER_US / 1e6:.1f} TB/s; reductions {REDUCE_PASS_US} us "
           f"a pass; old GEMM slices {OLD_SLICE_US} us on {OLD_TILE[0]}x{OLD_TILE[1]} tiles, unsplit")
-    print("| case | launches | GFLOP | MB | serial K slices before -> after | predicted step before -> after |"
-          " measured (graph) |")
+    print("| case | launches before -> after | GFLOP | MB | serial K slices before -> after | predicted step before -> "
+          "after | measured (graph) |")
     print("|---|---|---|---|---|---|---|")
     for case in args.cases or list(CASES):
         s = summarise(case)
         seen = f"{measured[case]:.0f} us" if case in measured else "-"
-        print(f"| {case} | {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | {s['slices_before']} -> "
+        print(f"| {case} | {s['launches_before']} -> {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | {s['slices_before']} -> "
               f"{s['slices_after']} | {s['us_before']:.0f} -> {s['us_after']:.0f} us | {seen} |")
 
 

@@ -20,7 +20,7 @@
 //
 // Split K. A product with few tiles and a long K is split along K (split.count > 1): the block of split s takes
 // an equal share of the K slices and writes its sums to split.partial (count, M, Nc). The last of a tile's blocks
-// to finish (an arrival counter per tile in split.arrivals, at 0 between launches: that block sets it back) adds
+// to finish (reduce.cuh's last_to_arrive, a counter per tile in split.arrivals) adds
 // the tile's partials in split order, which fixes the order of the additions whatever order the blocks ran in
 // (the same inputs give the same bits), and runs the epilogue. So every element of C has exactly one writer, and
 // epilogues may accumulate (`+=`) into their output.
@@ -30,6 +30,7 @@
 // and count M Nc below 2^31 (32-bit index math; the launchers check).
 #pragma once
 #include "common.cuh"
+#include "reduce.cuh"
 
 #ifndef TILE_M
 #define TILE_M 64
@@ -230,7 +231,6 @@ template <class OperandA, class OperandB, class Epilogue>
 __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K, const Split& split,
                      const Epilogue& epilogue) {
     __shared__ __align__(16) float shared[SHARED_FLOATS];
-    __shared__ int last;
     if (M <= 0 || Nc <= 0) return;
     const int tiles_n = (Nc + TILE_N - 1) / TILE_N, tile = blockIdx.x;
     const int row0 = tile / tiles_n * TILE_M, col0 = tile % tiles_n * TILE_N;
@@ -246,12 +246,7 @@ __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K,
     for_each_value(acc, M, Nc, row0, col0, shared, [&](int r, int c, float v) {
         split.partial[(split.index * M + r) * Nc + c] = v;
     });
-    __threadfence();  // this block's partials are visible to every block before its arrival is counted
-    __syncthreads();
-    if (threadIdx.x == 0 && threadIdx.y == 0) last = atomicAdd(&split.arrivals[tile], 1) == split.count - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!last_to_arrive(&split.arrivals[tile], split.count)) return;
     for (int e = threadIdx.y * 16 + threadIdx.x; e < TILE_M * TILE_N; e += GEMM_THREADS) {
         const int r = row0 + e / TILE_N, c = col0 + e % TILE_N;
         if (r >= M || c >= Nc) continue;
@@ -259,5 +254,4 @@ __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K,
         for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
         epilogue(r, c, sum);
     }
-    if (threadIdx.x == 0 && threadIdx.y == 0) split.arrivals[tile] = 0;
 }

@@ -1,18 +1,20 @@
 // random.cu: counter-based random numbers (Philox4x32-10, Salmon et al. 2011) and batch gathering, fp32.
 //
 // state (2,) uint64 in device memory: state[0] the key (the seed), state[1] the counter. Draw i of a launch
-// uses counter block (state[1], i / 4) and keeps its result's lane i % 4; advance_counter_kernel then moves
-// state[1] on, so every replay of a captured CUDA graph draws fresh numbers and a saved state resumes exactly.
+// uses counter block (state[1], i / 4) and keeps its result's lane i % 4; the launch's last block to finish
+// (reduce.cuh's last_to_arrive, arrivals (1,) at 0 between launches) then moves state[1] on by one, so every
+// replay of a captured CUDA graph draws fresh numbers and a saved state resumes exactly.
 //
 //   noise_normal_kernel     out (n,) ~ N(0, 1) by Box-Muller on pairs of lanes
 //   noise_uniform_kernel    out (n,) ~ U(-1, 1)
 //   batch_indices_kernel    out (B,) int64 uniform on [0, rows): floor(u32 * rows / 2^32), bias < rows / 2^32
-//   advance_counter_kernel  state[1] += 1
 //   gather_rows_kernel      out (B, D) = data (rows, D)[idx (B,)]
 //
-// Elementwise kernels: grid (ceil(work / 256),), block (256,); gather_rows: one thread per output value.
+// Elementwise kernels: grid (ceil(work / 256),), block (256,) (REDUCE_THREADS for the draws); gather_rows: one
+// thread per output value.
 
 #include "philox.cuh"
+#include "reduce.cuh"
 
 // The four 32-bit random words of block `b` of the launch whose state is `state`.
 __device__ __forceinline__ uint4 random_block(const unsigned long long* state, unsigned long long b) {
@@ -26,43 +28,55 @@ __device__ __forceinline__ uint4 random_block(const unsigned long long* state, u
 // (never 0 or 1, so log() is finite and 2 u - 1 stays inside (-1, 1)).
 __device__ __forceinline__ float unit_open(unsigned int bits) { return ((bits >> 9) + 0.5f) * (1.f / 8388608.f); }
 
-extern "C" __global__ void noise_normal_kernel(float* __restrict__ out, long long n,
-                                               const unsigned long long* __restrict__ state) {
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // one Philox block -> 4 normals
-    if (b * 4 >= n) return;
-    uint4 r = random_block(state, (unsigned long long)b);
-    unsigned int words[4] = {r.x, r.y, r.z, r.w};
-    for (int pair = 0; pair < 2; ++pair) {
-        float radius = sqrtf(-2.f * logf(unit_open(words[2 * pair])));
-        float s, c;
-        sincospif(2.f * unit_open(words[2 * pair + 1]), &s, &c);
-        long long i = b * 4 + 2 * pair;
-        if (i < n) out[i] = radius * c;
-        if (i + 1 < n) out[i + 1] = radius * s;
+// After a launch's draws: its last block to finish moves the counter on (every block has read it by then).
+__device__ __forceinline__ void advance_counter(unsigned long long* state, int* arrivals) {
+    if (last_to_arrive(arrivals, gridDim.x) && threadIdx.x == 0) state[1] += 1;
+}
+
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+noise_normal_kernel(float* __restrict__ out, long long n, unsigned long long* __restrict__ state,
+                    int* __restrict__ arrivals) {
+    const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // one Philox block -> 4 normals
+    if (b * 4 < n) {
+        uint4 r = random_block(state, (unsigned long long)b);
+        unsigned int words[4] = {r.x, r.y, r.z, r.w};
+        for (int pair = 0; pair < 2; ++pair) {
+            float radius = sqrtf(-2.f * logf(unit_open(words[2 * pair])));
+            float s, c;
+            sincospif(2.f * unit_open(words[2 * pair + 1]), &s, &c);
+            long long i = b * 4 + 2 * pair;
+            if (i < n) out[i] = radius * c;
+            if (i + 1 < n) out[i + 1] = radius * s;
+        }
     }
+    advance_counter(state, arrivals);
 }
 
-extern "C" __global__ void noise_uniform_kernel(float* __restrict__ out, long long n,
-                                                const unsigned long long* __restrict__ state) {
-    long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (b * 4 >= n) return;
-    uint4 r = random_block(state, (unsigned long long)b);
-    unsigned int words[4] = {r.x, r.y, r.z, r.w};
-    for (int lane = 0; lane < 4; ++lane)
-        if (b * 4 + lane < n) out[b * 4 + lane] = 2.f * unit_open(words[lane]) - 1.f;
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+noise_uniform_kernel(float* __restrict__ out, long long n, unsigned long long* __restrict__ state,
+                     int* __restrict__ arrivals) {
+    const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b * 4 < n) {
+        uint4 r = random_block(state, (unsigned long long)b);
+        unsigned int words[4] = {r.x, r.y, r.z, r.w};
+        for (int lane = 0; lane < 4; ++lane)
+            if (b * 4 + lane < n) out[b * 4 + lane] = 2.f * unit_open(words[lane]) - 1.f;
+    }
+    advance_counter(state, arrivals);
 }
 
-extern "C" __global__ void batch_indices_kernel(long long* __restrict__ out, int batch, long long rows,
-                                                const unsigned long long* __restrict__ state) {
-    int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b * 4 >= batch) return;
-    uint4 r = random_block(state, (unsigned long long)b);
-    unsigned int words[4] = {r.x, r.y, r.z, r.w};
-    for (int lane = 0; lane < 4; ++lane)
-        if (b * 4 + lane < batch) out[b * 4 + lane] = (long long)(((unsigned long long)words[lane] * rows) >> 32);
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+batch_indices_kernel(long long* __restrict__ out, int batch, long long rows, unsigned long long* __restrict__ state,
+                     int* __restrict__ arrivals) {
+    const int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b * 4 < batch) {
+        uint4 r = random_block(state, (unsigned long long)b);
+        unsigned int words[4] = {r.x, r.y, r.z, r.w};
+        for (int lane = 0; lane < 4; ++lane)
+            if (b * 4 + lane < batch) out[b * 4 + lane] = (long long)(((unsigned long long)words[lane] * rows) >> 32);
+    }
+    advance_counter(state, arrivals);
 }
-
-extern "C" __global__ void advance_counter_kernel(unsigned long long* state) { state[1] += 1; }
 
 extern "C" __global__ void gather_rows_kernel(const float* __restrict__ data, const long long* __restrict__ idx,
                                               float* __restrict__ out, int batch, int dim) {

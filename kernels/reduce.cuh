@@ -1,4 +1,5 @@
-// reduce.cuh: deterministic sums, for kernels that reduce with blocks of REDUCE_THREADS threads.
+// reduce.cuh: deterministic sums, for kernels that reduce with blocks of REDUCE_THREADS threads, and the hand-over
+// of a grid's results to its last block.
 //
 // block_sum: a block's values summed with a fixed-shape tree.
 // Channel reductions: a channel's values (N P of them, channel c of an (N, C, P) batch) are cut into gridDim.y
@@ -35,17 +36,24 @@ __device__ __forceinline__ Chunk chunk_of(int m) {
     return Chunk{min((int)blockIdx.y * per, m), min(((int)blockIdx.y + 1) * per, m)};
 }
 
-// After a block wrote its partials: true in every thread of the last block of its channel to arrive (which then
-// sees every block's partials), false elsewhere. Every thread must call it. The last block resets the counter.
-__device__ __forceinline__ bool last_of_channel(int* arrivals) {
+// True in every thread of the last of `blocks` blocks to call it with the same counter (0 before the launch; that
+// last block sets it back to 0), which then sees what every block wrote before its call: the one-launch way for a
+// grid's blocks to hand their results to one of them, whichever finishes last. Every thread of each block must
+// call it.
+__device__ __forceinline__ bool last_to_arrive(int* counter, int blocks) {
     __shared__ int last;
-    __threadfence();  // this block's partials are visible to every block before its arrival is counted
+    __threadfence();  // this block's writes are visible to every block before its arrival is counted
     __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(&arrivals[blockIdx.x], 1) == (int)gridDim.y - 1;
-        if (last) arrivals[blockIdx.x] = 0;
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        last = atomicAdd(counter, 1) == blocks - 1;
+        if (last) *counter = 0;
     }
     __syncthreads();
     if (last) __threadfence();
     return last;
+}
+
+// last_to_arrive among the blocks of this block's channel (blockIdx.x; its chunks are blockIdx.y), a counter each.
+__device__ __forceinline__ bool last_of_channel(int* arrivals) {
+    return last_to_arrive(&arrivals[blockIdx.x], gridDim.y);
 }

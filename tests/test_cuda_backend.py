@@ -181,3 +181,31 @@ def test_channel_reductions_in_chunks_match_the_reference(cuda_backend, op, monk
 
     monkeypatch.setattr(cupy_cuda, "channel_chunks", lambda values, channels, multiprocessors=None: 3)
     test_op_matches_the_float64_reference(cuda_backend, op, np.float32)
+
+
+def test_draws_move_the_counter_on_in_the_same_launch(cuda_backend):
+    """The last block of a draw moves the Philox counter on: one launch a draw, however many blocks it has."""
+    rng = cuda_backend.new_rng(1)
+    cuda_backend.noise(rng, "normal", cuda_backend.xp.empty((100, 101), np.float32))  # 10 blocks of 256 threads
+    cuda_backend.batch_indices(rng, 17, cuda_backend.xp.empty(5, np.int64))
+    cuda_backend.noise(rng, "uniform", cuda_backend.xp.empty((3, 3), np.float32))
+    assert cuda_backend.rng_state(rng) == {"bit_generator": "philox4x32_10", "key": 1, "counter": 3}
+    arrivals = [a for (_, name), kept in cuda_backend._buffers.items() if name == "arrivals" for a in kept]
+    assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)
+
+
+def test_adam_counts_its_steps_on_the_device(cuda_backend):
+    """Updates 1, 2, 3 in a row (the count moved on by the kernel itself after the first) equal the reference's."""
+    from gan_engine.backends import numpy_ref as R
+
+    rng = np.random.default_rng(0)
+    param, m, v = rng.standard_normal(1000), np.zeros(1000), np.zeros(1000)
+    ours = [cuda_backend.asarray(a, np.float32) for a in (param, m, v)]
+    for step in (1, 2, 3):
+        grad = rng.standard_normal(1000)
+        R.adam_update(param, grad, m, v, step, 1e-2, 0.5, 0.999, 1e-8)
+        cuda_backend.adam_update(*ours[:1], cuda_backend.asarray(grad, np.float32), *ours[1:], step, 1e-2, 0.5, 0.999,
+                                 1e-8)
+    np.testing.assert_allclose(cuda_backend.to_numpy(ours[0]), param, rtol=1e-5, atol=1e-6)
+    (count, _), = [c for c in cuda_backend._steps.values()]
+    assert int(cuda_backend.to_numpy(count)[0]) == 3

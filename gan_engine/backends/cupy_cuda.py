@@ -205,12 +205,18 @@ def _buffer(name, size, dtype=np.float32):
     return kept[-1]
 
 
+def _arrivals(count):
+    """reduce.cuh's arrival counters (count,) int32: zeros, and zeros again after every launch that uses them (its
+    last block resets each), so every launch, one after another on the stream, can share them."""
+    return _buffer("arrivals", count, np.int32)
+
+
 def _gemm(module, kernel, m, n, k, args, layers=1):
     """Launch gemm.cuh kernel `kernel` of `module` (its arguments `args` before the split's) for C (m, n) over K
     = k, `layers` such products side by side in grid z, as gemm_plan says."""
     plan = gemm_plan(m, n, k, layers, _multiprocessors())
     partial = _buffer("partial", plan.splits * m * n * layers if plan.splits > 1 else 1)
-    arrivals = _buffer("arrivals", plan.tiles * layers, np.int32)  # zeros; each split tile's last block resets its own
+    arrivals = _arrivals(plan.tiles * layers)
     _function(module, kernel, plan.tile)((plan.tiles, 1, plan.splits * layers), GEMM_BLOCK, (
         *args, partial, arrivals, np.int32(plan.splits)))
 
@@ -381,8 +387,7 @@ def _channel_grid(x, what):
     a chunk."""
     n, channels = x.shape[0], x.shape[1]
     chunks = channel_chunks(x.size // channels, channels, _multiprocessors())
-    return (channels, chunks), (_buffer("channel partial", what * channels * chunks),
-                                _buffer("channel arrivals", channels, np.int32))
+    return (channels, chunks), (_buffer("channel partial", what * channels * chunks), _arrivals(channels))
 
 
 def _channel_grad_sum(y, dy, db, code, alpha):
@@ -475,20 +480,18 @@ def bce_blocks(n):
 
 
 def bce_with_logits(logits, target, scale=1.0, dlogits=None):
-    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability: per-block sums, then
-    one block sums those, both in a fixed order (same inputs, same bits). Returns (loss, mean sigmoid(x)) as
-    0-d device arrays (no synchronisation)."""
+    """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability, one kernel: per-block
+    sums, then the last block sums those, both in a fixed order (same inputs, same bits). Returns (loss, mean
+    sigmoid(x)) as 0-d device arrays (no synchronisation)."""
     check_array("logits", logits)
     if logits.ndim not in (1, 2) or logits.size != logits.shape[0]:
         raise ValueError(f"logits must have shape (N,) or (N, 1), got {tuple(logits.shape)}")
     dlogits = _output(dlogits, "dlogits", logits.shape)
     n, blocks = logits.size, bce_blocks(logits.size)
-    partial = cp.empty(2 * blocks, dtype=np.float32)
     result = cp.empty(2, dtype=np.float32)  # (loss, mean probability)
     _function("bce", "bce_with_logits_kernel")((blocks,), (THREADS,), (
-        logits, np.int32(n), np.float32(target), np.float32(scale), dlogits, partial))
-    _function("bce", "bce_reduce_kernel")((1,), (THREADS,), (partial, np.int32(blocks), np.int32(n),
-                                                             np.float32(scale), result))
+        logits, np.int32(n), np.float32(target), np.float32(scale), dlogits, _buffer("bce partial", 2 * blocks),
+        _arrivals(1), result))
     return result[0], result[1]
 
 
@@ -511,29 +514,24 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     """Adam with bias correction over flat buffers (P,), in place, one kernel; step is the 1-based update count.
 
     The kernel reads the count from a device counter beside the buffer. The update after the last one counts it
-    up on the device (adam_count_kernel), so a captured CUDA graph counts every replay; any other step (the first,
-    a resumed run) is written from the host."""
+    up on the device (count_up), so a captured CUDA graph counts every replay; any other step (the first, a
+    resumed run) is written from the host."""
     n = check_array("param", param).size
     for label, a in (("grad", grad), ("m", m), ("v", v)):
         check_array(label, a, param.shape)
     counter = _steps.setdefault(param.data.ptr, [None, None])
     if counter[0] is None:
         counter[0] = cp.zeros(1, dtype=np.int32)
-    if counter[1] == step - 1:
-        _function("optim", "adam_count_kernel")((1,), (1,), (counter[0],))
-    else:
+    count_up = counter[1] == step - 1
+    if not count_up:
         counter[0].fill(int(step))
     counter[1] = step
     _function("optim", "adam_update_kernel")(elementwise_grid(n), (THREADS,), (
-        param, grad, m, v, np.int64(n), counter[0], np.float32(lr), np.float64(beta1), np.float64(beta2),
-        np.float32(eps)))
+        param, grad, m, v, np.int64(n), counter[0], np.int32(count_up), np.float32(lr), np.float64(beta1),
+        np.float64(beta2), np.float32(eps), _arrivals(1)))
 
 
 # ---- sampling ------------------------------------------------------------------------------------------------
-
-def _advance(rng):
-    _function("random", "advance_counter_kernel")((1,), (1,), (rng,))
-
 
 def noise(rng, prior, out):
     """Fill out (N, Z) with N(0, 1) or U(-1, 1) Philox noise and advance the counter. Returns out."""
@@ -542,8 +540,7 @@ def noise(rng, prior, out):
     check_array("out", out)
     kernel = "noise_normal_kernel" if prior == "normal" else "noise_uniform_kernel"
     _function("random", kernel)(elementwise_grid(out.size, VALUES_PER_THREAD), (THREADS,), (
-        out, np.int64(out.size), rng))
-    _advance(rng)
+        out, np.int64(out.size), rng, _arrivals(1)))
     return out
 
 
@@ -553,8 +550,7 @@ def batch_indices(rng, n, out):
     if n < 1:
         raise ValueError(f"cannot draw batch indices from {n} rows")
     _function("random", "batch_indices_kernel")(elementwise_grid(out.size, VALUES_PER_THREAD), (THREADS,), (
-        out, np.int32(out.size), np.int64(n), rng))
-    _advance(rng)
+        out, np.int32(out.size), np.int64(n), rng, _arrivals(1)))
     return out
 
 
