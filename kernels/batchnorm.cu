@@ -17,6 +17,9 @@
 //                               dx = gamma invstd g                                        (eval)
 //
 // The same inputs on the same grid give the same bits. arrivals (C,) at 0 between launches. N C P below 2^31.
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes batchnorm_stats_kernel arrivals
+// emulator: shared_writes batchnorm_grad_sums_kernel arrivals
 #include "common.cuh"
 #include "reduce.cuh"
 

@@ -9,6 +9,8 @@
 // same way into out. No atomics on the sums and a grid fixed by N, so the same inputs give the same bits on every
 // run. Grid (blocks,) with blocks = min(ceil(N / REDUCE_THREADS), BCE_MAX_BLOCKS), blocks of REDUCE_THREADS.
 
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes bce_with_logits_kernel arrivals
 #include "reduce.cuh"
 
 #define BCE_MAX_BLOCKS 1024

@@ -5,6 +5,8 @@
 //                            (C, chunks), the last block of a channel adds them in chunk order (deterministic)
 //
 // Grid (C, chunks), block (REDUCE_THREADS,); arrivals (C,) at 0 between launches. N C P below 2^31.
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes channel_grad_sum_kernel arrivals
 #include "common.cuh"
 #include "reduce.cuh"
 

@@ -25,6 +25,10 @@
 // tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest
 // phase's. A gradient operand (`gradient` 1) is dy with y the forward's output beside it; otherwise the y argument
 // is not read (pass the same array twice) and the epilogue adds the bias (when has_bias) and applies act.
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes window_gather_kernel arrivals
+// emulator: shared_writes window_scatter_phases_kernel arrivals
+// emulator: shared_writes window_weight_grad_kernel arrivals
 #include "gemm.cuh"
 
 struct Window {

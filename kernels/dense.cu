@@ -9,6 +9,10 @@
 // The bias gradient db += sum_n g is bias.cu's channel_grad_sum_kernel.
 // Every kernel is gemm.cuh's GEMM C (M, Nc) = A (M, K) @ B (K, Nc), split along K when the launcher says so.
 // Grid (tiles, 1, splits), block (16, 16); see gemm.cuh.
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes dense_forward_kernel arrivals
+// emulator: shared_writes dense_backward_dw_kernel arrivals
+// emulator: shared_writes dense_backward_dx_kernel arrivals
 #include "gemm.cuh"
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

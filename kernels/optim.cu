@@ -10,6 +10,8 @@
 //   The bias corrections are computed in double from double betas, as the reference does.
 //
 // Elementwise kernels: grid (ceil(P / 256),), block (256,).
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes adam_update_kernel arrivals
 #include "reduce.cuh"
 
 extern "C" __global__ void sgd_update_kernel(float* __restrict__ param, const float* __restrict__ grad,

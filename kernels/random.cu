@@ -13,6 +13,10 @@
 // Elementwise kernels: grid (ceil(work / 256),), block (256,) (REDUCE_THREADS for the draws); gather_rows: one
 // thread per output value.
 
+// The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
+// emulator: shared_writes noise_normal_kernel arrivals
+// emulator: shared_writes noise_uniform_kernel arrivals
+// emulator: shared_writes batch_indices_kernel arrivals
 #include "philox.cuh"
 #include "reduce.cuh"
 

@@ -6,6 +6,8 @@ from gan_engine.backends import BACKENDS, backend_status, get_backend
 from . import cuda_emulator
 
 EMULATED = "cuda-emulated"  # the cuda backend's launchers and kernels, run on the CPU (tests/cuda_emulator)
+# test id -> the threads' order between barriers on the emulator (None: GAN_ENGINE_EMULATOR_ORDER, else forward)
+EMULATED_ORDERS = {EMULATED: None, f"{EMULATED}-reversed": "reversed", f"{EMULATED}-shuffled": "shuffled"}
 
 
 def _backend_params():
@@ -18,23 +20,25 @@ def _backend_params():
         params.append(pytest.param(name, marks=marks, id=name))
     reason = cuda_emulator.available()
     marks = [pytest.mark.skip(reason=f"cannot emulate the CUDA kernels: {reason}")] if reason else []
-    params.append(pytest.param(EMULATED, marks=marks, id=EMULATED))
+    params += [pytest.param(name, marks=marks, id=name) for name in EMULATED_ORDERS]
     return params
 
 
 def _backend(name, monkeypatch):
-    return cuda_emulator.install(monkeypatch) if name == EMULATED else get_backend(name)
+    if name not in EMULATED_ORDERS:
+        return get_backend(name)
+    return cuda_emulator.install(monkeypatch, EMULATED_ORDERS[name])
 
 
 @pytest.fixture(params=_backend_params())
 def backend(request, monkeypatch):
-    """Each registered backend module in turn, and the cuda backend on the CPU emulator."""
+    """Each registered backend module in turn, and the cuda backend on the CPU emulator in each thread order."""
     return _backend(request.param, monkeypatch)
 
 
-@pytest.fixture(params=[p for p in _backend_params() if p.values[0] in ("cuda", EMULATED)])
+@pytest.fixture(params=[p for p in _backend_params() if p.values[0] == "cuda" or p.values[0] in EMULATED_ORDERS])
 def cuda_backend(request, monkeypatch):
-    """The cuda backend on a GPU, and on the CPU emulator."""
+    """The cuda backend on a GPU, and on the CPU emulator in each thread order."""
     return _backend(request.param, monkeypatch)
 
 

@@ -10,6 +10,8 @@ from gan_engine import GanEngineError, Sequential
 from gan_engine.backends import backend_status, cupy_cuda
 from gan_engine.layers import Dense
 
+from .conftest import EMULATED, _backend, _backend_params
+
 CUDA = dict((name, reason) for name, _, reason in backend_status())["cuda"]
 requires_gpu = pytest.mark.skipif(CUDA != "available", reason=f"backend cuda unavailable: {CUDA}")
 
@@ -133,18 +135,28 @@ GEMM_OPS = ["dense_forward", "dense_backward", "conv2d_forward", "conv2d_backwar
             "conv_transpose2d_backward"]
 
 
+@pytest.fixture(params=[p for p in _backend_params() if p.values[0] in ("cuda", EMULATED, f"{EMULATED}-shuffled")])
+def gemm_backend(request, monkeypatch):
+    """The cuda backend on a GPU, and on the emulator in forward and shuffled thread orders (the tile tests are
+    the suite's longest; the rest of it runs the GEMMs in every order)."""
+    return _backend(request.param, monkeypatch)
+
+
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("tile", sorted(cupy_cuda.GEMM_TILES), ids=lambda t: f"{t[0]}x{t[1]}")
-def test_every_tile_shape_and_split_matches_the_reference(cuda_backend, tile, splits, monkeypatch):
+def test_every_tile_shape_and_split_matches_the_reference(gemm_backend, tile, splits, monkeypatch):
     """Every matrix-product op with each of gemm.cuh's tile shapes, whole and split in 3 along K (uneven splits
-    and, for K below 3 slices, empty ones), on the parity cases (every awkward size, every geometry)."""
-    from .test_backend_parity import test_op_matches_the_float64_reference
+    and, for K below 3 slices, empty ones), on the parity cases (every awkward size, every geometry; two
+    activations, since the epilogue's activation does not depend on the tile)."""
+    from . import test_backend_parity
 
     def forced(m, n, k, layers=1, multiprocessors=None):
         return cupy_cuda.GemmPlan(tile, splits, max(1, -(-m // tile[0]) * -(-n // tile[1])), 0.0)
+
     monkeypatch.setattr(cupy_cuda, "gemm_plan", forced)
+    monkeypatch.setattr(test_backend_parity, "ACTS", ("identity", "tanh"))
     for op in GEMM_OPS:
-        test_op_matches_the_float64_reference(cuda_backend, op, np.float32)
+        test_backend_parity.test_op_matches_the_float64_reference(gemm_backend, op, np.float32)
 
 
 def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_backend, monkeypatch):

@@ -1,50 +1,98 @@
 """The CUDA backend's kernels run on the CPU, for tests on machines without a GPU.
 
-g++ builds each kernels/*.cu unchanged, with emulator.h included ahead of it, into a shared library; the
-launchers are generated from the kernels' `extern "C"` signatures. `fake_cupy()` is a stand-in for the few CuPy
-calls `cupy_cuda.py` makes, backed by NumPy, so the backend's own launchers (argument order, widths, grids) run
-against the kernels. It checks what CuPy leaves to the GPU to get wrong:
+g++ builds each kernels/*.cu unchanged, with emulator.h included ahead of it (and shared.ld placing its
+__shared__ memory), into a shared library; the launchers are generated from the kernels' `extern "C"`
+signatures. `fake_cupy()` is a stand-in for the few CuPy calls `cupy_cuda.py` makes, backed by NumPy, so the
+backend's own launchers (argument order, widths, grids) run against the kernels. It checks what CuPy leaves to
+the GPU to get wrong:
 - every argument's type against the kernel's C signature (a Python int where the kernel takes `long long`, a
   float64 array where it takes `float*`);
 - the block against the kernel's __launch_bounds__ and the device's 1024-thread limit;
+- `__restrict__`: two pointer arguments that overlap in memory, where one is written (not `const`) and one is
+  declared `__restrict__`, are refused before the launch;
 - writes outside an array: every allocation has guard bytes on both sides, checked after each launch (they are
   0xFF, a NaN in floating point, so a read outside an array shows up in the results too);
-- __syncthreads() reached by some threads of a block after others returned.
+- an element written by two blocks of a launch: a launch whose written arrays (pointer arguments without `const`)
+  hold at most WRITES_CHECKED bytes times its blocks (every launch of the tests' shapes) runs block by block, and
+  a byte that two blocks change is an error naming the kernel, the argument, the element and both blocks (a write
+  of the value already there is not seen). A kernel whose blocks may write the same elements of an argument
+  declares it on a line of its .cu source:
+      // emulator: shared_writes <kernel name> <parameter name>
+- __syncthreads() reached by some threads of a block after others returned, or threads of a block waiting at
+  different __syncthreads() calls;
+- shared memory read before the block wrote it: it holds 0xFF bytes, NaN, at the start of every block.
+Between barriers a block's threads run one after another in the order `order` says, read at each launch:
+forward, reversed, or shuffled (a new permutation at each barrier; shuffled:SEED picks the generator's seed, 0 by
+default). GAN_ENGINE_EMULATOR_ORDER=forward|reversed|shuffled[:SEED] sets it (forward when unset), and
+install(monkeypatch, thread_order) for one test; tests/conftest.py runs every emulated test in all three, so a missing
+barrier gives a wrong result, or NaN, under one of them.
 Stream capture is emulated as CUDA does it: while a stream captures, kernel launches, fills, assignments and
 NumPy ufuncs on device arrays are recorded instead of run, and a graph launch runs the record; so a step that
 keeps a changing value on the host, or reads a result during capture, replays wrongly here as on a GPU.
-It is a test of the kernels' logic, not a GPU: races, warp behaviour and speed need the real device.
+It is a test of the kernels' logic, not a GPU: races the three orders do not expose, warp behaviour and speed
+need the real device.
 """
 import contextlib
 import ctypes
 import hashlib
+import itertools
+import os
 import re
 import shutil
 import subprocess
 import tempfile
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 HEADER = Path(__file__).with_name("emulator.h")
+LINKER_SCRIPT = Path(__file__).with_name("shared.ld")
 KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)\))?\s+(\w+)\s*\(([^)]*)\)')
+SHARED_WRITES = re.compile(r"^[ \t]*// emulator: shared_writes (\w+) (\w+)[ \t]*$", re.M)
 SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
            "unsigned int": np.uint32, "unsigned long long": np.uint64}
 GUARD = 4096  # bytes on each side of every allocation
 # -fno-gnu-unique: each library keeps its own statics. Otherwise g++ binds a template's statics (the __shared__
 # arrays of gemm.cuh, the emulator's own state) once per process, and the build of one tile shape would use the
-# arrays of another's.
-COMPILE = ["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w", "-fno-gnu-unique"]
+# arrays of another's. -fdata-sections and shared.ld: every __shared__ static in one region (poisoned per block).
+COMPILE = ["g++", "-std=c++17", "-O1", "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-w", "-fno-gnu-unique",
+           "-fdata-sections", f"-Wl,-T,{LINKER_SCRIPT}"]
 MAX_THREADS = 1024
+WRITES_CHECKED = 1 << 26  # a launch's written bytes x blocks up to which it runs block by block (writes checked)
+ORDERS = ("forward", "reversed", "shuffled")  # the threads' orders between barriers: emulator.h's Order
 
 _libraries = {}
 _recording = None  # while a stream captures: the list of operations a graph launch will run
 
 
+def parse_order(setting):
+    """(order, seed) of a thread-order setting: "forward", "reversed", "shuffled" or "shuffled:SEED" (seed 0 when
+    not given)."""
+    name, _, seed = setting.partition(":")
+    if name not in ORDERS or (seed and not (name == "shuffled" and seed.isdigit())):
+        raise ValueError(f"thread order {setting!r}: expected forward, reversed, shuffled or shuffled:SEED")
+    return name, int(seed or 0)
+
+
+order = parse_order(os.environ.get("GAN_ENGINE_EMULATOR_ORDER", "forward"))  # see the module's docstring
+
+
 def available():
     """None when kernels can be emulated here, else why not."""
     return None if shutil.which("g++") else "no host C++ compiler (g++) to build the kernels with"
+
+
+class Param(NamedTuple):
+    """A kernel parameter, from its C declaration."""
+    name: str
+    ctype: str            # without __restrict__, e.g. "const float*"
+    dtype: type           # NumPy's type of the value, or of the values it points at
+    pointer: bool
+    written: bool         # a pointer without const: the kernel may write through it
+    restrict: bool        # declared __restrict__
+    shared_writes: bool   # declared `// emulator: shared_writes <kernel> <name>`: blocks may write the same elements
 
 
 def _macros(text):
@@ -53,9 +101,21 @@ def _macros(text):
     return {name: body.replace("\\\n", " ").strip() for name, body in found}
 
 
+def _param(declaration, shared):
+    """The Param of one C parameter declaration, e.g. "const float* __restrict__ x", of a kernel whose parameters
+    named in `shared` are declared shared_writes."""
+    ctype, name = re.fullmatch(r"\s*(.*?)\s*(\w+)\s*", declaration).groups()
+    restrict = "__restrict__" in ctype
+    ctype = " ".join(ctype.replace("__restrict__", "").split())
+    pointer = "*" in ctype
+    base = " ".join(ctype.replace("const", "").replace("*", "").split())
+    return Param(name, ctype, SCALARS[base], pointer, pointer and "const" not in ctype, restrict, name in shared)
+
+
 def signatures(code, headers=""):
-    """kernel name -> (launch bound or None, [(C type, NumPy dtype, is_pointer)]) of every kernel in `code`;
-    macros in a signature are expanded from the #defines of `code` and `headers` (the text of its includes)."""
+    """kernel name -> (launch bound or None, [Param]) of every kernel in `code`; macros in a signature are expanded
+    from the #defines of `code` and `headers` (the text of its includes). Raises ValueError for a shared_writes
+    declaration that names no parameter of a kernel of `code`."""
     macros = _macros(code + "\n" + headers)
 
     def expand(text):
@@ -63,25 +123,35 @@ def signatures(code, headers=""):
             text = re.sub(r"\b\w+\b", lambda m: macros.get(m.group(0), m.group(0)), text)
         return text
 
+    declared = set(SHARED_WRITES.findall(code))
     found = {}
     for bound, name, params in KERNEL.findall(code):
-        args = []
-        for param in expand(params).split(","):
-            ctype = " ".join(param.replace("__restrict__", "").split()[:-1])
-            base = ctype.replace("const", "").replace("*", "").strip()
-            args.append((ctype, SCALARS[" ".join(base.split())], "*" in ctype))
+        shared = {param for kernel, param in declared if kernel == name}
+        args = [_param(declaration, shared) for declaration in expand(params).split(",")]
         found[name] = (int(expand(bound)) if bound else None, args)
+    unknown = declared - {(name, arg.name) for name, (_, args) in found.items() for arg in args}
+    if unknown:
+        raise ValueError("`// emulator: shared_writes KERNEL PARAMETER` names no parameter of a kernel here: " +
+                         ", ".join(f"{kernel} {param}" for kernel, param in sorted(unknown)))
     return found
 
 
 def _launchers(kernels):
-    """C++ text of one `launch_<kernel>(grid, block, args)` per kernel of `signatures()`, cuLaunchKernel style."""
+    """C++ text of one `launch_<kernel>(grid, block, args, first, end)` per kernel of `signatures()`,
+    cuLaunchKernel style, that runs blocks first .. end - 1 of the grid."""
     out = []
     for name, (_, args) in kernels.items():
-        call = ", ".join(f"*reinterpret_cast<{ctype}*>(args[{i}])" for i, (ctype, _, _) in enumerate(args))
+        call = ", ".join(f"*reinterpret_cast<{arg.ctype}*>(args[{i}])" for i, arg in enumerate(args))
         out.append(f'extern "C" int launch_{name}(const unsigned int* grid, const unsigned int* block, '
-                   f"void** args) {{\n    return emulator::launch(grid, block, [&] {{ {name}({call}); }});\n}}\n")
+                   f"void** args, unsigned long long first, unsigned long long end) {{\n"
+                   f"    return emulator::launch(grid, block, first, end, [&] {{ {name}({call}); }});\n}}\n")
     return "\n".join(out)
+
+
+def _source_name(code):
+    """The file name a .cu text gives itself in its first comment ("// conv.cu: ..."), else "source.cu"."""
+    found = re.match(r"\s*//\s*(\w+\.cu)\b", code)
+    return found.group(1) if found else "source.cu"
 
 
 def _with_includes(code, folders):
@@ -106,8 +176,9 @@ def build(code, options=()):
     flags = [f"-I{f}" for f in folders] + [o for o in options if o.startswith("-D")]
     flags.append(f"-DEMULATOR_FIBERS={int(fibers)}")
     kernels = signatures(code, headers)
-    text = code + "\n" + _launchers(kernels)
-    key = hashlib.sha1("\0".join([HEADER.read_text(), text, *COMPILE, *flags]).encode()).hexdigest()[:20]
+    text = f'#line 1 "{_source_name(code)}"\n' + code + "\n" + _launchers(kernels)
+    inputs = [HEADER.read_text(), LINKER_SCRIPT.read_text(), text, *COMPILE, *flags]
+    key = hashlib.sha1("\0".join(inputs).encode()).hexdigest()[:20]
     if key not in _libraries:
         folder = Path(tempfile.gettempdir()) / "gan-engine-cuda-emulator"
         folder.mkdir(exist_ok=True)
@@ -202,7 +273,7 @@ def _allocation(a):
 
 
 def _check_guards(name, arrays):
-    for label, a in arrays:
+    for label, _, a in arrays:
         raw = _allocation(a)
         if raw is None:
             continue
@@ -218,39 +289,95 @@ class Kernel:
     def __init__(self, library, name, bound, params):
         self.library, self.name, self.bound, self.params = library, name, bound, params
         self.function = getattr(library, f"launch_{name}")
+        self.function.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_ulonglong] * 2
         self.function.restype = ctypes.c_int
         library.emulator_error.restype = ctypes.c_char_p
+        library.emulator_set_order.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
+        grid, block = (tuple(map(int, grid)) + (1, 1))[:3], (tuple(map(int, block)) + (1, 1))[:3]
+        self._check_geometry(grid, block)
+        holders, arrays = self._arguments(args)
+        self._check_restrict(arrays)
+        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        dims = [(ctypes.c_uint * 3)(*map(int, d)) for d in (grid, block)]
+        blocks = int(np.prod(grid))
+        watched = [(i, param, a) for i, param, a in arrays if param.written and not param.shared_writes]
+
+        def launch(keep=holders):  # the holders own the argument values the pointers point at
+            self.library.emulator_set_order(ORDERS.index(order[0]), order[1])
+            if sum(a.nbytes for _, _, a in watched) * blocks <= WRITES_CHECKED:
+                self._run_block_by_block(dims, pointers, grid, watched)
+            else:
+                self._run(dims, pointers, 0, blocks)
+            _check_guards(self.name, arrays)
+
+        _run_or_record(launch)
+
+    def _check_geometry(self, grid, block):
         threads = int(np.prod(block))
         limit = min(self.bound or MAX_THREADS, MAX_THREADS)
         if not 0 < threads <= limit or min(grid) < 1:
             raise ValueError(f"{self.name}: grid {grid} x block {block} (at most {limit} threads a block)")
+
+    def _arguments(self, args):
+        """(ctypes holders of the argument values, [(position, Param, array)] of the pointer arguments), after
+        checking every argument against the kernel's C signature."""
         if len(args) != len(self.params):
             raise TypeError(f"{self.name} takes {len(self.params)} arguments, got {len(args)}")
         holders, arrays = [], []
-        for i, (arg, (ctype, dtype, pointer)) in enumerate(zip(args, self.params)):
-            if pointer:
-                if not isinstance(arg, np.ndarray) or arg.dtype != dtype or not arg.flags.c_contiguous:
-                    raise TypeError(f"{self.name} argument {i} ({ctype}) got "
+        for i, (arg, param) in enumerate(zip(args, self.params)):
+            if param.pointer:
+                if not isinstance(arg, np.ndarray) or arg.dtype != param.dtype or not arg.flags.c_contiguous:
+                    raise TypeError(f"{self.name} argument {i} ({param.ctype}) got "
                                     f"{getattr(arg, 'dtype', type(arg).__name__)} {getattr(arg, 'shape', '')}")
                 holders.append(ctypes.c_void_p(arg.ctypes.data))
-                arrays.append((i, arg))
+                arrays.append((i, param, arg))
             else:
-                if not isinstance(arg, np.generic) or arg.dtype != dtype:
-                    raise TypeError(f"{self.name} argument {i} ({ctype}) got {arg!r} of type {type(arg).__name__}; "
-                                    f"pass np.{np.dtype(dtype).name}")
+                if not isinstance(arg, np.generic) or arg.dtype != param.dtype:
+                    raise TypeError(f"{self.name} argument {i} ({param.ctype}) got {arg!r} of type "
+                                    f"{type(arg).__name__}; pass np.{np.dtype(param.dtype).name}")
                 holders.append(np.ctypeslib.as_ctypes(np.array(arg)))
-        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        dims = [(ctypes.c_uint * 3)(*map(int, d)) for d in (grid, block)]
+        return holders, arrays
 
-        def launch(keep=holders):  # the holders own the argument values the pointers point at
-            if self.function(dims[0], dims[1], pointers) != 0:
-                raise RuntimeError(f"{self.name}: {self.library.emulator_error().decode()}")
-            _check_guards(self.name, arrays)
+    def _check_restrict(self, arrays):
+        """Refuse two pointer arguments that overlap in memory where one is written and one is __restrict__."""
+        for (i, p, a), (j, q, b) in itertools.combinations(arrays, 2):
+            if (p.written or q.written) and (p.restrict or q.restrict) and np.may_share_memory(a, b):
+                written = " and ".join(f"{k} ({r.name})" for k, r in ((i, p), (j, q)) if r.written)
+                raise ValueError(f"{self.name}: arguments {i} ({p.name}) and {j} ({q.name}) overlap in memory and "
+                                 f"the kernel writes {written}, against __restrict__")
 
-        _run_or_record(launch)
+    def _run(self, dims, pointers, first, end):
+        """Run blocks first .. end - 1 of the launch."""
+        if self.function(dims[0], dims[1], pointers, first, end) != 0:
+            raise RuntimeError(f"{self.name}: {self.library.emulator_error().decode()}")
+
+    def _run_block_by_block(self, dims, pointers, grid, watched):
+        """Run the launch a block at a time; fail if two blocks change the same byte of an array of `watched`."""
+        data = [np.asarray(a).reshape(-1).view(np.uint8) for _, _, a in watched]
+        writers = [np.full(d.size, -1, dtype=np.int32) for d in data]  # the block that changed each byte, or -1
+        for b in range(int(np.prod(grid))):
+            before = [d.copy() for d in data]
+            self._run(dims, pointers, b, b + 1)
+            for (i, param, a), now, was, writer in zip(watched, data, before, writers):
+                changed = np.flatnonzero(now != was)
+                again = changed[writer[changed] >= 0]
+                if again.size:
+                    raise AssertionError(self._written_twice(i, param, again[0] // a.itemsize,
+                                                             (writer[again[0]], b), grid))
+                writer[changed] = b
+
+    def _written_twice(self, i, param, element, blocks, grid):
+        first, second = (_block_index(int(b), grid) for b in blocks)
+        return (f"{self.name}: blocks {first} and {second} both wrote element {element} of argument {i} "
+                f"({param.name}); if several blocks may write it, say so in the kernel's source: "
+                f"// emulator: shared_writes {self.name} {param.name}")
+
+
+def _block_index(b, grid):
+    """(x, y, z) of block b of `grid` in launch order (x fastest)."""
+    return b % grid[0], b // grid[0] % grid[1], b // (grid[0] * grid[1])
 
 
 class RawModule:
@@ -328,11 +455,14 @@ def skip_if_emulating(backend, why):
         pytest.skip(f"too slow on the CPU emulation of the CUDA kernels ({why}); runs on a GPU")
 
 
-def install(monkeypatch):
-    """Make the cuda backend run on this emulator for one test; returns the backend module."""
+def install(monkeypatch, thread_order=None):
+    """Make the cuda backend run on this emulator for one test, in `thread_order` (a setting for parse_order; the
+    module's `order` when None); returns the backend module."""
     from gan_engine import backends
     from gan_engine.backends import cupy_cuda
 
+    if thread_order is not None:
+        monkeypatch.setattr(f"{__name__}.order", parse_order(thread_order))
     fake = fake_cupy()
     monkeypatch.setattr(cupy_cuda, "cp", fake)
     monkeypatch.setattr(cupy_cuda, "xp", fake)
