@@ -47,6 +47,7 @@ def test_gemm_plan_fills_the_gpu_and_splits_long_products():
         assert plan.tile in cupy_cuda.GEMM_TILES and 1 <= plan.splits <= max(1, -(-k // 16)), (m, n, k, plan)
         assert plan.splits * m * n <= cupy_cuda.MAX_PARTIAL or plan.splits == 1
         assert plan == cupy_cuda.gemm_plan(m, n, k)  # the same shape, the same plan: the same bits
+    assert cupy_cuda.gemm_plan(1, 1, 2 ** 26, layers=3).splits * 3 <= cupy_cuda.MAX_GRID_Z  # grid.z's limit
     assert cupy_cuda.gemm_plan(64, 16, 12544, multiprocessors=8).splits < weight_grad.splits  # fewer SMs, fewer
 
 

@@ -43,6 +43,7 @@ VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
 MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
 MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a thread)
+MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, chunks); grid.x holds the tiles
 
 # gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
 # near 1.9 GHz), counted per warp and K step from the kernel's instructions (FMAs: 4 warp instructions a cycle;
@@ -102,13 +103,15 @@ def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROC
 @functools.lru_cache(maxsize=4096)
 def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
     """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
-    side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (and MAX_PARTIAL partial sums). Ties
+    side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (MAX_PARTIAL partial sums, MAX_GRID_Z
+    splits x layers). Ties
     go to fewer splits, then to the larger tile. Deterministic for a shape and a GPU: so are the sums' bits."""
     slices = max(1, math.ceil(k / TILE_K))
     best = None
     for tile in sorted(GEMM_TILES, key=lambda t: -t[0] * t[1]):
         splits = 1
-        while splits == 1 or (splits <= slices and splits * m * n * layers <= MAX_PARTIAL):
+        while splits == 1 or (splits <= slices and splits * m * n * layers <= MAX_PARTIAL
+                              and splits * layers <= MAX_GRID_Z):
             us = gemm_time(m, n, k, tile, splits, layers, multiprocessors)
             if best is None or us < best.us * (1 - 1e-9):
                 best = GemmPlan(tile, splits, max(1, math.ceil(m / tile[0]) * math.ceil(n / tile[1])), us)
@@ -379,7 +382,7 @@ def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity
 def channel_chunks(values, channels, multiprocessors=DEFAULT_MULTIPROCESSORS):
     """reduce.cuh's chunks per channel for `values` values in each of `channels` channels: enough blocks for
     about 4 per SM, none with fewer than MIN_CHUNK values."""
-    return max(1, min(math.ceil(4 * multiprocessors / channels), values // MIN_CHUNK, 65535))
+    return max(1, min(math.ceil(4 * multiprocessors / channels), values // MIN_CHUNK, MAX_GRID_Z))
 
 
 def _channel_grid(x, what):
