@@ -121,22 +121,18 @@ def measured_steps(path):
 
 
 def main(argv=None):
-    from .test_bench_step import CASES
+    from .test_bench_step import parse_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
     parser.add_argument("--steps", help="a benchmarks/test_bench_cuda.py JSON with measured CUDA-graph steps")
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.cases if c not in CASES]
-    if unknown:
-        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    args = parse_cases(parser, argv)
     measured = measured_steps(args.steps) if args.steps else {}
     print(f"per launch {LAUNCH_US} us; memory {BANDWIDTH_BYTES_PER_US / 1e6:.1f} TB/s; reductions {REDUCE_PASS_US} us "
           f"a pass; old GEMM slices {OLD_SLICE_US} us on {OLD_TILE[0]}x{OLD_TILE[1]} tiles, unsplit")
     print("| case | launches before -> after | GFLOP | MB | serial K slices before -> after | predicted step before -> "
           "after | measured (graph) |")
     print("|---|---|---|---|---|---|---|")
-    for case in args.cases or list(CASES):
+    for case in args.cases:
         s = summarise(case)
         seen = f"{measured[case]:.0f} us" if case in measured else "-"
         print(f"| {case} | {s['launches_before']} -> {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | {s['slices_before']} -> "

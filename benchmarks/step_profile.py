@@ -13,7 +13,7 @@ import statistics
 from collections import defaultdict
 
 from .launches import record
-from .test_bench_step import CASES, make_trainer
+from .test_bench_step import make_trainer, parse_cases
 
 
 def _median_us(run, repeats=50):
@@ -59,13 +59,8 @@ def profile(case):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
     parser.add_argument("--json", help="also write the profiles to this file")
-    args = parser.parse_args(argv)
-    unknown = [c for c in args.cases if c not in CASES]
-    if unknown:
-        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
-    args.cases = args.cases or list(CASES)
+    args = parse_cases(parser, argv)
     import cupy as cp
 
     device = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()

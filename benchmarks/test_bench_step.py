@@ -43,6 +43,17 @@ AVAILABLE = [name for name, ok, _ in backend_status() if ok and name != "cuda"] 
 PEERS = ["torch"] if torch_version() else []
 
 
+def parse_cases(parser, argv=None):
+    """Parse argv with `parser` and a CASE... positional added to it: any of CASES, all of them by default."""
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    args.cases = args.cases or list(CASES)
+    return args
+
+
 def make_trainer(backend, case, graph=True):
     batch, dim, models = CASES[case]
     data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
