@@ -76,16 +76,13 @@ def launch_cost(launch, before=False):
     if launch.product is not None:
         m, n, k, layers, plan = launch.product
         flops = 2 * m * n * k * layers
-        slices = math.ceil(k / cupy_cuda.TILE_K)
         if before:
+            slices = math.ceil(k / cupy_cuda.TILE_K)
             blocks = math.ceil(m / OLD_TILE[0]) * math.ceil(n / OLD_TILE[1]) * layers
             waves = math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS)
             return LAUNCH_US + waves * slices * OLD_SLICE_US[launch.module], flops, waves * slices
-        alone, saturated, resident = cupy_cuda.GEMM_TILES[plan.tile]
-        blocks = plan.tiles * plan.splits * layers
-        waves = math.ceil(math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS) / resident)
-        us = cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers)
-        return LAUNCH_US + us, flops, waves * math.ceil(slices / plan.splits)
+        waves, _, per_block = cupy_cuda.gemm_schedule(m, n, k, plan.tile, plan.splits, layers)
+        return LAUNCH_US + cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers), flops, waves * per_block
     if launch.kernel in PASSES:
         if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward; a
             # dense layer's bias gradient summed in its dW kernel

@@ -51,7 +51,9 @@ MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, 
 # multiply one TILE_K-deep slice alone on an SM (latency-bound), microseconds per block per slice once the SM is
 # saturated (128 x 128: FMA-bound near 85%; 64 x 64: instruction issue; the smaller ones: shared-memory reads),
 # and how many blocks of the tile an SM holds at once (65536 registers: ptxas gives the convolution kernels about
-# 210, 120, 60, 64 and 64 registers a thread). To be confirmed on a GPU.
+# 210, 120, 60, 64 and 64 registers a thread). An H200 measured more (benchmarks/results/gpu-h200-2026-11-27-
+# 914ab89): 2.6 us a slice for a dense 128 x 128 tile, 7.3 for a convolution's, 2.8-4.5 for the smaller
+# convolution tiles; the plans still use these numbers until the convolution readers' index math is cheaper.
 GEMM_TILES = {
     (128, 128): (1.5, 1.3, 1),
     (64, 64): (0.6, 0.55, 2),
@@ -86,14 +88,19 @@ class GemmPlan(namedtuple("GemmPlan", "tile splits tiles us")):
     the modelled microseconds."""
 
 
+def gemm_schedule(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+    """(waves, blocks an SM runs together, K slices a block) of gemm.cuh's C (m, n) = A (m, k) @ B (k, n),
+    `layers` such products side by side (grid z), with tile shape `tile` and `splits` splits along K."""
+    resident = GEMM_TILES[tile][2]
+    per_sm = math.ceil(math.ceil(m / tile[0]) * math.ceil(n / tile[1]) * splits * layers / multiprocessors)
+    return math.ceil(per_sm / resident), min(per_sm, resident), math.ceil(math.ceil(k / TILE_K) / splits)
+
+
 def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
-    """Modelled microseconds of gemm.cuh's C (m, n) = A (m, k) @ B (k, n), `layers` such products side by side
-    (grid z), with tile shape `tile` and `splits` splits along K (GEMM_TILES' numbers; launch cost left out)."""
-    alone, saturated, resident = GEMM_TILES[tile]
-    blocks = math.ceil(m / tile[0]) * math.ceil(n / tile[1]) * splits * layers
-    per_sm = math.ceil(blocks / multiprocessors)
-    waves, together = math.ceil(per_sm / resident), min(per_sm, resident)
-    slices = math.ceil(math.ceil(k / TILE_K) / splits)
+    """Modelled microseconds of that product (gemm_schedule's waves, GEMM_TILES' slice times; launch cost left
+    out)."""
+    alone, saturated, _ = GEMM_TILES[tile]
+    waves, together, slices = gemm_schedule(m, n, k, tile, splits, layers, multiprocessors)
     us = waves * (slices * max(alone, together * saturated) + BLOCK_US)
     if splits > 1:
         us += BLOCK_US + splits * tile[0] * tile[1] * 4 / FIXUP_BYTES_PER_US
@@ -104,8 +111,8 @@ def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROC
 def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
     """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
     side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (MAX_PARTIAL partial sums, MAX_GRID_Z
-    splits x layers). Ties
-    go to fewer splits, then to the larger tile. Deterministic for a shape and a GPU: so are the sums' bits."""
+    splits x layers). Ties go to fewer splits, then to the larger tile. Deterministic for a shape and a GPU: so
+    are the sums' bits."""
     slices = max(1, math.ceil(k / TILE_K))
     best = None
     for tile in sorted(GEMM_TILES, key=lambda t: -t[0] * t[1]):
@@ -439,13 +446,14 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identit
         check_array(label, a, (channels,))
     for label, a in (("y", y), ("dy", dy)):
         check_array(label, a, x.shape)
-    code, alpha, grid = np.int32(activation_code(activation)), np.float32(alpha), _channel_grid(x, 2)[0]
+    code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
+    grid, workspace = _channel_grid(x, 2)
     sums = _buffer("batchnorm sums", 2 * channels)
     if dgamma is not None or dbeta is not None or (dx is not None and train):
         wanted = [check_array(label, a, (channels,)) if a is not None else _unused(label)
                   for label, a in (("dgamma", dgamma), ("dbeta", dbeta))]
         _function("batchnorm", "batchnorm_grad_sums_kernel")(grid, (THREADS,), (
-            x, y, dy, mean, invstd, *wanted, sums, *_channel_grid(x, 2)[1], n, channels, pixels, code, alpha,
+            x, y, dy, mean, invstd, *wanted, sums, *workspace, n, channels, pixels, code, alpha,
             np.int32(dgamma is not None), np.int32(dbeta is not None)))
     if dx is not None:
         check_array("dx", dx, x.shape)

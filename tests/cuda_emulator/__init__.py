@@ -438,7 +438,9 @@ def fake_cupy():
         zeros_like=lambda a: zeros(a.shape, a.dtype),
         RawModule=RawModule,
         cuda=types.SimpleNamespace(
-            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132}), runtime=runtime, Stream=_Stream,
+            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None,
+                                                 attributes={"MultiProcessorCount": 132}),
+            runtime=runtime, Stream=_Stream,
             MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda _: contextlib.nullcontext()))
 
 
