@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from . import __version__
-from .backends import backend_status, get_backend
+from .backends import backend_status, get_backend, threads
 from .checkpoint import all_checkpoints, resolve_checkpoint
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_IMAGE_SIZE
@@ -32,6 +32,11 @@ def _sizes(text):
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
+
+
+def _threads_option(parser):
+    parser.add_argument("--threads", help=f"most threads any CPU op may use [{threads.ENV_VAR} if set, else the "
+                                          "cores other processes leave free, measured as it runs]")
 
 
 def _parser():
@@ -83,6 +88,7 @@ def _parser():
     t.add_argument("--out", help="run folder to create [runs/<dataset>-<model>-<time>]")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _threads_option(t)
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
@@ -91,6 +97,7 @@ def _parser():
     s.add_argument("--npz", help="also save the raw samples (n, D) to this .npz as `samples`")
     s.add_argument("--seed", type=int, default=0, help="noise seed [0]")
     s.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+    _threads_option(s)
 
     i = sub.add_parser("interpolate", help="decode latent paths into an image grid (one path per row)")
     i.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
@@ -100,6 +107,7 @@ def _parser():
     i.add_argument("--out", default="interpolation.png", help="PNG to write [interpolation.png]")
     i.add_argument("--seed", type=int, default=0, help="seed of the path ends [0]")
     i.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+    _threads_option(i)
 
     e = sub.add_parser("evaluate", help="sample-quality metrics of a checkpoint, or of every checkpoint of a run")
     e.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (every checkpoint, and "
@@ -108,8 +116,9 @@ def _parser():
     e.add_argument("--plot", help="for a run folder: PNG of the metrics over steps [RUN/metrics.png]")
     e.add_argument("--seed", type=int, default=0, help="noise seed [0]")
     e.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+    _threads_option(e)
 
-    sub.add_parser("info", help="version and which backends are available here")
+    sub.add_parser("info", help="version, which backends are available here, the thread policy and the BLAS")
     return p
 
 
@@ -214,7 +223,21 @@ def cmd_info(args):
             how = (f"compiled {compiled} kernel signatures and cached them; the next process loads them"
                    if compiled else f"loaded {loaded} kernel signatures from the cache")
             print(f"{name} warm-up: {seconds:.2f} s ({how})")
+    print(_threads_report(threads.policy().describe()))
     return 0
+
+
+def _threads_report(d):
+    """The thread policy and the BLAS libraries, as `gan-engine info` prints them."""
+    cap = (f"capped at {d['override']} by --threads or {threads.ENV_VAR}" if d["override"] is not None else
+           f"{d['cap']} free now (other processes keep {d['others_busy']:.2f} cores busy; measured as it runs)")
+    lines = [f"threads: {d['cores']} cores available, {cap}; a GEMM gets a thread per {d['macs_per_thread']:,} "
+             "multiply-adds, up to that; the Numba loops run on one thread each"]
+    for b in d["blas"]:
+        lines.append(f"BLAS: {b['name']} {b['version']} ({b['architecture']} kernels, {b['threading']}), "
+                     f"{b['threads']} threads now ({b['file']})")
+    lines.append(f"OPENBLAS_CORETYPE: {d['openblas_coretype'] or 'not set (OpenBLAS picks the kernels for this CPU)'}")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -228,6 +251,9 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
+            threads.policy()  # a bad GAN_ENGINE_THREADS is reported before any work
+            if getattr(args, "threads", None) is not None:
+                threads.set_threads(threads.parse_threads(args.threads, "--threads"))
             return command(args)
     except GanEngineError as exc:
         print(f"gan-engine {args.command}: error: {exc}", file=sys.stderr)

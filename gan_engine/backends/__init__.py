@@ -1,5 +1,6 @@
 """Backend registry: every backend is a module that computes the ops of ``numpy_ref`` under the same names.
 
+The "numpy" backend is the reference (``numpy_ref``) run under the thread policy (``numpy_cpu``).
 ``get_backend("auto")`` picks the first available of ``AUTO_ORDER``; the environment variable
 ``GAN_ENGINE_BACKEND`` replaces that choice ("auto" only: an explicit name always wins). A new backend joins by
 adding one line to ``BACKENDS``; the engine never branches on the backend.
@@ -14,7 +15,7 @@ from ..errors import GanEngineError
 BACKENDS = {
     "cuda": "gan_engine.backends.cupy_cuda",
     "numba": "gan_engine.backends.numba_cpu",
-    "numpy": "gan_engine.backends.numpy_ref",
+    "numpy": "gan_engine.backends.numpy_cpu",
 }
 AUTO_ORDER = ("cuda", "numba", "numpy")
 ENV_VAR = "GAN_ENGINE_BACKEND"

@@ -5,7 +5,7 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
 - an op makes one pass where the reference chains NumPy temporaries: bias + activation in the GEMM's output
   pass, activation derivative + bias gradient in one pass, sigmoid-BCE loss + gradient + mean in one pass,
   Adam in one pass over a model's flat buffer;
-- GEMMs go to NumPy's BLAS, or to a register-blocked Numba GEMM for tiny products and outer products (the
+- GEMMs go to NumPy's BLAS on as many threads as the thread policy gives their size (threads.py), or to a register-blocked Numba GEMM for tiny products and outer products (the
   discriminator's last layer), whichever benchmarks/test_bench_ops.py::test_gemm measured faster;
 - convolutions are im2col + one GEMM over the whole batch + col2im with bias and activation fused, all three
   driven by a per-shape table of window offsets;
@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import numpy_ref as ref
+from .threads import use_blas
 from .numpy_ref import (ACTIVATIONS, _pair, asarray, conv2d_output_size,  # noqa: F401 (the CPU backends share
                         conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)  # these)
 
@@ -88,12 +89,15 @@ def use_blocked_gemm(m, kk, n):
 
 
 def _matmul(a, b, out, accumulate=False):
-    """out (M, N) = a (M, K) @ b (K, N), or += when accumulate. BLAS is NumPy's: one BLAS thread pool per
-    process (SciPy's, which np.dot inside njit calls, fought NumPy's for the cores whenever both ran)."""
+    """out (M, N) = a (M, K) @ b (K, N), or += when accumulate. BLAS is NumPy's, on the threads the thread policy
+    gives this size: one BLAS thread pool per process (SciPy's, which np.dot inside njit calls, fought NumPy's for
+    the cores whenever both ran)."""
     m, kk = a.shape
     if use_blocked_gemm(m, kk, b.shape[1]):
         k.gemm_blocked(a, b, out, accumulate)
-    elif accumulate:
+        return
+    use_blas(m * kk * b.shape[1])
+    if accumulate:
         product = _scratch("gemm", out.shape, out.dtype)
         np.matmul(a, b, out=product)
         k.add_into(out, product)
