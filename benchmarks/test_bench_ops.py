@@ -1,6 +1,7 @@
 """Single ops at the sizes the benchmark models run them, on every available backend and on PyTorch CPU eager
 as a peer where it has the same op; and the GEMM choice of the Numba backend at every GEMM shape a training step
-runs: NumPy's BLAS (np.matmul), SciPy's BLAS (np.dot inside njit) and the register-blocked Numba GEMM.
+runs: NumPy's BLAS (np.matmul, on every core and on one: the thread policy's choice), SciPy's BLAS (np.dot
+inside njit) and the register-blocked Numba GEMM.
 
     pytest benchmarks --benchmark-json benchmarks/results/<machine>.json
     python -m benchmarks.report benchmarks/results/<machine>.json
@@ -10,9 +11,11 @@ and written once) for the memory-bound ones.
 """
 import numpy as np
 import pytest
+from threadpoolctl import ThreadpoolController
 
 from gan_engine.backends import get_backend
 from gan_engine.backends import numpy_ref as R
+from gan_engine.backends.threads import policy
 
 from .machine import cpu_peak_gflops, settle
 from .test_bench_step import AVAILABLE
@@ -205,7 +208,7 @@ GEMMS = {
     "small (32, 32, 32)": (32, 32, 32),
     "(64, 64, 64)": (64, 64, 64),
 }
-GEMM_WAYS = ["numpy-matmul", "scipy-blas-in-njit", "numba-blocked"]
+GEMM_WAYS = ["numpy-matmul", "numpy-matmul-1-thread", "scipy-blas-in-njit", "numba-blocked"]
 
 
 @pytest.mark.skipif("numba" not in AVAILABLE, reason="the GEMM choice is the Numba backend's")
@@ -222,11 +225,13 @@ def test_gemm(benchmark, way, case):
     a, b, out = _rand(rng, (m, kk)), _rand(rng, (kk, n)), np.empty((m, n), F32)
     fn = {"scipy-blas-in-njit": njit(lambda a, b, out: np.dot(a, b, out)),
           "numpy-matmul": lambda a, b, out: np.matmul(a, b, out=out),
+          "numpy-matmul-1-thread": lambda a, b, out: np.matmul(a, b, out=out),
           "numba-blocked": lambda a, b, out: k.gemm_blocked(a, b, out, False)}[way]
     fn(a, b, out)
     assert np.allclose(out, a.astype(np.float64) @ b, atol=1e-3 * np.sqrt(kk), rtol=1e-3), (way, case)
     flops = 2 * m * kk * n
     settle()
-    benchmark.pedantic(fn, args=(a, b, out), rounds=20, iterations=max(1, int(2e8 // flops)), warmup_rounds=1)
+    with ThreadpoolController().limit(limits=1 if way.endswith("1-thread") else policy().cores, user_api="blas"):
+        benchmark.pedantic(fn, args=(a, b, out), rounds=20, iterations=max(1, int(2e8 // flops)), warmup_rounds=1)
     choice = "numba-blocked" if use_blocked_gemm(m, kk, n) else "numpy-matmul"
     _record(benchmark, way, f"gemm {case} [the backend uses {choice}]", flops, None)

@@ -20,27 +20,32 @@ def policy(monkeypatch):
     p = threads.policy()
     monkeypatch.setattr(p, "override", None)
     yield p
-    p.use_blas(0)  # back to one BLAS thread, as most ops run
+    p.override = 1
+    p.use_blas(0)  # back to one BLAS thread
 
 
 def blas_threads():
     return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
 
 
-def test_small_ops_get_one_thread_and_large_ones_the_cap(policy):
-    policy.override = 4
-    assert policy.threads_for(0) == 1
-    assert policy.threads_for(2 * MACS_PER_THREAD - 1) == 1
-    assert policy.threads_for(2 * MACS_PER_THREAD) == 2
-    assert policy.threads_for(100 * MACS_PER_THREAD) == 4
+def test_small_gemms_get_one_thread_and_large_ones_the_cap(policy):
     policy.override = 1
-    assert policy.threads_for(100 * MACS_PER_THREAD) == 1
+    assert policy.use_blas(100 * MACS_PER_THREAD) == 1
+    assert set(blas_threads().values()) == {1}
+    policy.override = 4
+    assert policy.use_blas(2 * MACS_PER_THREAD - 1) == 1
+    assert policy.use_blas(2 * MACS_PER_THREAD) == 2
+    assert set(blas_threads().values()) == {2}
+    assert policy.use_blas(100 * MACS_PER_THREAD) == 4
+    assert set(blas_threads().values()) == {4}
 
 
-def test_use_blas_sets_every_blas_pool(policy):
+def test_a_small_gemm_leaves_a_larger_pool_unless_the_cap_falls(policy):
     policy.override = 2
     assert policy.use_blas(100 * MACS_PER_THREAD) == 2
+    assert policy.use_blas(10) == 2  # a switch would cost more than the second thread loses
     assert set(blas_threads().values()) == {2}
+    policy.override = 1  # the machine got busy (or --threads 1): down at once
     assert policy.use_blas(10) == 1
     assert set(blas_threads().values()) == {1}
 

@@ -5,8 +5,9 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
 - an op makes one pass where the reference chains NumPy temporaries: bias + activation in the GEMM's output
   pass, activation derivative + bias gradient in one pass, sigmoid-BCE loss + gradient + mean in one pass,
   Adam in one pass over a model's flat buffer;
-- GEMMs go to NumPy's BLAS on as many threads as the thread policy gives their size (threads.py), or to a register-blocked Numba GEMM for tiny products and outer products (the
-  discriminator's last layer), whichever benchmarks/test_bench_ops.py::test_gemm measured faster;
+- GEMMs go to NumPy's BLAS, on the threads the thread policy gives their size (threads.py), or to a
+  register-blocked Numba GEMM for tiny products and outer products (the discriminator's last layer), whichever
+  benchmarks/test_bench_ops.py::test_gemm measured faster;
 - convolutions are im2col + one GEMM over the whole batch + col2im with bias and activation fused, all three
   driven by a per-shape table of window offsets;
 - scratch arrays are allocated once per (purpose, shape, dtype) and reused, so a steady-state training step

@@ -2,16 +2,19 @@
 
 A BLAS pool that splits every GEMM over all cores collapses on a busy machine: its threads wait at the end of
 each GEMM for the one that shares a core with another process (and spin while they wait), so a 1 ms training
-step took 6 to 380 ms beside other work. The policy therefore gives an op
+step took 6 to 380 ms beside other work. The policy therefore gives a GEMM
     threads = max(1, min(cap, multiply-adds // MACS_PER_THREAD))
 where `cap` is the cores this process may run on (os.sched_getaffinity) less those other processes keep busy,
 measured from /proc/stat against this process's own CPU time and refreshed at most every REFRESH_S seconds. A
-small GEMM never forks (below 2 MACS_PER_THREAD a second thread costs more than it saves:
-benchmarks/test_bench_ops.py::test_gemm measures both), and on a busy machine every op runs on the cores left, one thread when only one is.
+small GEMM does not fork (below 2 MACS_PER_THREAD a second thread gains little or loses:
+benchmarks/test_bench_ops.py::test_gemm times both), and on a busy machine every GEMM runs on the cores left,
+one thread when only one is.
 
-`GAN_ENGINE_THREADS=N` or `gan-engine train --threads N` replaces the measured cap by N (the size rule still
-keeps tiny ops on one thread). NumPy's BLAS is driven through threadpoolctl; the Numba loops are serial.
-The backends call `use_blas(macs)` before each GEMM; layers and the trainer never see threads.
+`GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N (the size rule
+still keeps small GEMMs on one thread). NumPy's BLAS is driven through threadpoolctl. The Numba loops stay
+serial: a second pool beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made the
+DCGAN steps 1.7x (28x28) to 3x (digits) slower on 2 cores, the two pools spinning in turn. The backends call
+`use_blas(macs)` before each GEMM; layers and the trainer never see threads.
 """
 import math
 import os
@@ -20,18 +23,10 @@ import time
 from ..errors import GanEngineError
 
 ENV_VAR = "GAN_ENGINE_THREADS"
-MACS_PER_THREAD = 400_000  # a second BLAS thread pays from 2 x this many multiply-adds on (64x100x128: 1.17x)
+MACS_PER_THREAD = 2_000_000  # 2 threads from 4M multiply-adds (64x128x784: 1.1-1.5x faster; 64x16x1024: 0.6x)
 REFRESH_S = 0.25           # how often the load of the other processes is measured again
 BUSY = 0.25                # a core counts as taken when other processes keep it busy more than this
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
-
-
-def available_cores():
-    """The cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_busy_seconds(cpus):
@@ -96,14 +91,16 @@ class ThreadPolicy:
             self._cap = max(1, self.cores - math.ceil(self.others - BUSY))
         self._last = (now, busy, own)
 
-    def threads_for(self, macs):
-        """Threads for an op of `macs` multiply-adds: one per MACS_PER_THREAD, at most cap(), at least 1."""
-        return max(1, min(self.cap(), int(macs // MACS_PER_THREAD)))
-
     def use_blas(self, macs):
-        """Set NumPy's BLAS pool to threads_for(macs) before a GEMM (a no-op when it already has that many)."""
-        n = self.threads_for(macs)
-        if n != self._blas_threads:
+        """Set NumPy's BLAS pool to threads_for(macs) before a GEMM. A GEMM under 2 MACS_PER_THREAD leaves a larger
+        pool as it is while the cap allows it: a switch costs ~12 us each way, more than a second thread loses on
+        such a GEMM (64x100x128: 6 us). Returns the pool's size."""
+        cap = self.cap()
+        n = max(1, min(cap, int(macs // MACS_PER_THREAD)))
+        current = self._blas_threads
+        if current is not None and n < current <= cap and macs < 2 * MACS_PER_THREAD:
+            return current
+        if n != current:
             for controller in self._blas_controllers():
                 controller.set_num_threads(n)
             self._blas_threads = n
