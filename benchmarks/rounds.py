@@ -11,12 +11,13 @@ round and the reported figure is the median over the quiet rounds (other process
 --contend K (repeatable) adds, to every round, a block of each runner beside K busy processes (a pure-Python
 spin each): the slowdown of a runner is the median of per-round (busy block / quiet block).
 --pair runs each case's CPU backends as one training process alone, then two side by side (both warmed up,
-started together), and reports the steps per second the two did together over the one alone.
+started together), in rounds, and reports the steps per second the two did together over the one alone.
 
 The results record the BLAS in use (name, kernel architecture, threads), OPENBLAS_CORETYPE, the thread policy
 and PyTorch's threads: a figure means little without them.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import time
 import numba
 import numpy as np
 
+from gan_engine.backends import threads
 from gan_engine.backends.threads import ThreadPolicy, cpu_busy_seconds, policy
 
 from .flops import step_flops
@@ -58,11 +60,28 @@ class Load:
         return max(0.0, (busy - self._busy - (time.process_time() - self._own)) / wall)
 
 
+def runner(name, case):
+    """A trainer for a runner name: torch, or a backend, or backend@N (that backend with --threads N)."""
+    backend, _, _ = name.partition("@")
+    return TorchTrainer(make_trainer("numpy", case)) if backend == "torch" else make_trainer(backend, case)
+
+
+@contextlib.contextmanager
+def runner_threads(name):
+    """backend@N runs under --threads N; any other runner under the measured policy."""
+    _, _, n = name.partition("@")
+    threads.set_threads(n or None)
+    try:
+        yield
+    finally:
+        threads.set_threads(None)
+
+
 def runners(case, names):
-    """name -> a warmed-up trainer (checked against the reference's first step) for each available runner."""
+    """name -> a warmed-up trainer (checked against the reference's first step) for each runner."""
     out = {}
     for name in names:
-        trainer = TorchTrainer(make_trainer("numpy", case)) if name == "torch" else make_trainer(name, case)
+        trainer = runner(name, case)
         check_first_step(trainer, case)
         for _ in range(3):
             trainer.step()
@@ -70,14 +89,15 @@ def runners(case, names):
     return out
 
 
-def _block(trainer, steps, load):
-    time.sleep(SETTLE_S)
-    load.start()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.read_metrics(trainer.step())
-    seconds = (time.perf_counter() - start) / steps
-    return seconds, load.stop()
+def _block(name, trainer, steps, load):
+    with runner_threads(name):
+        time.sleep(SETTLE_S)
+        load.start()
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.read_metrics(trainer.step())
+        seconds = (time.perf_counter() - start) / steps
+        return seconds, load.stop()
 
 
 def _busy(k):
@@ -92,7 +112,8 @@ def run_case(case, names, rounds, contend):
     steps = {}
     for name, trainer in trainers.items():  # a block of about BLOCK_S seconds
         start = time.perf_counter()
-        trainer.read_metrics(trainer.step())
+        with runner_threads(name):
+            trainer.read_metrics(trainer.step())
         steps[name] = int(min(200, max(2, BLOCK_S / (time.perf_counter() - start))))
     load, order = Load(), list(trainers)
     blocks = []  # (round, runner, busy processes, seconds per step, others' load)
@@ -102,7 +123,7 @@ def run_case(case, names, rounds, contend):
             procs = _busy(k) if k else []
             try:
                 for name in rotated:
-                    blocks.append((r, name, k, *_block(trainers[name], steps[name], load)))
+                    blocks.append((r, name, k, *_block(name, trainers[name], steps[name], load)))
             finally:
                 for p in procs:
                     p.kill()
@@ -138,40 +159,47 @@ def summarise(case, blocks, flops, rounds, contend, steps):
     return out
 
 
-def pair(case, backend, seconds=4.0):
-    """Steps per second of one training process alone, and of two side by side (started together)."""
-    def start(k):
-        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.rounds", "--worker", case, backend,
-                                   str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                 for _ in range(k)]
+def pair(case, backend, repeats=3, seconds=3.0):
+    """Steps per second of one training process alone, and of two side by side: two warmed-up worker processes,
+    then `repeats` rounds of (the first alone for `seconds`, both together); medians of the per-round figures."""
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.rounds", "--worker", case, backend, str(seconds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
         for p in procs:  # each says "ready" once warmed up
-            assert p.stdout.readline().strip() == "ready", f"worker for {case}/{backend} failed"
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        rates = [float(p.stdout.readline()) for p in procs]
-        for p in procs:
-            p.wait()
-        return sum(rates)
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {case}/{backend} worker failed")
 
-    alone = start(1)
-    time.sleep(SETTLE_S)
-    both = start(2)
-    return {"steps_per_s_alone": alone, "steps_per_s_two_together": both, "two_over_one": both / alone}
+        def together(group):
+            time.sleep(SETTLE_S)
+            for p in group:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            return sum(float(p.stdout.readline()) for p in group)
+
+        alone, both = [], []
+        for _ in range(repeats):
+            alone.append(together(procs[:1]))
+            both.append(together(procs))
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait()
+    return {"steps_per_s_alone": statistics.median(alone), "steps_per_s_two_together": statistics.median(both),
+            "two_over_one": statistics.median(b / a for a, b in zip(alone, both)), "repeats": repeats}
 
 
 def worker(case, backend, seconds):
-    """--worker: warm up, say ready, wait for go, train for `seconds`, print steps per second."""
-    trainer = TorchTrainer(make_trainer("numpy", case)) if backend == "torch" else make_trainer(backend, case)
+    """--worker: warm up, say ready; then for every "go" line train for `seconds` and print steps per second."""
+    trainer = runner(backend, case)
     for _ in range(3):
         trainer.read_metrics(trainer.step())
     print("ready", flush=True)
-    sys.stdin.readline()
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        trainer.read_metrics(trainer.step())
-        steps += 1
-    print(steps / (time.perf_counter() - start), flush=True)
+    for _ in sys.stdin:
+        steps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            trainer.read_metrics(trainer.step())
+            steps += 1
+        print(steps / (time.perf_counter() - start), flush=True)
 
 
 def machine():
@@ -219,7 +247,8 @@ def main(argv=None):
                         help="also time each runner beside K busy processes (repeatable)")
     parser.add_argument("--pair", action="store_true", help="also two training processes side by side")
     parser.add_argument("--runners", default=",".join(AVAILABLE + (["torch"] if torch else [])),
-                        help="comma-separated runners [every CPU backend, and torch if installed]")
+                        help="comma-separated runners: numpy, numba, torch, or BACKEND@N for a backend under "
+                             "--threads N [every CPU backend, and torch if installed]")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parse_cases(parser, argv)
     names = args.runners.split(",")
@@ -228,7 +257,7 @@ def main(argv=None):
     for case in args.cases:
         result = run_case(case, names, args.rounds, args.contend)
         if args.pair:
-            result["pair"] = {b: pair(case, b) for b in names if b != "torch"}
+            result["pair"] = {b: pair(case, b) for b in names if b in AVAILABLE}
         results["cases"].append(result)
         print("\n".join(table({"cases": [result]}).splitlines()[2:]), flush=True)
     results["machine"]["policy_at_end"] = policy().describe()
