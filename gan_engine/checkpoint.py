@@ -49,18 +49,34 @@ def save_checkpoint(path, state, config, data_info):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint file -> (state for Trainer.load_state_dict, config dict, data_info dict)."""
+    """Read a checkpoint file -> (state for Trainer.load_state_dict, config dict, data_info dict).
+
+    Raises GanEngineError for a file that is missing, truncated, not a gan-engine checkpoint (pickled objects are
+    refused, never run), has damaged metadata, or holds NaN or infinite parameters or optimizer state."""
     if not os.path.isfile(path):
         raise GanEngineError(f"checkpoint {path!r} does not exist")
+    damaged = f"{path} is not a readable gan-engine checkpoint"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic[:1] == b"\x80":  # a pickle (protocol 2 or later), which np.load would offer to unpickle
+        raise GanEngineError(f"{path} is not a gan-engine checkpoint: it is a pickle of Python objects, which "
+                             "gan-engine refuses to load (loading one could run code)")
+    if magic != b"PK\x03\x04":
+        raise GanEngineError(f"{damaged}: it is not an .npz archive; it may be truncated or corrupt")
     try:
         with np.load(path, allow_pickle=False) as f:
             files = {k: f[k] for k in f.files}
-        meta = json.loads(str(files.pop("meta")))
-        if meta.get("format") != FORMAT:
-            raise ValueError("no gan-engine metadata")
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise GanEngineError(f"{path} is not a readable gan-engine checkpoint ({exc}); it may be truncated or "
-                             "corrupt: use an earlier checkpoint from the same run folder") from exc
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise GanEngineError(f"{path} is not a gan-engine checkpoint: it holds pickled Python objects, which "
+                                 "gan-engine refuses to load (loading them could run code)") from exc
+        raise GanEngineError(f"{damaged} ({exc}); it may be truncated or corrupt") from exc
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise GanEngineError(f"{damaged} ({exc}); it may be truncated or corrupt") from exc
+    try:
+        meta = _check_meta(json.loads(str(files.pop("meta"))))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise GanEngineError(f"{damaged}: its metadata {exc}; it may be hand-edited or corrupt") from exc
     if meta["version"] > VERSION:
         raise GanEngineError(f"{path} was written by a newer gan-engine (checkpoint version {meta['version']})")
     state = {"step": meta["step"], "rng": meta["rng"]}
@@ -68,7 +84,44 @@ def load_checkpoint(path):
         state[part] = dict(meta["scalars"][part])
         prefix = part + "/"
         state[part].update({k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)})
+        for key, value in state[part].items():
+            if isinstance(value, np.ndarray) and not (value.dtype.kind == "f" and np.isfinite(value).all()):
+                raise GanEngineError(f"{path} holds {'NaN or infinite' if value.dtype.kind == 'f' else 'non-float'} "
+                                     f"values in {part}/{key}: the run had diverged or the file is damaged; use "
+                                     "an earlier checkpoint")
     return state, meta["config"], meta["data"]
+
+
+def _check_meta(meta):
+    """meta as saved by save_checkpoint, or ValueError saying what is wrong with it."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"is a {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT:
+        raise ValueError("has no gan-engine format mark")
+    kinds = {"version": int, "step": int, "rng": dict, "scalars": dict, "config": dict, "data": dict}
+    for key, kind in kinds.items():
+        if key not in meta:
+            raise ValueError(f"lacks {key!r}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ValueError(f"has {key!r} = {meta[key]!r}, not a{'n' if kind is int else ''} {kind.__name__}")
+    if meta["step"] < 0 or meta["version"] < 1:
+        raise ValueError(f"has step {meta['step']} and version {meta['version']}")
+    for part in ("G", "D", "opt_g", "opt_d"):
+        if not isinstance(meta["scalars"].get(part), dict):
+            raise ValueError(f"lacks the scalars of {part}")
+    return meta
+
+
+def newest_good_checkpoint(run_dir):
+    """(path, state, config, data_info) of the newest checkpoint in run_dir that loads and is finite, or None; and
+    [(path, why)] for the newer ones skipped (left on disk, never deleted)."""
+    skipped = []
+    for path in reversed(all_checkpoints(run_dir)):
+        try:
+            return (path, *load_checkpoint(path)), skipped
+        except GanEngineError as exc:
+            skipped.append((path, str(exc)))
+    return None, skipped
 
 
 def all_checkpoints(run_dir):

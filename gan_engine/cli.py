@@ -258,6 +258,14 @@ def main(argv=None):
     except GanEngineError as exc:
         print(f"gan-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only folder, a full disk, a file that vanished: the path and the cause
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"gan-engine {args.command}: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"gan-engine {args.command}: error: out of memory; try a smaller --batch-size or model",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # outside the training loop, which handles Ctrl-C itself
         print(f"gan-engine {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,5 +1,6 @@
 """TrainConfig: every option of a training run, validated, and stored in config.json and every checkpoint."""
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .backends.numpy_ref import PRIORS
@@ -53,12 +54,35 @@ class TrainConfig:
     metrics_every: int | None = None  # steps between sample-quality metrics (and best.npz updates); None: never
 
     def __post_init__(self):
+        self._check_types()
         for name in ("g_hidden", "d_hidden"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         if self.init is None:
             self.init = "normal" if self.model == "dcgan" else "xavier"
         self.validate()
+
+    def _check_types(self):
+        """Raise GanEngineError naming the first option whose value has the wrong type (a hand-edited config.json
+        can hold anything) or is NaN or infinite."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.type
+            optional = "None" in str(kind)
+            if value is None and optional:
+                continue
+            name = field.name.replace("_", "-")
+            if "tuple" in str(kind):
+                ok = isinstance(value, (list, tuple)) and all(_is_int(h) for h in value)
+                what = "a list of integers"
+            elif "int" in str(kind):
+                ok, what = _is_int(value), "an integer"
+            elif "float" in str(kind):
+                ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+                what = "a finite number"
+            else:
+                ok, what = isinstance(value, str), "a string"
+            if not ok:
+                raise GanEngineError(f"{name} must be {what}{' or null' if optional else ''}, got {value!r}")
 
     def validate(self):
         """Raise GanEngineError naming the first bad option."""
@@ -99,8 +123,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
+        """A TrainConfig from a saved dict (config.json, a checkpoint): every option must be there, known and of
+        its type; a missing one is refused rather than silently given today's default."""
+        if not isinstance(d, dict):
+            raise GanEngineError(f"a config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise GanEngineError(f"unknown config options: {', '.join(unknown)}")
+        missing = sorted(known - set(d))
+        if missing:
+            raise GanEngineError(f"the config lacks {', '.join(missing)} (a saved config records every option)")
         return cls(**d)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)

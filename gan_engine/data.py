@@ -13,6 +13,7 @@ import gzip
 import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,27 +185,36 @@ def _read_npz(path):
         raise GanEngineError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
+MAX_IDX_BYTES = 2 ** 32  # 4 GiB: about 70 times MNIST's training images
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path):
-    """An IDX file (the MNIST format; raw or gzip-compressed) -> NumPy array."""
+    """An IDX file (the MNIST format; raw or gzip-compressed) -> NumPy array.
+
+    The header is parsed first and the body read with a cap of the size it declares, so a file that holds more
+    (a gzip bomb, say) is refused after reading at most one byte past that size."""
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+                raise GanEngineError(f"{path}: not an IDX file (bad magic number)")
+            ndim = magic[3]
+            sizes = f.read(4 * ndim)
+            if ndim == 0 or len(sizes) < 4 * ndim:
+                raise GanEngineError(f"{path}: truncated IDX header")
+            dims = tuple(int.from_bytes(sizes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
+            body = math.prod(dims) * dtype.itemsize
+            if body > MAX_IDX_BYTES:
+                raise GanEngineError(f"{path}: IDX header says {dims} ({body / 2 ** 30:.1f} GiB), more than the "
+                                     f"{MAX_IDX_BYTES / 2 ** 30:.0f} GiB gan-engine reads; the file is corrupt")
+            raw = f.read(body + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise GanEngineError(f"{path}: cannot read IDX file ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise GanEngineError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise GanEngineError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        raise GanEngineError(f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(raw)} bytes; "
+    if len(raw) != body:
+        more = "more than" if len(raw) > body else f"{len(raw)} bytes of"
+        raise GanEngineError(f"{path}: IDX header says {dims} ({body} bytes of data) but the file has {more} that; "
                              "the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    return np.frombuffer(raw, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))

@@ -25,7 +25,8 @@ def read_image_folder(path, size, channels=None):
     1 if every readable image is grayscale (modes "1", "L", "LA", "I", "I;16", "F"), else 3.
 
     Returns (images, skipped): images (N, C, size, size) uint8, and skipped, a list of (relative path, reason)
-    pairs for the image files that could not be read (truncated, corrupt, too large), which are left out.
+    pairs for the image files that could not be read (truncated, corrupt, too large, not a regular file such as a
+    named pipe), which are left out. 16-bit grayscale images are scaled to 8 bits, not clipped.
     Raises GanEngineError for a bad `size` or `channels`, a missing path, a path that is not a folder, a
     folder without image files, or one whose image files are all unreadable.
     """
@@ -45,6 +46,9 @@ def read_image_folder(path, size, channels=None):
                              f"{', '.join(IMAGE_EXTENSIONS)}")
     images, skipped = [], []  # images: one (C, size, size) uint8 each, C = 1 or 3
     for name in files:
+        if not os.path.isfile(os.path.join(path, name)):  # a named pipe or a device would block or never end
+            skipped.append((name, "not a regular file"))
+            continue
         try:
             images.append(_read_image(os.path.join(path, name), int(size), channels))
         except UNREADABLE_ERRORS as e:
@@ -69,12 +73,24 @@ def _image_files(path):
     return sorted(found)
 
 
+def _to_8_bits(array, mode):
+    """Integer grayscale pixels -> uint8, scaled by the bit depth: 16 bits for the "I;16" modes and for "I" when
+    every value fits in 16 bits (how Pillow opens a 16-bit PNG), else 32."""
+    array = array.astype(np.int64)
+    bits = 16 if mode.startswith("I;16") or (array.min() >= 0 and array.max() < 2 ** 16) else 32
+    if bits == 32:
+        array = array + 2 ** 31  # signed 32-bit -> [0, 2^32)
+    return np.round(array * (255 / (2 ** bits - 1))).astype(np.uint8)
+
+
 def _read_image(file, size, channels):
     """One image file -> uint8 (C, size, size); with channels None, C is 1 for grayscale images, else 3."""
     with Image.open(file) as img:
         img.load()
         if channels is None:
             channels = 1 if img.mode in GRAYSCALE_MODES else 3
+        if img.mode.startswith("I"):  # 16- or 32-bit integer grayscale: scale to 8 bits (convert() would clip)
+            img = Image.fromarray(_to_8_bits(np.asarray(img), img.mode), "L")
         img = img.convert("L" if channels == 1 else "RGB")
     img = ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     array = np.asarray(img)  # (size, size) for L, (size, size, 3) for RGB

@@ -22,7 +22,8 @@ class SGD:
         return {"velocity": self.model.backend.to_numpy(self.velocity).copy()}
 
     def load_state_dict(self, state):
-        self.velocity[...] = self.model.backend.asarray(state["velocity"], self.velocity.dtype)
+        """Restore a state_dict; GanEngineError if a buffer is missing or has the wrong shape."""
+        self.velocity[...] = self.model.backend.asarray(_buffer(state, "velocity", self.velocity), self.velocity.dtype)
 
 
 class Adam:
@@ -49,10 +50,24 @@ class Adam:
         return {"m": be.to_numpy(self.m).copy(), "v": be.to_numpy(self.v).copy(), "t": self.t}
 
     def load_state_dict(self, state):
+        """Restore a state_dict; GanEngineError if a buffer is missing or has the wrong shape, or t is not a count."""
         be = self.model.backend
-        self.m[...] = be.asarray(state["m"], self.m.dtype)
-        self.v[...] = be.asarray(state["v"], self.v.dtype)
-        self.t = int(state["t"])
+        t = state.get("t")
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise GanEngineError(f"Adam's step count must be a non-negative integer, got {t!r}")
+        self.m[...] = be.asarray(_buffer(state, "m", self.m), self.m.dtype)
+        self.v[...] = be.asarray(_buffer(state, "v", self.v), self.v.dtype)
+        self.t = t
+
+
+def _buffer(state, name, own):
+    """state[name], checked to have the shape of the optimizer's own buffer `own`."""
+    if name not in state:
+        raise GanEngineError(f"the optimizer state lacks {name!r}")
+    shape = getattr(state[name], "shape", None)
+    if shape is None or tuple(shape) != tuple(own.shape):
+        raise GanEngineError(f"the optimizer's {name!r} has shape {shape}, the model needs {tuple(own.shape)}")
+    return state[name]
 
 
 def make_optimizer(name, model, lr, beta1=0.5, beta2=0.999, momentum=0.9):

@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import sys
+import warnings
 
 import numpy as np
 
-from .checkpoint import checkpoint_name, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT_DIR, checkpoint_name, latest_checkpoint, load_checkpoint, newest_good_checkpoint,
+                         save_checkpoint)
 from .config import RESUMABLE, TrainConfig
 from .data import load_dataset
 from .errors import GanEngineError, check_choice
@@ -56,7 +58,7 @@ def save_samples(samples, info, path, real=None, title=None):
 class Run:
     """A run folder. `Run(out, config).train()` starts one; `Run.resume(out, overrides).train()` continues one."""
 
-    def __init__(self, out, config, state=None, progress=True):
+    def __init__(self, out, config, state=None, progress=True, restart=False):
         self.out, self.config, self.progress = out, config, progress
         self.dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
         self.trainer = build_trainer(config, self.dataset)
@@ -66,7 +68,7 @@ class Run:
         self.columns = ("step",) + METRICS + (self.evaluator.names if self.evaluator else ())  # metrics.csv
         self.best = None  # best.json's contents: the best checkpoint so far by Evaluator.score
         if state is None:
-            if os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out):
+            if not restart and (os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out)):
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
                                      "or choose another --out")
             os.makedirs(out, exist_ok=True)
@@ -83,21 +85,35 @@ class Run:
 
     @classmethod
     def resume(cls, out, overrides=None, progress=True):
-        """Continue the run in `out` from its latest checkpoint; `overrides` may change only RESUMABLE options."""
-        path = latest_checkpoint(out)
-        if path is None:
-            raise GanEngineError(f"nothing to resume: no checkpoints in {os.path.join(out, 'checkpoints')}")
-        state, saved, _ = load_checkpoint(path)
-        config = TrainConfig.from_dict(saved)
+        """Continue the run in `out` from its newest checkpoint that loads and is finite (newer damaged ones are
+        skipped with a warning and left on disk); a run stopped before its first checkpoint starts again from
+        step 0 with its recorded config.json. `overrides` may change only RESUMABLE options."""
+        if not os.path.isdir(out):
+            raise GanEngineError(f"nothing to resume: {out} is not a folder")
+        remove_temporary_files(out)
+        good, skipped = newest_good_checkpoint(out)
+        for path, why in skipped:
+            warnings.warn(f"skipped {path}: {why}", RuntimeWarning, stacklevel=2)
+        if good is None:
+            config = _recorded_config(out, skipped)
+            state = None
+            warnings.warn(f"{out} has no usable checkpoint yet: it starts again from step 0 with its recorded "
+                          "config.json", RuntimeWarning, stacklevel=2)
+        else:
+            path, state, saved, _ = good
+            try:
+                config = TrainConfig.from_dict(saved)
+            except GanEngineError as exc:
+                raise GanEngineError(f"the config saved in {path} is damaged: {exc}") from exc
         for key, value in (overrides or {}).items():
             if key not in RESUMABLE and value != getattr(config, key):
                 raise GanEngineError(f"cannot change {key.replace('_', '-')} when resuming (the run used "
                                      f"{getattr(config, key)!r}); only {', '.join(RESUMABLE)} may change")
         config = dataclasses.replace(config, **{k: v for k, v in (overrides or {}).items() if k in RESUMABLE})
-        if config.steps <= state["step"]:
+        if state is not None and config.steps <= state["step"]:
             raise GanEngineError(f"the run is already at step {state['step']}; pass --steps N with N > "
                                  f"{state['step']} to train further")
-        return cls(out, config, state, progress)
+        return cls(out, config, state, progress, restart=state is None)
 
     @property
     def metrics_path(self):
@@ -145,9 +161,15 @@ class Run:
             with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf are detected and reported below
                 self._loop(bar, interrupted)
         except TrainingDiverged as exc:
-            good = latest_checkpoint(self.out)
-            where = f"the last good checkpoint is {good}" if good else "no checkpoint was written"
+            good, _ = newest_good_checkpoint(self.out)
+            where = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written"
             raise GanEngineError(f"{exc}; {where}. Try a smaller learning rate.") from exc
+        except OSError as exc:  # a full or read-only disk: every checkpoint written so far is whole
+            good, _ = newest_good_checkpoint(self.out)
+            where = (f"the last good checkpoint is {good[0]}; continue with `gan-engine train --resume {self.out}`"
+                     if good else "no checkpoint was written")
+            raise GanEngineError(f"cannot write {exc.filename or 'to ' + self.out}: {exc.strerror or exc}; "
+                                 f"{where} once that is fixed") from exc
         finally:
             bar.close()
             signal.signal(signal.SIGINT, previous)
@@ -210,6 +232,31 @@ class Run:
         path = os.path.join(self.out, checkpoint_name(state["step"]))
         save_checkpoint(path, state, self.config.to_dict(), self.info)
         return path
+
+
+def _recorded_config(out, skipped):
+    """The TrainConfig in out/config.json of a run with no usable checkpoint, or GanEngineError."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        why = f" (and {len(skipped)} damaged checkpoints)" if skipped else ""
+        raise GanEngineError(f"nothing to resume in {out}: no config.json and no usable checkpoint in "
+                             f"{os.path.join(out, CHECKPOINT_DIR)}{why}")
+    try:
+        with open(path) as f:
+            return TrainConfig.from_dict(json.load(f))
+    except (OSError, ValueError, TypeError) as exc:  # GanEngineError is a ValueError
+        raise GanEngineError(f"cannot resume {out}: {path} is damaged ({exc}) and there is no usable checkpoint; "
+                             "start a new run with another --out") from exc
+
+
+def remove_temporary_files(out):
+    """Remove the temporary files (".<name>.<random>.tmp", io.atomic_path's) that a killed write left in a run
+    folder: its top, checkpoints/ and samples/."""
+    for folder in (out, os.path.join(out, CHECKPOINT_DIR), os.path.join(out, "samples")):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    os.remove(os.path.join(folder, name))
 
 
 def load_generator(path, backend="auto"):

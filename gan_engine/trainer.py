@@ -15,6 +15,7 @@ from .optim import Adam
 
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 GENERATE_BATCH = 256  # rows per forward pass in generate()
+LOSS_BOUND = 1e4        # |loss| beyond this counts as divergence, like NaN
 GRAPH_WARMUP_STEPS = 2  # eager steps before a step is captured: kernels compiled, buffers allocated, Adam counting
 
 
@@ -47,6 +48,7 @@ class Trainer:
             raise GanEngineError(f"k_disc (D steps per G step) must be a positive integer, got {k_disc}")
         if not 0.0 <= label_smoothing < 1.0:
             raise GanEngineError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        check_memory(G, D, int(batch_size))
         data = check_data(data, D.in_features)
         if G.out_features != D.in_features:
             raise GanEngineError(f"G makes samples of size {G.out_features} but D reads {D.in_features}")
@@ -67,7 +69,7 @@ class Trainer:
         self._eager_steps = 0   # since the start or the last load_state_dict, towards GRAPH_WARMUP_STEPS
         self._idx = xp.empty(B, dtype=np.int64)                  # (B,)
         self._real = xp.empty((B, D.in_features), dtype=G.dtype)  # (B, D)
-        self._z = xp.empty((B, self.z_dim), dtype=G.dtype)        # (B, Z)
+        self._z = xp.zeros((B, self.z_dim), dtype=G.dtype)        # (B, Z), zeros until the first draw
         self._dlogits = xp.empty((B, 1), dtype=G.dtype)           # (B, 1)
 
     def _noise(self):
@@ -144,10 +146,14 @@ class Trainer:
         return {"d_loss": d_loss, "g_loss": g, "d_real": d_real, "d_fake": d_fake}
 
     def read_metrics(self, metrics):
-        """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite."""
+        """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite, or a loss is beyond
+        LOSS_BOUND (a BCE that large means D's logits are in the thousands: the run has blown up)."""
         values = {k: float(self.backend.to_numpy(v)) for k, v in metrics.items()}
         if not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(f"training diverged at step {self.step_count}: {values}")
+        if max(abs(values["d_loss"]), abs(values["g_loss"])) > LOSS_BOUND:
+            raise TrainingDiverged(f"training diverged at step {self.step_count}: a loss is beyond {LOSS_BOUND:g} "
+                                   f"({values})")
         return values
 
     def train(self, steps, callback=None, every=100):
@@ -186,7 +192,12 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.backend.set_rng_state(self.rng, state["rng"])
+        try:
+            self.backend.set_rng_state(self.rng, state["rng"])
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            if isinstance(exc, GanEngineError):
+                raise
+            raise GanEngineError(f"the saved random state is damaged ({type(exc).__name__}: {exc})") from exc
         self.step_count = int(state["step"])
         self._graph, self._eager_steps = None, 0  # warm up and capture again from the restored state
 
@@ -213,6 +224,44 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
         raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
     check_choice("noise prior", prior, PRIORS)
     return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
+
+
+def step_memory_bytes(G, D, batch):
+    """An estimate of the buffers a training step of G and D at this batch size allocates: each layer's output, its
+    gradient and a scratch copy, every convolution's im2col columns, and the trainer's batch buffers."""
+    from .layers import Conv2d, ConvTranspose2d
+
+    per_sample = 0
+    for model in (G, D):
+        for layer, in_shape, out_shape in zip(model.layers, model.shapes, model.shapes[1:]):
+            per_sample += 3 * math.prod(out_shape)
+            if isinstance(layer, Conv2d):
+                per_sample += layer.in_channels * layer.kernel_size ** 2 * math.prod(out_shape[1:])
+            elif isinstance(layer, ConvTranspose2d):
+                per_sample += layer.out_channels * layer.kernel_size ** 2 * math.prod(in_shape[1:])
+    per_sample += 2 * D.in_features + G.in_features + 2  # real batch, noise, logits and their gradient
+    return batch * per_sample * np.dtype(G.dtype).itemsize + 8 * batch
+
+
+def available_memory_bytes():
+    """Memory free for a new allocation (MemAvailable in /proc/meminfo), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(G, D, batch):
+    """Refuse, before allocating anything, a batch whose step buffers cannot fit in the host's free memory (the
+    CPU backends; a GPU reports its own out-of-memory error)."""
+    if G.backend.xp is not np:
+        return
+    need, free = step_memory_bytes(G, D, batch), available_memory_bytes()
+    if free is not None and need > free:
+        raise GanEngineError(f"batch size {batch} needs about {need / 2 ** 30:.1f} GiB for a training step's buffers, "
+                             f"but {free / 2 ** 30:.1f} GiB of memory is free; use a smaller --batch-size")
 
 
 def check_data(data, dim=None):

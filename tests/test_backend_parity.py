@@ -352,3 +352,19 @@ def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch)
         for key, value in a.state_dict().items():
             assert_close(f"{backend.name} {model} {name} {key} after one step", value, b.state_dict()[key],
                          atol=atol, rtol=rtol)
+
+
+def test_adam_at_a_late_step_matches_the_closed_formula(backend):
+    """Step t = 10 from non-zero moments, both bias corrections 1 / (1 - beta^10), against the formula in float64."""
+    rng = np.random.default_rng(10)
+    p, g, m = (rng.standard_normal(64) for _ in range(3))
+    v = rng.uniform(0.01, 1.0, 64)
+    lr, b1, b2, eps, t = 1e-3, 0.5, 0.999, 1e-8, 10
+    m2 = b1 * m + (1 - b1) * g
+    v2 = b2 * v + (1 - b2) * g * g
+    want = p - lr * (m2 / (1 - b1 ** t)) / (np.sqrt(v2 / (1 - b2 ** t)) + eps)
+    bp, bg, bm, bv = (backend.asarray(a, np.float32) for a in (p, g, m, v))
+    backend.adam_update(bp, bg, bm, bv, t, lr, b1, b2, eps)
+    np.testing.assert_allclose(backend.to_numpy(bm), m2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(bv), v2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(backend.to_numpy(bp), want, rtol=1e-5, atol=1e-6)

@@ -127,3 +127,12 @@ def test_bad_options_raise(tmp_path, kwargs, match):
     save(tmp_path / "a.png", (20, 20), RED)
     with pytest.raises(GanEngineError, match=match):
         read_image_folder(tmp_path, **kwargs)
+
+
+def test_palette_images_read_through_their_palette(tmp_path):
+    img = Image.new("P", (8, 8))
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    img.save(tmp_path / "p.png")
+    images, _ = read_image_folder(tmp_path, 8, channels=3)
+    assert tuple(images[0, :, 0, 0]) == (255, 0, 0) and tuple(images[0, :, 7, 7]) == (0, 0, 0)

@@ -128,3 +128,10 @@ def test_metric_errors(digits_eval):
     bad[2, 3] = np.nan
     with pytest.raises(GanEngineError, match="1 non-finite values"):
         evaluate_samples(bad, data, cache)
+
+
+def test_the_high_quality_cut_is_three_sigma():
+    """Points at 2.9 and 3.1 sigma from the one mode: the first is high quality, the second not."""
+    sigma = 0.05
+    samples = np.array([[2.9 * sigma, 0.0], [0.0, -3.1 * sigma], [0.0, 2.9 * sigma], [3.1 * sigma, 0.0]])
+    assert mode_metrics(samples, np.zeros((1, 2)), sigma)["high_quality"] == 50.0

@@ -157,3 +157,21 @@ def test_training_on_digits_makes_every_digit(backend, classifier_cache):
     evaluator = Evaluator(data, classifier_cache)
     m = evaluator.evaluate(t.sample(evaluator.size, seed=5))["generated"]
     assert m["classes_covered"] >= 9 and m["classifier_score"] > 5.5 and m["frechet_distance"] < 35, m
+
+
+def test_each_d_step_and_the_g_step_draw_their_own_noise(monkeypatch):
+    """k_disc D steps and the G step each draw a fresh noise batch: k_disc + 1 draws a step, all different."""
+    trainer = make(k_disc=2)
+    draws, real_noise = [], trainer.backend.noise
+    monkeypatch.setattr(trainer.backend, "noise", lambda rng, prior, out: draws.append(
+        real_noise(rng, prior, out).copy()) or out)
+    trainer.step()
+    assert len(draws) == 3
+    assert all(not np.array_equal(a, b) for i, a in enumerate(draws) for b in draws[i + 1:])
+
+
+def test_the_noise_buffer_holds_no_stale_memory_before_its_first_draw():
+    trainer = make()
+    trainer.load_state_dict(make(seed=4).state_dict())
+    assert not np.asarray(trainer._z).any()  # zeros until the next step draws into it
+
