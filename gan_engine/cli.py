@@ -231,11 +231,13 @@ def _threads_report(d):
     """The thread policy and the BLAS libraries, as `gan-engine info` prints them."""
     cap = (f"capped at {d['override']} by --threads or {threads.ENV_VAR}" if d["override"] is not None else
            f"{d['cap']} free now (other processes keep {d['others_busy']:.2f} cores busy; measured as it runs)")
-    lines = [f"threads: {d['cores']} cores available, {cap}; a GEMM gets a thread per {d['macs_per_thread']:,} "
-             "multiply-adds, up to that; the Numba loops run on one thread each"]
+    lines = [f"threads: {d['cores']} cores available, {cap}; a large product is cut into a row block per "
+             f"{d['macs_per_block']:,} multiply-adds (at least {d['min_rows']} rows, at most one per core), spread "
+             "over that many of the engine's threads: the same result on any number; BLAS and the Numba loops run "
+             "on one thread each"]
     for b in d["blas"]:
         lines.append(f"BLAS: {b['name']} {b['version']} ({b['architecture']} kernels, {b['threading']}), "
-                     f"{b['threads']} threads now ({b['file']})")
+                     f"{b['threads']} thread{'s' if b['threads'] != 1 else ''} now ({b['file']})")
     lines.append(f"OPENBLAS_CORETYPE: {d['openblas_coretype'] or 'not set (OpenBLAS picks the kernels for this CPU)'}")
     return "\n".join(lines)
 

@@ -3,12 +3,12 @@ import pytest
 
 from gan_engine import GanEngineError, backend_status, get_backend
 from gan_engine.backends import AUTO_ORDER, BACKENDS
-from gan_engine.backends import numpy_cpu, numpy_ref
+from gan_engine.backends import numpy_ref
 
 
 def test_numpy_is_always_available():
     assert ("numpy", True, "available") in backend_status()
-    assert get_backend("numpy") is numpy_cpu
+    assert get_backend("numpy") is numpy_ref
 
 
 def test_auto_picks_the_first_available_in_order(monkeypatch):
@@ -20,11 +20,11 @@ def test_auto_picks_the_first_available_in_order(monkeypatch):
 
 def test_environment_overrides_auto_but_not_an_explicit_name(monkeypatch):
     monkeypatch.setenv("GAN_ENGINE_BACKEND", "numpy")
-    assert get_backend("auto") is numpy_cpu
+    assert get_backend("auto") is numpy_ref
     monkeypatch.setenv("GAN_ENGINE_BACKEND", "abacus")
     with pytest.raises(GanEngineError, match="unknown backend 'abacus' \\(from GAN_ENGINE_BACKEND\\)"):
         get_backend("auto")
-    assert get_backend("numpy") is numpy_cpu
+    assert get_backend("numpy") is numpy_ref
 
 
 def test_unknown_backend_lists_the_choices():

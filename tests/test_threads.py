@@ -1,5 +1,5 @@
-"""The thread policy: threads per op from its size and the cores other processes leave free; the override; the
-BLAS pools it drives; the command line's --threads and GAN_ENGINE_THREADS."""
+"""The thread policy: BLAS on one thread, large products in row blocks over the engine's threads (the same bits
+on any number of them), the cap from the cores other processes leave free, --threads and GAN_ENGINE_THREADS."""
 import subprocess
 import sys
 import time
@@ -8,46 +8,59 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from gan_engine.backends import numpy_cpu, numpy_ref, threads
-from gan_engine.backends.threads import MACS_PER_THREAD, ThreadPolicy
+from gan_engine.backends import get_backend, threads
+from gan_engine.backends.threads import MACS_PER_BLOCK, MIN_ROWS, ThreadPolicy
 from gan_engine.cli import main
 from gan_engine.errors import GanEngineError
 
 
 @pytest.fixture
 def policy(monkeypatch):
-    """The process policy with a clean override, restored afterwards."""
+    """The process policy with its override restored afterwards."""
     p = threads.policy()
     monkeypatch.setattr(p, "override", None)
-    yield p
-    p.override = 1
-    p.use_blas(0)  # back to one BLAS thread
+    return p
 
 
-def blas_threads():
-    return {info["filepath"]: info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+def test_loading_a_backend_pins_blas_to_one_thread():
+    get_backend("numpy")
+    assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == {1}
 
 
-def test_small_gemms_get_one_thread_and_large_ones_the_cap(policy):
+def test_blocks_follow_the_size_and_the_cores_never_the_load(policy, monkeypatch):
+    monkeypatch.setattr(policy, "cores", 4)
+    assert policy.blocks(64, 100, 128) == 1  # 819k multiply-adds: one block
+    assert policy.blocks(64, 784, 128) == 3  # 6.4M: three
+    assert policy.blocks(256, 784, 512) == 4  # at most one per core
+    assert policy.blocks(2 * MIN_ROWS - 1, 10 ** 6, 10) == 1  # at least MIN_ROWS rows a block
     policy.override = 1
-    assert policy.use_blas(100 * MACS_PER_THREAD) == 1
-    assert set(blas_threads().values()) == {1}
-    policy.override = 4
-    assert policy.use_blas(2 * MACS_PER_THREAD - 1) == 1
-    assert policy.use_blas(2 * MACS_PER_THREAD) == 2
-    assert set(blas_threads().values()) == {2}
-    assert policy.use_blas(100 * MACS_PER_THREAD) == 4
-    assert set(blas_threads().values()) == {4}
+    assert policy.blocks(256, 784, 512) == 4
 
 
-def test_a_small_gemm_leaves_a_larger_pool_unless_the_cap_falls(policy):
+@pytest.mark.parametrize("shape", [(64, 784, 128), (784, 64, 128), (203, 300, 257)])
+def test_matmul_gives_the_same_bits_on_any_number_of_threads(policy, monkeypatch, shape):
+    m, k, n = shape
+    monkeypatch.setattr(policy, "cores", 4)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    if m == 784:
+        a = np.asfortranarray(a)  # a transposed operand, as x.T in a weight gradient
+    results = []
+    for cap in (1, 2, 3, 4):
+        policy.override = cap
+        out = np.empty((m, n), np.float32)
+        assert policy.matmul(a, b, out) == min(cap, policy.blocks(m, k, n))
+        results.append(out)
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    for out in results[1:]:
+        assert np.array_equal(out, results[0])
+
+
+def test_an_error_in_a_worker_reaches_the_caller(policy):
     policy.override = 2
-    assert policy.use_blas(100 * MACS_PER_THREAD) == 2
-    assert policy.use_blas(10) == 2  # a switch would cost more than the second thread loses
-    assert set(blas_threads().values()) == {2}
-    policy.override = 1  # the machine got busy (or --threads 1): down at once
-    assert policy.use_blas(10) == 1
-    assert set(blas_threads().values()) == {1}
+    a = np.ones((64, 784), np.float32)
+    with pytest.raises(ValueError):
+        policy.matmul(a, np.ones((784, 128), np.float32), np.empty((64, 127), np.float32))
 
 
 def test_the_cap_is_the_cores_other_processes_leave_free(monkeypatch):
@@ -93,18 +106,6 @@ def test_bad_thread_counts_are_refused(value):
         threads.parse_threads(value, "--threads")
 
 
-def test_the_numpy_backend_is_the_reference_under_the_policy(monkeypatch):
-    asked = []
-    monkeypatch.setattr(numpy_cpu, "use_blas", asked.append)
-    rng = np.random.default_rng(0)
-    x, W, b = rng.standard_normal((8, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)
-    np.testing.assert_array_equal(numpy_cpu.dense_forward(x, W, b, "tanh"), numpy_ref.dense_forward(x, W, b, "tanh"))
-    img, Wc = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 4, 4))
-    np.testing.assert_array_equal(numpy_cpu.conv2d_forward(img, Wc, None, 2, 1),
-                                  numpy_ref.conv2d_forward(img, Wc, None, 2, 1))
-    assert asked == [8 * 5 * 3, 2 * 4 * 4 * Wc.size]  # N I O; N OH OW C_out C_in k k
-
-
 def test_cli_threads_option_and_environment(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(threads.policy(), "override", None)
     assert main(["sample", "--checkpoint", str(tmp_path / "none.npz"), "--threads", "1"]) == 2  # no checkpoint
@@ -123,4 +124,4 @@ def test_info_shows_the_policy_and_the_blas(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "capped at 1 by --threads or GAN_ENGINE_THREADS" in out
     arch = next(i["architecture"] for i in threadpool_info() if i["user_api"] == "blas")
-    assert f"({arch} kernels" in out and "OPENBLAS_CORETYPE" in out
+    assert f"({arch} kernels" in out and "1 thread now" in out and "OPENBLAS_CORETYPE" in out

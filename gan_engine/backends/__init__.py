@@ -1,6 +1,6 @@
 """Backend registry: every backend is a module that computes the ops of ``numpy_ref`` under the same names.
 
-The "numpy" backend is the reference (``numpy_ref``) run under the thread policy (``numpy_cpu``).
+Loading any backend sets up the thread policy (``threads``), which pins NumPy's BLAS to one thread.
 ``get_backend("auto")`` picks the first available of ``AUTO_ORDER``; the environment variable
 ``GAN_ENGINE_BACKEND`` replaces that choice ("auto" only: an explicit name always wins). A new backend joins by
 adding one line to ``BACKENDS``; the engine never branches on the backend.
@@ -10,12 +10,13 @@ import os
 import types
 
 from ..errors import GanEngineError
+from . import threads
 
 # name -> module path. Each module defines `unavailable_reason()` (None when usable) and every op in numpy_ref.OPS.
 BACKENDS = {
     "cuda": "gan_engine.backends.cupy_cuda",
     "numba": "gan_engine.backends.numba_cpu",
-    "numpy": "gan_engine.backends.numpy_cpu",
+    "numpy": "gan_engine.backends.numpy_ref",
 }
 AUTO_ORDER = ("cuda", "numba", "numpy")
 ENV_VAR = "GAN_ENGINE_BACKEND"
@@ -26,6 +27,7 @@ _loaded = {}
 def _load(name):
     """Import a backend module; return (module or None, reason it is unavailable or None)."""
     if name not in _loaded:
+        threads.policy()
         try:
             module = importlib.import_module(BACKENDS[name])
             reason = module.unavailable_reason()

@@ -5,7 +5,7 @@ and lays out the arguments and calls the compiled loops in `numba_kernels`. What
 - an op makes one pass where the reference chains NumPy temporaries: bias + activation in the GEMM's output
   pass, activation derivative + bias gradient in one pass, sigmoid-BCE loss + gradient + mean in one pass,
   Adam in one pass over a model's flat buffer;
-- GEMMs go to NumPy's BLAS, on the threads the thread policy gives their size (threads.py), or to a
+- GEMMs go to NumPy's BLAS, a large one in row blocks over the engine's threads (threads.py), or to a
   register-blocked Numba GEMM for tiny products and outer products (the discriminator's last layer), whichever
   benchmarks/test_bench_ops.py::test_gemm measured faster;
 - convolutions are im2col + one GEMM over the whole batch + col2im with bias and activation fused, all three
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from . import numpy_ref as ref
-from .threads import use_blas
+from .threads import matmul
 from .numpy_ref import (ACTIVATIONS, _pair, asarray, conv2d_output_size,  # noqa: F401 (the CPU backends share
                         conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)  # these)
 
@@ -90,20 +90,18 @@ def use_blocked_gemm(m, kk, n):
 
 
 def _matmul(a, b, out, accumulate=False):
-    """out (M, N) = a (M, K) @ b (K, N), or += when accumulate. BLAS is NumPy's, on the threads the thread policy
-    gives this size: one BLAS thread pool per process (SciPy's, which np.dot inside njit calls, fought NumPy's for
-    the cores whenever both ran)."""
+    """out (M, N) = a (M, K) @ b (K, N), or += when accumulate. Large products go to NumPy's BLAS (one thread)
+    in row blocks over the engine's threads (threads.matmul: the same bits on any number of threads); SciPy's
+    BLAS, which np.dot inside njit calls, is not used: its pool fought NumPy's for the cores."""
     m, kk = a.shape
     if use_blocked_gemm(m, kk, b.shape[1]):
         k.gemm_blocked(a, b, out, accumulate)
-        return
-    use_blas(m * kk * b.shape[1])
-    if accumulate:
+    elif accumulate:
         product = _scratch("gemm", out.shape, out.dtype)
-        np.matmul(a, b, out=product)
+        matmul(a, b, product)
         k.add_into(out, product)
     else:
-        np.matmul(a, b, out=out)
+        matmul(a, b, out)
 
 
 # ---- dense ---------------------------------------------------------------------------------------------------

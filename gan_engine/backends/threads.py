@@ -1,29 +1,37 @@
-"""The engine's thread policy: how many threads a CPU op may use, from its size and the cores actually free.
+"""The engine's threads: NumPy's BLAS on one thread, large products split by rows over the engine's own threads,
+as many as the cores other processes leave free.
 
-A BLAS pool that splits every GEMM over all cores collapses on a busy machine: its threads wait at the end of
-each GEMM for the one that shares a core with another process (and spin while they wait), so a 1 ms training
-step took 6 to 380 ms beside other work. The policy therefore gives a GEMM
-    threads = max(1, min(cap, multiply-adds // MACS_PER_THREAD))
-where `cap` is the cores this process may run on (os.sched_getaffinity) less those other processes keep busy,
-measured from /proc/stat against this process's own CPU time and refreshed at most every REFRESH_S seconds. A
-small GEMM does not fork (below 2 MACS_PER_THREAD a second thread gains little or loses:
-benchmarks/test_bench_ops.py::test_gemm times both), and on a busy machine every GEMM runs on the cores left,
-one thread when only one is.
+Two facts decide the design (2-core AMD EPYC, OpenBLAS 0.3.31):
+- A BLAS pool that splits every GEMM over all cores collapses on a busy machine: its threads wait at the end of
+  each GEMM for the one that shares a core with another process, so a 1 ms step took 6 to 380 ms beside other
+  work.
+- OpenBLAS's result depends on its thread count (64x784x128: up to 6e-5 apart between 1 and 2 threads), so a
+  thread count that follows the load would make a seed's run depend on what else the machine was doing.
+So NumPy's BLAS is pinned to one thread (through threadpoolctl, for the whole process), which makes the NumPy
+reference deterministic and never spin. The Numba backend's large products go through `matmul`, which cuts a
+product into row blocks by its size alone:
+    blocks = min(cores, rows // MIN_ROWS, multiply-adds // MACS_PER_BLOCK)
+(cores: this process's CPU affinity) and hands them to as many threads as `cap` allows. Each block is one
+single-threaded BLAS call, so the result is the same bits however many threads ran it. `cap` is the cores less
+those other processes keep busy, measured from /proc/stat against this process's own CPU time and refreshed
+at most every REFRESH_S seconds; waiting threads sleep on an event, never spin.
 
-`GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N (the size rule
-still keeps small GEMMs on one thread). NumPy's BLAS is driven through threadpoolctl. The Numba loops stay
-serial: a second pool beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made the
-DCGAN steps 1.7x (28x28) to 3x (digits) slower on 2 cores, the two pools spinning in turn. The backends call
-`use_blas(macs)` before each GEMM; layers and the trainer never see threads.
+`GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N. The Numba loops
+stay serial: a second pool beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made
+the DCGAN steps 1.7x (28x28) to 3x (digits) slower on 2 cores. Layers and the trainer never see threads.
 """
 import math
 import os
+import threading
 import time
+
+import numpy as np
 
 from ..errors import GanEngineError
 
 ENV_VAR = "GAN_ENGINE_THREADS"
-MACS_PER_THREAD = 2_000_000  # 2 threads from 4M multiply-adds (64x128x784: 1.1-1.5x faster; 64x16x1024: 0.6x)
+MACS_PER_BLOCK = 2_000_000  # a block per 2M multiply-adds (64x128x784 in 2 blocks: 1.1-1.2x; 64x100x128: 0.4x)
+MIN_ROWS = 16              # rows of a block at least
 REFRESH_S = 0.25           # how often the load of the other processes is measured again
 BUSY = 0.25                # a core counts as taken when other processes keep it busy more than this
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
@@ -59,7 +67,8 @@ def parse_threads(value, source):
 
 
 class ThreadPolicy:
-    """Threads per op from its size and the cores free. `override` (an int) replaces the measured cap."""
+    """Row blocks per product from its size, threads from the cores free. `override` (an int) replaces the
+    measured cap. Making one pins every BLAS library loaded to one thread."""
 
     def __init__(self, override=None):
         self.override = override
@@ -68,11 +77,15 @@ class ThreadPolicy:
         self.others = 0.0           # cores other processes kept busy over the last measured interval
         self._cap = self.cores
         self._last = None           # (wall time, busy CPU seconds, own CPU seconds) at the last measurement
-        self._blas = None           # threadpoolctl's BLAS controllers, found on first use
-        self._blas_threads = None   # what the BLAS pools were last set to
+        self._workers = []          # the engine's threads beyond the caller's, started when first needed
+        from threadpoolctl import ThreadpoolController
+
+        self._blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        for controller in self._blas:
+            controller.set_num_threads(1)
 
     def cap(self):
-        """The most threads an op may use now: the override, or the cores other processes leave free."""
+        """The most threads a product may use now: the override, or the cores other processes leave free."""
         if self.override is not None:
             return self.override
         now = time.perf_counter()
@@ -91,27 +104,31 @@ class ThreadPolicy:
             self._cap = max(1, self.cores - math.ceil(self.others - BUSY))
         self._last = (now, busy, own)
 
-    def use_blas(self, macs):
-        """Set NumPy's BLAS pool to threads_for(macs) before a GEMM. A GEMM under 2 MACS_PER_THREAD leaves a larger
-        pool as it is while the cap allows it: a switch costs ~12 us each way, more than a second thread loses on
-        such a GEMM (64x100x128: 6 us). Returns the pool's size."""
-        cap = self.cap()
-        n = max(1, min(cap, int(macs // MACS_PER_THREAD)))
-        current = self._blas_threads
-        if current is not None and n < current <= cap and macs < 2 * MACS_PER_THREAD:
-            return current
-        if n != current:
-            for controller in self._blas_controllers():
-                controller.set_num_threads(n)
-            self._blas_threads = n
+    def blocks(self, m, k, n):
+        """Row blocks of an (m, k) @ (k, n) product: by its size and this machine's cores, never by the load."""
+        return max(1, min(self.cores, m // MIN_ROWS, m * k * n // MACS_PER_BLOCK))
+
+    def matmul(self, a, b, out):
+        """out (M, N) = a (M, K) @ b (K, N) in blocks(M, K, N) row blocks of single-threaded BLAS, spread over
+        min(cap, blocks) threads (this one and the engine's workers). Returns the threads used."""
+        m = a.shape[0]
+        blocks = self.blocks(m, a.shape[1], b.shape[1])
+        if blocks == 1:
+            np.matmul(a, b, out=out)
+            return 1
+        bounds = [m * i // blocks for i in range(blocks + 1)]
+        jobs = [(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
+        n = min(self.cap(), blocks)
+        while len(self._workers) < n - 1:
+            self._workers.append(_Worker())
+        for i, worker in enumerate(self._workers[:n - 1], 1):
+            worker.start(jobs[i::n])
+        try:
+            _run(jobs[0::n])
+        finally:  # every worker finishes before this returns or raises (its error, if it had one)
+            for worker in self._workers[:n - 1]:
+                worker.wait()
         return n
-
-    def _blas_controllers(self):
-        if self._blas is None:
-            from threadpoolctl import ThreadpoolController
-
-            self._blas = ThreadpoolController().select(user_api="blas").lib_controllers
-        return self._blas
 
     def describe(self):
         """A dict for `gan-engine info` and the benchmarks: the policy, the cores, and every BLAS in use."""
@@ -121,10 +138,45 @@ class ThreadPolicy:
         cap = self.cap()
         blas = [{"name": c.internal_api, "version": c.version, "architecture": getattr(c, "architecture", None),
                  "threading": getattr(c, "threading_layer", None), "threads": c.num_threads,
-                 "file": os.path.basename(c.filepath)} for c in self._blas_controllers()]
+                 "file": os.path.basename(c.filepath)} for c in self._blas]
         return {"cores": self.cores, "override": self.override, "cap": cap, "others_busy": round(self.others, 2),
-                "macs_per_thread": MACS_PER_THREAD, "blas": blas,
+                "macs_per_block": MACS_PER_BLOCK, "min_rows": MIN_ROWS, "blas": blas,
                 "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+
+
+def _run(jobs):
+    for a, b, out in jobs:
+        np.matmul(a, b, out=out)
+
+
+class _Worker:
+    """One of the engine's threads: runs the GEMM blocks it is handed (NumPy releases the GIL inside BLAS) and
+    sleeps on an event in between."""
+
+    def __init__(self):
+        self._go, self._done = threading.Event(), threading.Event()
+        self._jobs, self._error = [], None
+        threading.Thread(target=self._loop, daemon=True, name="gan-engine-gemm").start()
+
+    def start(self, jobs):
+        self._jobs, self._error = jobs, None
+        self._done.clear()
+        self._go.set()
+
+    def wait(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self):
+        while True:
+            self._go.wait()
+            self._go.clear()
+            try:
+                _run(self._jobs)
+            except BaseException as exc:  # handed to the caller by wait()
+                self._error = exc
+            self._done.set()
 
 
 _policy = None
@@ -145,6 +197,6 @@ def set_threads(n):
     policy().cap()
 
 
-def use_blas(macs):
-    """The process policy's use_blas: call before a GEMM of `macs` multiply-adds."""
-    return policy().use_blas(macs)
+def matmul(a, b, out):
+    """The process policy's matmul: out (M, N) = a (M, K) @ b (K, N), the same bits on any number of threads."""
+    return policy().matmul(a, b, out)
