@@ -24,6 +24,7 @@ def policy(monkeypatch):
 
 def test_loading_a_backend_pins_blas_to_one_thread():
     get_backend("numpy")
+    get_backend("numba").warm_up()  # compiling loads SciPy's BLAS as well
     assert {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"} == {1}
 
 
@@ -125,3 +126,18 @@ def test_info_shows_the_policy_and_the_blas(monkeypatch, capsys):
     assert "capped at 1 by --threads or GAN_ENGINE_THREADS" in out
     arch = next(i["architecture"] for i in threadpool_info() if i["user_api"] == "blas")
     assert f"({arch} kernels" in out and "1 thread now" in out and "OPENBLAS_CORETYPE" in out
+
+
+def test_a_dcgan_step_gives_the_same_bits_on_one_thread_and_on_two(policy):
+    """The channel loops (im2col, col2im, batch norm, layouts) and Adam, spread over the engine's threads, give
+    the same training as on one thread."""
+    from benchmarks.test_bench_step import make_trainer
+
+    runs = []
+    for cap in (1, 2):
+        policy.override = cap
+        trainer = make_trainer("numba", "dcgan-digits-b64")
+        runs.append([trainer.read_metrics(trainer.step()) for _ in range(3)])
+        runs[-1].append(trainer.G.flat_params.copy())
+    assert runs[0][:3] == runs[1][:3]
+    assert np.array_equal(runs[0][3], runs[1][3])

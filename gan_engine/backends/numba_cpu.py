@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from . import numpy_ref as ref
-from .threads import matmul
+from . import threads
+from .threads import matmul, over
 from .numpy_ref import (ACTIVATIONS, _pair, asarray, conv2d_output_size,  # noqa: F401 (the CPU backends share
                         conv_transpose2d_output_size, new_rng, rng_state, set_rng_state, to_numpy)  # these)
 
@@ -157,12 +158,12 @@ def conv2d_forward(x, W, b, stride, padding, activation="identity", alpha=0.2, o
     oh, ow = conv2d_output_size(h, kh, sh, ph), conv2d_output_size(w, kw, sw, pw)
     cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
     windows = _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow)
-    k.im2col(_flat_pixels(x), windows, cols)
+    over(c, cols.size, k.im2col, _flat_pixels(x), windows, cols)
     t = _scratch("conv_out", (co, n * oh * ow), dtype)
     _matmul(W.reshape(co, -1), cols, t)
     out = _output(out, (n, co, oh, ow), dtype)
-    k.from_channel_major(t, _c(b) if b is not None else _zeros(co, dtype), _code(activation), dtype.type(alpha),
-                         out.reshape(n, co, oh * ow))
+    over(co, t.size, k.from_channel_major, t, _c(b) if b is not None else _zeros(co, dtype), _code(activation),
+         dtype.type(alpha), out.reshape(n, co, oh * ow))
     return out
 
 
@@ -176,16 +177,18 @@ def conv2d_backward(x, W, y, dy, stride, padding, activation="identity", alpha=0
     oh, ow = y.shape[2:]
     g = _scratch("conv_g", (co, n * oh * ow), dtype)
     windows = _windows(h, w, kh, kw, sh, sw, ph, pw, oh, ow)
-    k.grad_nchw(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha),
-                g.reshape(co, n, -1).transpose(1, 0, 2), db if db is not None else _zeros(co, dtype), db is not None)
+    over(co, 3 * g.size, k.grad_nchw, y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation),
+         dtype.type(alpha), g.reshape(co, n, -1).transpose(1, 0, 2), db if db is not None else _zeros(co, dtype),
+         db is not None)
     if dW is not None:
         cols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
-        k.im2col(_flat_pixels(x), windows, cols)
+        over(c, cols.size, k.im2col, _flat_pixels(x), windows, cols)
         _matmul(g, cols.T, _output(dW, W.shape, dtype).reshape(co, -1), accumulate=True)
     if dx is not None:
         dcols = _scratch("conv_cols", (c * kh * kw, n * oh * ow), dtype)
         _matmul(W.reshape(co, -1).T, g, dcols)
-        k.col2im(dcols, windows, _zeros(c, dtype), 0, dtype.type(0), _flat_pixels(_output(dx, x.shape, dtype)))
+        over(c, dcols.size, k.col2im, dcols, windows, _zeros(c, dtype), 0, dtype.type(0),
+             _flat_pixels(_output(dx, x.shape, dtype)))
     return dx
 
 
@@ -200,12 +203,12 @@ def conv_transpose2d_forward(x, W, b, stride, padding, output_padding=0, activat
     oh = conv_transpose2d_output_size(h, kh, sh, ph, oph)
     ow = conv_transpose2d_output_size(w, kw, sw, pw, opw)
     xt = _scratch("convt_x", (ci, n * h * w), dtype)
-    k.to_channel_major(x.reshape(n, ci, h * w), xt)
+    over(ci, xt.size, k.to_channel_major, x.reshape(n, ci, h * w), xt)
     cols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
     _matmul(W.reshape(ci, -1).T, xt, cols)
     out = _output(out, (n, co, oh, ow), dtype)
-    k.col2im(cols, _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w), _c(b) if b is not None else _zeros(co, dtype),
-             _code(activation), dtype.type(alpha), _flat_pixels(out))
+    over(co, cols.size, k.col2im, cols, _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w),
+         _c(b) if b is not None else _zeros(co, dtype), _code(activation), dtype.type(alpha), _flat_pixels(out))
     return out
 
 
@@ -218,18 +221,19 @@ def conv_transpose2d_backward(x, W, y, dy, stride, padding, activation="identity
     n, ci, h, w = x.shape
     _, co, kh, kw = W.shape
     g = _scratch("convt_g", y.shape, dtype)
-    k.grad_nchw(y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation), dtype.type(alpha),
-                g.reshape(n, co, -1), db if db is not None else _zeros(co, dtype), db is not None)
+    over(co, 3 * g.size, k.grad_nchw, y.reshape(n, co, -1), dy.reshape(n, co, -1), _code(activation),
+         dtype.type(alpha), g.reshape(n, co, -1), db if db is not None else _zeros(co, dtype), db is not None)
     gcols = _scratch("convt_cols", (co * kh * kw, n * h * w), dtype)
     oh, ow = y.shape[2:]
-    k.im2col(_flat_pixels(g), _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w), gcols)
+    over(co, gcols.size, k.im2col, _flat_pixels(g), _windows(oh, ow, kh, kw, sh, sw, ph, pw, h, w), gcols)
     xt = _scratch("convt_x", (ci, n * h * w), dtype)
     if dW is not None:
-        k.to_channel_major(x.reshape(n, ci, h * w), xt)
+        over(ci, xt.size, k.to_channel_major, x.reshape(n, ci, h * w), xt)
         _matmul(xt, gcols.T, _output(dW, W.shape, dtype).reshape(ci, -1), accumulate=True)
     if dx is not None:
         _matmul(W.reshape(ci, -1), gcols, xt)
-        k.from_channel_major(xt, _zeros(ci, dtype), 0, dtype.type(0), _output(dx, x.shape, dtype).reshape(n, ci, -1))
+        over(ci, xt.size, k.from_channel_major, xt, _zeros(ci, dtype), 0, dtype.type(0),
+             _output(dx, x.shape, dtype).reshape(n, ci, -1))
     return dx
 
 
@@ -245,8 +249,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, t
     """y = act(gamma (x - mean) invstd + beta) per channel; x (N, C) or (N, C, H, W); see numpy_ref."""
     x, dtype = _c(x), x.dtype
     out = _output(out, x.shape, dtype)
-    k.batchnorm_forward(_ncp(x), gamma, beta, running_mean, running_var, mean, invstd, bool(train), float(momentum),
-                        float(eps), _code(activation), dtype.type(alpha), _ncp(out))
+    over(x.shape[1], 3 * x.size, k.batchnorm_forward, _ncp(x), gamma, beta, running_mean, running_var, mean, invstd,
+         bool(train), float(momentum), float(eps), _code(activation), dtype.type(alpha), _ncp(out))
     return out
 
 
@@ -255,11 +259,11 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identit
     """dgamma, dbeta (C,) accumulate; dx written (through the batch statistics in train mode). Returns dx."""
     x, y, dy, dtype = _c(x), _c(y), _c(dy), x.dtype
     c = x.shape[1]
-    k.batchnorm_backward(_ncp(x), gamma, _ncp(y), _ncp(dy), mean, invstd, bool(train), _code(activation),
-                         dtype.type(alpha), dgamma if dgamma is not None else _zeros(c, dtype),
-                         dbeta if dbeta is not None else _zeros(c, dtype),
-                         _ncp(_output(dx, x.shape, dtype) if dx is not None else _scratch("bn_dx", x.shape, dtype)),
-                         dgamma is not None, dbeta is not None, dx is not None)
+    over(c, 5 * x.size, k.batchnorm_backward, _ncp(x), gamma, _ncp(y), _ncp(dy), mean, invstd, bool(train),
+         _code(activation), dtype.type(alpha), dgamma if dgamma is not None else _zeros(c, dtype),
+         dbeta if dbeta is not None else _zeros(c, dtype),
+         _ncp(_output(dx, x.shape, dtype) if dx is not None else _scratch("bn_dx", x.shape, dtype)),
+         dgamma is not None, dbeta is not None, dx is not None)
     return dx
 
 
@@ -303,8 +307,8 @@ def sgd_update(param, grad, velocity, lr, momentum=0.0):
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     """Adam with bias correction over flat buffers (P,), in place, one pass; step is 1-based."""
     t = param.dtype.type
-    k.adam_update(param, grad, m, v, t(lr), (t(beta1), t(1 - beta1)), (t(beta2), t(1 - beta2)), t(eps),
-                  t(1 / (1 - beta1 ** step)), t(1 / (1 - beta2 ** step)))
+    over(param.size, 7 * param.size, k.adam_update, param, grad, m, v, t(lr), (t(beta1), t(1 - beta1)),
+         (t(beta2), t(1 - beta2)), t(eps), t(1 / (1 - beta1 ** step)), t(1 / (1 - beta2 ** step)))
 
 
 # ---- sampling ------------------------------------------------------------------------------------------------
@@ -357,6 +361,7 @@ def warm_up(dtypes=(np.float32,)):
         sgd_update(p, p.copy(), p.copy(), 0.1, 0.9)
         adam_update(p, p.copy(), p.copy(), p.copy(), 1, 0.1)
         gather_rows(z, batch_indices(rng, 2, np.empty(2, np.int64)), np.empty_like(z))
+    threads.policy().pin_blas()  # compiling loaded SciPy's BLAS too
     return time.perf_counter() - start
 
 

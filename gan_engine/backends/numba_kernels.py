@@ -9,8 +9,9 @@ The fast-math flags allow reassociation (vectorised sums) and fused multiply-add
 semantics, so a diverging run still shows NaN in its losses. error_model="numpy" drops Python's
 zero-division check, which otherwise keeps LLVM from vectorising any loop that divides.
 
-The loops are serial: BLAS already runs its GEMMs on every core, and Numba's prange threads beside BLAS's
-made the DCGAN step 3 to 7 times slower on 2 cores (the two thread pools take turns spinning).
+The loops release the GIL (nogil) and the per-channel ones (and Adam) take a range lo..hi, so numba_cpu.py
+spreads them over the engine's threads (threads.over); there is no Numba thread pool: prange threads beside
+BLAS's made the DCGAN step 1.7 to 3 times slower on 2 cores (the two pools take turns spinning).
 """
 import math
 
@@ -21,7 +22,7 @@ from numba.np.random.generator_core import next_uint32
 from numba.np.random.random_methods import bounded_lemire_uint64, buffered_bounded_lemire_uint32
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
-jit = njit(cache=True, fastmath=FASTMATH, error_model="numpy")
+jit = njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 
 # ---- activations ---------------------------------------------------------------------------------------------
 
@@ -174,11 +175,11 @@ def window_index(h, w, kh, kw, sh, sw, ph, pw, oh, ow, idx):
 
 
 @jit
-def im2col(x, idx, cols):
-    """x (N, C, H W) -> cols (C kH kW, N OH OW), zeros where a window hangs over the padding."""
+def im2col(x, idx, cols, lo, hi):
+    """x (N, C, H W) -> cols (C kH kW, N OH OW), zeros where a window hangs over the padding; channels lo..hi."""
     n, c, _ = x.shape
     taps, pixels = idx.shape
-    for ci in range(c):
+    for ci in range(lo, hi):
         for t in range(taps):
             row = ci * taps + t
             for s in range(n):
@@ -190,13 +191,13 @@ def im2col(x, idx, cols):
 
 
 @jit
-def col2im(cols, idx, b, code, alpha, x):
+def col2im(cols, idx, b, code, alpha, x, lo, hi):
     """The adjoint of im2col: x (N, C, H W) = act(the cols entries summed back onto the pixels they read + b).
     One channel at a time (its N H W values stay in cache); b (C,) is added per channel (zeros for none),
-    code 0 leaves the sum as it is."""
+    code 0 leaves the sum as it is. Channels lo..hi."""
     n, c, hw = x.shape
     taps, pixels = idx.shape
-    for ci in range(c):
+    for ci in range(lo, hi):
         for s in range(n):
             for k in range(hw):
                 x[s, ci, k] = 0
@@ -214,31 +215,31 @@ def col2im(cols, idx, b, code, alpha, x):
 
 
 @jit
-def to_channel_major(x, out):
-    """x (N, C, P) -> out (C, N P)."""
+def to_channel_major(x, out, lo, hi):
+    """x (N, C, P) -> out (C, N P), channels lo..hi."""
     n, c, p = x.shape
-    for ci in range(c):
+    for ci in range(lo, hi):
         for s in range(n):
             for k in range(p):
                 out[ci, s * p + k] = x[s, ci, k]
 
 
 @jit
-def from_channel_major(t, b, code, alpha, out):
-    """t (C, N P) -> out (N, C, P) = act(t + b[c]) (b zeros for none)."""
+def from_channel_major(t, b, code, alpha, out, lo, hi):
+    """t (C, N P) -> out (N, C, P) = act(t + b[c]) (b zeros for none), channels lo..hi."""
     n, c, p = out.shape
-    for ci in range(c):
+    for ci in range(lo, hi):
         for s in range(n):
             for k in range(p):
                 out[s, ci, k] = act(t[ci, s * p + k] + b[ci], code, alpha)
 
 
 @jit
-def grad_nchw(y, dy, code, alpha, g, db, want_db):
+def grad_nchw(y, dy, code, alpha, g, db, want_db, lo, hi):
     """y, dy, g (N, C, P): g = dy act'(y), with db (C,) += the sum of g per channel in the same pass. g may be a
-    strided view, e.g. of a channel-major (C, N P) buffer."""
+    strided view, e.g. of a channel-major (C, N P) buffer. Channels lo..hi."""
     n, c, p = y.shape
-    for ci in range(c):
+    for ci in range(lo, hi):
         s_ = db[ci] * 0
         for s in range(n):
             for k in range(p):
@@ -253,12 +254,12 @@ def grad_nchw(y, dy, code, alpha, g, db, want_db):
 
 @jit
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum, eps, code, alpha,
-                      out):
+                      out, lo, hi):
     """x, out (N, C, P) (P = 1 for 1D); per-channel statistics in float64, two passes, then one normalise +
-    activation pass."""
+    activation pass. Channels lo..hi."""
     n, c, p = x.shape
     m = n * p
-    for ci in range(c):
+    for ci in range(lo, hi):
         if train:
             s = 0.0
             for i in range(n):
@@ -288,11 +289,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, t
 
 @jit
 def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, code, alpha, dgamma, dbeta, dx, want_dgamma,
-                       want_dbeta, want_dx):
-    """x, y, dy, dx (N, C, P): per channel, one pass for sum(g) and sum(g x_hat), one pass for dx."""
+                       want_dbeta, want_dx, lo, hi):
+    """x, y, dy, dx (N, C, P): per channel, one pass for sum(g) and sum(g x_hat), one pass for dx. Channels
+    lo..hi."""
     n, c, p = x.shape
     m = n * p
-    for ci in range(c):
+    for ci in range(lo, hi):
         mu, inv = mean[ci], invstd[ci]
         sg = 0.0
         sgx = 0.0
@@ -348,13 +350,13 @@ def sgd_update(param, grad, velocity, lr, momentum):
 
 
 @jit
-def adam_update(param, grad, m, v, lr, beta1, beta2, eps, c1, c2):
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, c1, c2, lo, hi):
     """param, grad, m, v (P,); beta1 = (b1, 1 - b1) and beta2 = (b2, 1 - b2); c1 = 1 / (1 - b1^t) and
     c2 = 1 / (1 - b2^t) are the bias corrections. Every scalar has the arrays' dtype, so a float32 update stays
-    float32 (and vectorises twice as wide)."""
+    float32 (and vectorises twice as wide). Elements lo..hi."""
     b1, rest1 = beta1
     b2, rest2 = beta2
-    for i in range(param.size):
+    for i in range(lo, hi):
         g = grad[i]
         mi = b1 * m[i] + rest1 * g
         vi = b2 * v[i] + rest2 * g * g

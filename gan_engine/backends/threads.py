@@ -20,6 +20,7 @@ at most every REFRESH_S seconds; waiting threads sleep on an event, never spin.
 stay serial: a second pool beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made
 the DCGAN steps 1.7x (28x28) to 3x (digits) slower on 2 cores. Layers and the trainer never see threads.
 """
+import functools
 import math
 import os
 import threading
@@ -32,6 +33,7 @@ from ..errors import GanEngineError
 ENV_VAR = "GAN_ENGINE_THREADS"
 MACS_PER_BLOCK = 2_000_000  # a block per 2M multiply-adds (64x128x784 in 2 blocks: 1.1-1.2x; 64x100x128: 0.4x)
 MIN_ROWS = 16              # rows of a block at least
+ELEMENTS_PER_BLOCK = 100_000  # a memory-bound loop's block: values it reads or writes
 REFRESH_S = 0.25           # how often the load of the other processes is measured again
 BUSY = 0.25                # a core counts as taken when other processes keep it busy more than this
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
@@ -78,6 +80,10 @@ class ThreadPolicy:
         self._cap = self.cores
         self._last = None           # (wall time, busy CPU seconds, own CPU seconds) at the last measurement
         self._workers = []          # the engine's threads beyond the caller's, started when first needed
+        self.pin_blas()
+
+    def pin_blas(self):
+        """Set every BLAS library loaded so far to one thread (Numba loads SciPy's when it compiles a kernel)."""
         from threadpoolctl import ThreadpoolController
 
         self._blas = ThreadpoolController().select(user_api="blas").lib_controllers
@@ -117,8 +123,21 @@ class ThreadPolicy:
             np.matmul(a, b, out=out)
             return 1
         bounds = [m * i // blocks for i in range(blocks + 1)]
-        jobs = [(a[lo:hi], b, out[lo:hi]) for lo, hi in zip(bounds, bounds[1:])]
-        n = min(self.cap(), blocks)
+        return self.run([functools.partial(np.matmul, a[lo:hi], b, out=out[lo:hi])
+                         for lo, hi in zip(bounds, bounds[1:])])
+
+    def over(self, n, elements, kernel, *args):
+        """kernel(*args, lo, hi) for [0, n) in blocks of whole items (channels, rows): a block per
+        ELEMENTS_PER_BLOCK of the `elements` it touches, at most one per core, spread over the engine's threads.
+        The kernel must release the GIL (Numba's nogil) and its items must be independent."""
+        blocks = max(1, min(self.cores, n, elements // ELEMENTS_PER_BLOCK))
+        bounds = [n * i // blocks for i in range(blocks + 1)]
+        return self.run([functools.partial(kernel, *args, lo, hi) for lo, hi in zip(bounds, bounds[1:])])
+
+    def run(self, jobs):
+        """Run the callables `jobs` over min(cap, len(jobs)) threads: this one takes jobs 0, n, 2n, ..., worker i
+        jobs i, i + n, ...; returns when all are done (raising the first error). Returns the threads used."""
+        n = min(self.cap(), len(jobs))
         while len(self._workers) < n - 1:
             self._workers.append(_Worker())
         for i, worker in enumerate(self._workers[:n - 1], 1):
@@ -136,6 +155,7 @@ class ThreadPolicy:
             self.cap()
             time.sleep(REFRESH_S)
         cap = self.cap()
+        self.pin_blas()
         blas = [{"name": c.internal_api, "version": c.version, "architecture": getattr(c, "architecture", None),
                  "threading": getattr(c, "threading_layer", None), "threads": c.num_threads,
                  "file": os.path.basename(c.filepath)} for c in self._blas]
@@ -145,13 +165,13 @@ class ThreadPolicy:
 
 
 def _run(jobs):
-    for a, b, out in jobs:
-        np.matmul(a, b, out=out)
+    for job in jobs:
+        job()
 
 
 class _Worker:
-    """One of the engine's threads: runs the GEMM blocks it is handed (NumPy releases the GIL inside BLAS) and
-    sleeps on an event in between."""
+    """One of the engine's threads: runs the blocks it is handed (BLAS calls and nogil Numba loops release the
+    GIL) and sleeps on an event in between."""
 
     def __init__(self):
         self._go, self._done = threading.Event(), threading.Event()
@@ -200,3 +220,8 @@ def set_threads(n):
 def matmul(a, b, out):
     """The process policy's matmul: out (M, N) = a (M, K) @ b (K, N), the same bits on any number of threads."""
     return policy().matmul(a, b, out)
+
+
+def over(n, elements, kernel, *args):
+    """The process policy's `over`: kernel(*args, lo, hi) over [0, n) in blocks on the engine's threads."""
+    return policy().over(n, elements, kernel, *args)
