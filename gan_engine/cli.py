@@ -233,8 +233,8 @@ def _threads_report(d):
            f"{d['cap']} free now (other processes keep {d['others_busy']:.2f} cores busy; measured as it runs)")
     lines = [f"threads: {d['cores']} cores available, {cap}; a large product is cut into a row block per "
              f"{d['macs_per_block']:,} multiply-adds (at least {d['min_rows']} rows, at most one per core), spread "
-             "over that many of the engine's threads: the same result on any number; BLAS and the Numba loops run "
-             "on one thread each"]
+             "over that many of the engine's threads (the Numba channel loops and Adam in blocks of channels): the "
+             "same result on any number; BLAS itself runs on one thread"]
     for b in d["blas"]:
         lines.append(f"BLAS: {b['name']} {b['version']} ({b['architecture']} kernels, {b['threading']}), "
                      f"{b['threads']} thread{'s' if b['threads'] != 1 else ''} now ({b['file']})")

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from gan_engine.backends import get_backend, threads
-from gan_engine.backends.threads import MACS_PER_BLOCK, MIN_ROWS, ThreadPolicy
+from gan_engine.backends.threads import MIN_ROWS, ThreadPolicy
 from gan_engine.cli import main
 from gan_engine.errors import GanEngineError
 
@@ -30,15 +30,16 @@ def test_loading_a_backend_pins_blas_to_one_thread():
 
 def test_blocks_follow_the_size_and_the_cores_never_the_load(policy, monkeypatch):
     monkeypatch.setattr(policy, "cores", 4)
-    assert policy.blocks(64, 100, 128) == 1  # 819k multiply-adds: one block
-    assert policy.blocks(64, 784, 128) == 3  # 6.4M: three
-    assert policy.blocks(256, 784, 512) == 4  # at most one per core
-    assert policy.blocks(2 * MIN_ROWS - 1, 10 ** 6, 10) == 1  # at least MIN_ROWS rows a block
+    assert policy.blocks(64, 784, 128) == 1  # 6.4M multiply-adds: one block
+    assert policy.blocks(1024, 128, 256) == 4  # 33.6M: four
+    assert policy.blocks(256, 784, 512) == 4  # 103M: at most one per core
+    assert policy.blocks(128, 1024, 256) == 2  # at least MIN_ROWS rows a block
+    assert policy.blocks(2 * MIN_ROWS - 1, 10 ** 6, 10) == 1
     policy.override = 1
     assert policy.blocks(256, 784, 512) == 4
 
 
-@pytest.mark.parametrize("shape", [(64, 784, 128), (784, 64, 128), (203, 300, 257)])
+@pytest.mark.parametrize("shape", [(256, 784, 512), (784, 64, 1280), (403, 300, 257)])
 def test_matmul_gives_the_same_bits_on_any_number_of_threads(policy, monkeypatch, shape):
     m, k, n = shape
     monkeypatch.setattr(policy, "cores", 4)
@@ -59,9 +60,9 @@ def test_matmul_gives_the_same_bits_on_any_number_of_threads(policy, monkeypatch
 
 def test_an_error_in_a_worker_reaches_the_caller(policy):
     policy.override = 2
-    a = np.ones((64, 784), np.float32)
+    a = np.ones((256, 784), np.float32)
     with pytest.raises(ValueError):
-        policy.matmul(a, np.ones((784, 128), np.float32), np.empty((64, 127), np.float32))
+        policy.matmul(a, np.ones((784, 512), np.float32), np.empty((256, 511), np.float32))
 
 
 def test_the_cap_is_the_cores_other_processes_leave_free(monkeypatch):

@@ -307,8 +307,12 @@ def sgd_update(param, grad, velocity, lr, momentum=0.0):
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     """Adam with bias correction over flat buffers (P,), in place, one pass; step is 1-based."""
     t = param.dtype.type
-    over(param.size, 7 * param.size, k.adam_update, param, grad, m, v, t(lr), (t(beta1), t(1 - beta1)),
-         (t(beta2), t(1 - beta2)), t(eps), t(1 / (1 - beta1 ** step)), t(1 / (1 - beta2 ** step)))
+    scalars = (t(lr), (t(beta1), t(1 - beta1)), (t(beta2), t(1 - beta2)), t(eps), t(1 / (1 - beta1 ** step)),
+               t(1 / (1 - beta2 ** step)))
+
+    def block(lo, hi):
+        k.adam_update(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], *scalars)
+    over(param.size, param.size, block)  # a block per 100k parameters: below that a thread's wake-up costs more
 
 
 # ---- sampling ------------------------------------------------------------------------------------------------

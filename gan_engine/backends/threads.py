@@ -12,13 +12,15 @@ reference deterministic and never spin. The Numba backend's large products go th
 product into row blocks by its size alone:
     blocks = min(cores, rows // MIN_ROWS, multiply-adds // MACS_PER_BLOCK)
 (cores: this process's CPU affinity) and hands them to as many threads as `cap` allows. Each block is one
-single-threaded BLAS call, so the result is the same bits however many threads ran it. `cap` is the cores less
+single-threaded BLAS call, so the result is the same bits however many threads ran it. Its per-channel loops
+and Adam go through `over` the same way: blocks of whole channels (independent of one another) by the values
+they touch, run by Numba loops that release the GIL. `cap` is the cores less
 those other processes keep busy, measured from /proc/stat against this process's own CPU time and refreshed
 at most every REFRESH_S seconds; waiting threads sleep on an event, never spin.
 
-`GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N. The Numba loops
-stay serial: a second pool beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made
-the DCGAN steps 1.7x (28x28) to 3x (digits) slower on 2 cores. Layers and the trainer never see threads.
+`GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N. There is no Numba
+thread pool: one beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made the DCGAN
+steps 1.7x (28x28) to 3x (digits) slower on 2 cores. Layers and the trainer never see threads.
 """
 import functools
 import math
@@ -31,9 +33,9 @@ import numpy as np
 from ..errors import GanEngineError
 
 ENV_VAR = "GAN_ENGINE_THREADS"
-MACS_PER_BLOCK = 2_000_000  # a block per 2M multiply-adds (64x128x784 in 2 blocks: 1.1-1.2x; 64x100x128: 0.4x)
-MIN_ROWS = 16              # rows of a block at least
-ELEMENTS_PER_BLOCK = 100_000  # a memory-bound loop's block: values it reads or writes
+MACS_PER_BLOCK = 8_000_000  # a block per 8M multiply-adds; smaller products lose to the wake-up of a thread
+MIN_ROWS = 64              # rows of a block at least: a 64-row step GEMM in two 32-row halves lost ~0.5 ms a step
+ELEMENTS_PER_BLOCK = 100_000  # a memory-bound loop's block: values it reads or writes (about 100 us of work)
 REFRESH_S = 0.25           # how often the load of the other processes is measured again
 BUSY = 0.25                # a core counts as taken when other processes keep it busy more than this
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/stat's unit
