@@ -14,9 +14,9 @@ product into row blocks by its size alone:
 (cores: this process's CPU affinity) and hands them to as many threads as `cap` allows. Each block is one
 single-threaded BLAS call, so the result is the same bits however many threads ran it. Its per-channel loops
 and Adam go through `over` the same way: blocks of whole channels (independent of one another) by the values
-they touch, run by Numba loops that release the GIL. `cap` is the cores less
-those other processes keep busy, measured from /proc/stat against this process's own CPU time and refreshed
-at most every REFRESH_S seconds; waiting threads sleep on an event, never spin.
+they touch, run by Numba loops that release the GIL. `cap` is the cores less those other processes keep busy,
+measured from /proc/stat against this process's own CPU time and refreshed at most every REFRESH_S seconds;
+waiting threads sleep on an event, never spin.
 
 `GAN_ENGINE_THREADS=N` or `--threads N` on the command line replaces the measured cap by N. There is no Numba
 thread pool: one beside BLAS's (Numba's OpenMP layer, prange over channels in im2col and col2im) made the DCGAN
