@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from gan_engine.backends import threads
-from gan_engine.backends.threads import ThreadPolicy, cpu_busy_seconds, policy
+from gan_engine.backends.threads import OtherLoad, affinity, policy
 
 from .flops import step_flops
 from .machine import cpu_peak_gflops
@@ -41,23 +41,6 @@ SETTLE_S = 0.3     # sleep before each block: OpenBLAS and OpenMP workers spin f
 BLOCK_S = 0.3      # aim of one block's length
 QUIET = 0.25       # a round is quiet when other processes kept fewer cores than this busy in every block
 SPIN = "while True: pass"
-
-
-class Load:
-    """Cores that other processes kept busy, on the cores this process may use, between start() and stop()."""
-
-    def __init__(self):
-        self.cpus = ThreadPolicy().cpus
-
-    def start(self):
-        self._t, self._busy, self._own = time.perf_counter(), cpu_busy_seconds(self.cpus), time.process_time()
-
-    def stop(self):
-        wall = time.perf_counter() - self._t
-        busy = cpu_busy_seconds(self.cpus)
-        if busy is None:
-            return None
-        return max(0.0, (busy - self._busy - (time.process_time() - self._own)) / wall)
 
 
 def runner(name, case):
@@ -92,12 +75,12 @@ def runners(case, names):
 def _block(name, trainer, steps, load):
     with runner_threads(name):
         time.sleep(SETTLE_S)
-        load.start()
+        load.read()  # the block's interval starts here
         start = time.perf_counter()
         for _ in range(steps):
             trainer.read_metrics(trainer.step())
         seconds = (time.perf_counter() - start) / steps
-        return seconds, load.stop()
+        return seconds, load.read()
 
 
 def _busy(k):
@@ -115,7 +98,7 @@ def run_case(case, names, rounds, contend):
         with runner_threads(name):
             trainer.read_metrics(trainer.step())
         steps[name] = int(min(200, max(2, BLOCK_S / (time.perf_counter() - start))))
-    load, order = Load(), list(trainers)
+    load, order = OtherLoad(affinity()), list(trainers)
     blocks = []  # (round, runner, busy processes, seconds per step, others' load)
     for r in range(rounds):
         rotated = order[r % len(order):] + order[:r % len(order)]

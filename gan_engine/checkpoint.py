@@ -56,20 +56,20 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise GanEngineError(f"checkpoint {path!r} does not exist")
     damaged = f"{path} is not a readable gan-engine checkpoint"
+    pickled = (f"{path} is not a gan-engine checkpoint: it holds pickled Python objects, which gan-engine refuses "
+               "to load (loading them could run code)")
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic[:1] == b"\x80":  # a pickle (protocol 2 or later), which np.load would offer to unpickle
-        raise GanEngineError(f"{path} is not a gan-engine checkpoint: it is a pickle of Python objects, which "
-                             "gan-engine refuses to load (loading one could run code)")
+        raise GanEngineError(pickled)
     if magic != b"PK\x03\x04":
         raise GanEngineError(f"{damaged}: it is not an .npz archive; it may be truncated or corrupt")
     try:
         with np.load(path, allow_pickle=False) as f:
             files = {k: f[k] for k in f.files}
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise GanEngineError(f"{path} is not a gan-engine checkpoint: it holds pickled Python objects, which "
-                                 "gan-engine refuses to load (loading them could run code)") from exc
+        if "allow_pickle" in str(exc):  # an archive with object arrays in it
+            raise GanEngineError(pickled) from exc
         raise GanEngineError(f"{damaged} ({exc}); it may be truncated or corrupt") from exc
     except (OSError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise GanEngineError(f"{damaged} ({exc}); it may be truncated or corrupt") from exc

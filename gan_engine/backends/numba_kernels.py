@@ -9,8 +9,8 @@ The fast-math flags allow reassociation (vectorised sums) and fused multiply-add
 semantics, so a diverging run still shows NaN in its losses. error_model="numpy" drops Python's
 zero-division check, which otherwise keeps LLVM from vectorising any loop that divides.
 
-The loops release the GIL (nogil) and the per-channel ones (and Adam) take a range lo..hi, so numba_cpu.py
-spreads them over the engine's threads (threads.over); there is no Numba thread pool: prange threads beside
+The loops release the GIL (nogil) and the per-channel ones take a channel range lo..hi (Adam takes slices), so
+numba_cpu.py spreads them over the engine's threads (threads.over); there is no Numba thread pool: prange threads beside
 BLAS's made the DCGAN step 1.7 to 3 times slower on 2 cores (the two pools take turns spinning).
 """
 import math

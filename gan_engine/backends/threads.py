@@ -59,6 +59,37 @@ def cpu_busy_seconds(cpus):
     return busy / _TICKS_PER_S
 
 
+def affinity():
+    """The cores this process may run on (all of them where the OS cannot say)."""
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+class OtherLoad:
+    """How many of the cores `cpus` other processes keep busy: their busy CPU time (/proc/stat) less this
+    process's own, over the wall time between two readings."""
+
+    def __init__(self, cpus, now=None):
+        self.cpus = cpus
+        self._last = self._sample(now)
+
+    def _sample(self, now):
+        return time.perf_counter() if now is None else now, cpu_busy_seconds(self.cpus), time.process_time()
+
+    @property
+    def since(self):
+        """When the interval the next read() covers began (time.perf_counter)."""
+        return self._last[0]
+
+    def read(self, now=None):
+        """Cores other processes kept busy since the last reading (>= 0), and start the next interval; None where
+        there is no /proc/stat or no time has passed."""
+        last, self._last = self._last, self._sample(now)
+        wall = self._last[0] - last[0]
+        if last[1] is None or self._last[1] is None or wall <= 0:
+            return None
+        return max(0.0, (self._last[1] - last[1] - (self._last[2] - last[2])) / wall)
+
+
 def parse_threads(value, source):
     """A thread count from the user: a positive integer, or GanEngineError saying what was wrong."""
     try:
@@ -76,11 +107,11 @@ class ThreadPolicy:
 
     def __init__(self, override=None):
         self.override = override
-        self.cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = affinity()
         self.cores = len(self.cpus)
         self.others = 0.0           # cores other processes kept busy over the last measured interval
         self._cap = self.cores
-        self._last = None           # (wall time, busy CPU seconds, own CPU seconds) at the last measurement
+        self._load = None           # OtherLoad, from the first measurement on
         self._workers = []          # the engine's threads beyond the caller's, started when first needed
         self.pin_blas()
 
@@ -97,20 +128,18 @@ class ThreadPolicy:
         if self.override is not None:
             return self.override
         now = time.perf_counter()
-        if self._last is None or now - self._last[0] >= REFRESH_S:
+        if self._load is None or now - self._load.since >= REFRESH_S:
             self._measure(now)
         return self._cap
 
     def _measure(self, now):
-        busy, own = cpu_busy_seconds(self.cpus), time.process_time()
-        if busy is None:
+        if self._load is None:  # a first look: the cap stays at every core until an interval has passed
+            self._load = OtherLoad(self.cpus, now)
             return
-        if self._last is not None:
-            wall = now - self._last[0]
-            others = (busy - self._last[1] - (own - self._last[2])) / wall
-            self.others = min(max(others, 0.0), float(self.cores))
+        others = self._load.read(now)
+        if others is not None:
+            self.others = min(others, float(self.cores))
             self._cap = max(1, self.cores - math.ceil(self.others - BUSY))
-        self._last = (now, busy, own)
 
     def blocks(self, m, k, n):
         """Row blocks of an (m, k) @ (k, n) product: by its size and this machine's cores, never by the load."""
@@ -153,7 +182,7 @@ class ThreadPolicy:
 
     def describe(self):
         """A dict for `gan-engine info` and the benchmarks: the policy, the cores, and every BLAS in use."""
-        if self._last is None and self.override is None:  # a first look at the load of the other processes
+        if self._load is None and self.override is None:  # a first look at the load of the other processes
             self.cap()
             time.sleep(REFRESH_S)
         cap = self.cap()
