@@ -22,6 +22,7 @@ def table(path):
     rows, peak = {}, None
     for b in results["benchmarks"]:
         info = b["extra_info"]
+        info = {**info, "kind": "step" if b["name"].startswith("test_training_step") else "op"}
         rows[(info["case"], info["backend"])] = (info.get("seconds_per_call", b["stats"]["median"]), info)
         peak = peak or info.get("peak")
     machine = results["machine_info"]
@@ -32,22 +33,28 @@ def table(path):
              f"FP32 FMA peak: {peak or 'unknown'}"]
     devices = sorted({(i["device"], i.get("cupy"), i.get("cuda_runtime")) for _, i in rows.values() if "device" in i})
     lines += [f"GPU: {d}; CuPy {c}; CUDA runtime {r}" for d, c, r in devices]
-    lines += ["| case | backend | median | GFLOP/s (% of peak) or GB/s | vs numpy | vs peer |",
-             "|---|---|---|---|---|---|"]
-    for (case, backend), (median, info) in sorted(rows.items()):
-        if "gflops_per_s" in info:
-            rate = f"{info['gflops_per_s']:.1f}"
-            if info.get("peak_gflops"):
-                rate += f" ({100 * info['gflops_per_s'] / info['peak_gflops']:.0f}%)"
-        elif "gbytes_per_s" in info:
-            rate = f"{info['gbytes_per_s']:.1f} GB/s"
-        else:
-            rate = "-"
-        base = next((rows[(case, b)][0] for b in BASELINES if (case, b) in rows), None)
-        peer = next((rows[(case, p)][0] for p in PEERS if (case, p) in rows and p != backend), None)
-        ratios = [f"{other / median:.2f}x" if other else "-" for other in (base, peer)]
-        lines.append(f"| {case} | {backend} | {_time(median)} | {rate} | {ratios[0]} | {ratios[1]} |")
+    steps = {k: v for k, v in rows.items() if v[1].get("kind") == "step"}
+    for title, part in (("Training steps", steps), ("Ops", {k: v for k, v in rows.items() if k not in steps})):
+        if part:
+            lines += ["", f"{title}:", "| case | backend | median | GFLOP/s (% of peak) or GB/s | vs numpy | vs peer |",
+                      "|---|---|---|---|---|---|"]
+            lines += [_row(case, backend, median, info, rows) for (case, backend), (median, info) in sorted(part.items())]
     return "\n".join(lines)
+
+
+def _row(case, backend, median, info, rows):
+    if "gflops_per_s" in info:
+        rate = f"{info['gflops_per_s']:.1f}"
+        if info.get("peak_gflops"):
+            rate += f" ({100 * info['gflops_per_s'] / info['peak_gflops']:.0f}%)"
+    elif "gbytes_per_s" in info:
+        rate = f"{info['gbytes_per_s']:.1f} GB/s"
+    else:
+        rate = "-"
+    base = next((rows[(case, b)][0] for b in BASELINES if (case, b) in rows), None)
+    peer = next((rows[(case, p)][0] for p in PEERS if (case, p) in rows and p != backend), None)
+    ratios = [f"{other / median:.2f}x" if other else "-" for other in (base, peer)]
+    return f"| {case} | {backend} | {_time(median)} | {rate} | {ratios[0]} | {ratios[1]} |"
 
 
 if __name__ == "__main__":

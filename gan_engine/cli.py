@@ -5,6 +5,7 @@ A mistake in the input (an unknown option value, a missing or corrupt file, bad 
 """
 import argparse
 import dataclasses
+import difflib
 import os
 import platform
 import sys
@@ -20,6 +21,7 @@ from .config import TrainConfig
 from .data import DATASETS, FOLDER_IMAGE_SIZE
 from .errors import GanEngineError
 from .io import atomic_path, write_json
+from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
 from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
@@ -40,12 +42,14 @@ def _threads_option(parser):
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="gan-engine", description="Train GANs on hand-written kernels.")
+    # allow_abbrev=False everywhere: a typo such as --step is an error, not silently --steps.
+    p = argparse.ArgumentParser(prog="gan-engine", description="Train GANs on hand-written kernels.",
+                                allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"gan-engine {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = TrainConfig()
-    t = sub.add_parser("train", help="train a GAN into a run folder",
+    t = sub.add_parser("train", allow_abbrev=False, help="train a GAN into a run folder",
                        description="Train a GAN into a run folder. Defaults are shown in brackets.")
     # Train options default to None so that --resume can tell which ones were given.
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
@@ -90,7 +94,7 @@ def _parser():
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     _threads_option(t)
 
-    s = sub.add_parser("sample", help="draw samples from a checkpoint")
+    s = sub.add_parser("sample", allow_abbrev=False, help="draw samples from a checkpoint")
     s.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
     s.add_argument("--n", type=int, default=64, help="number of samples [64]")
     s.add_argument("--out", default="samples.png", help="PNG to write [samples.png]")
@@ -99,7 +103,8 @@ def _parser():
     s.add_argument("--backend", default="auto", help="backend to run G on [auto]")
     _threads_option(s)
 
-    i = sub.add_parser("interpolate", help="decode latent paths into an image grid (one path per row)")
+    i = sub.add_parser("interpolate", allow_abbrev=False,
+                       help="decode latent paths into an image grid (one path per row)")
     i.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (its latest checkpoint)")
     i.add_argument("--rows", type=int, default=8, help="paths, one per row [8]")
     i.add_argument("--steps", type=int, default=10, help="points per path, both ends included [10]")
@@ -109,17 +114,33 @@ def _parser():
     i.add_argument("--backend", default="auto", help="backend to run G on [auto]")
     _threads_option(i)
 
-    e = sub.add_parser("evaluate", help="sample-quality metrics of a checkpoint, or of every checkpoint of a run")
+    e = sub.add_parser("evaluate", allow_abbrev=False,
+                       help="sample-quality metrics of a checkpoint, or of every checkpoint of a run")
     e.add_argument("--checkpoint", required=True, help="checkpoint .npz, or a run folder (every checkpoint, and "
                                                        "a plot of the metrics over training)")
     e.add_argument("--json", help="also write the results to this JSON file")
     e.add_argument("--plot", help="for a run folder: PNG of the metrics over steps [RUN/metrics.png]")
-    e.add_argument("--seed", type=int, default=0, help="noise seed [0]")
+    e.add_argument("--seed", type=int, help="noise seed [the run's own evaluation noise, which --metrics-every "
+                                           "used: best.npz then gives best.json's numbers]")
     e.add_argument("--backend", default="auto", help="backend to run G on [auto]")
     _threads_option(e)
 
-    sub.add_parser("info", help="version, which backends are available here, the thread policy and the BLAS")
-    return p
+    sub.add_parser("info", allow_abbrev=False,
+                   help="version, which backends are available here, the thread policy and the BLAS")
+    return p, sub.choices
+
+
+def _parse(argv):
+    """The parsed arguments. An unknown option is reported with its subcommand's usage, not the top-level one."""
+    parser, commands = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = commands[args.command]
+        known = [o for action in command._actions for o in action.option_strings]
+        close = difflib.get_close_matches(unknown[0].split("=")[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close and unknown[0].startswith("-") else ""
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return args
 
 
 def _train_options(args):
@@ -202,9 +223,11 @@ def cmd_evaluate(args):
 
 
 def _metrics_table(result):
-    lines = [f"{result['checkpoint']} (step {result['step']}):", f"  {'metric':20s} {'generated':>12s} {'real data':>12s}"]
+    lines = [f"{result['checkpoint']} (step {result['step']}):",
+             f"  {'metric':20s} {'generated':>12s} {'real data':>12s}  better"]
     for name, value in result["generated"].items():
-        lines.append(f"  {name:20s} {value:12.4g} {result['real'][name]:12.4g}")
+        lines.append(f"  {name:20s} {format_metric(name, value):>12s} {format_metric(name, result['real'][name]):>12s}"
+                     f"  {BETTER[name]}")
     if "classifier_accuracy" in result:
         lines.append(f"  (classifier held-out accuracy {100 * result['classifier_accuracy']:.1f}%)")
     return "\n".join(lines)
@@ -243,7 +266,7 @@ def _threads_report(d):
 
 
 def main(argv=None):
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate,
                "info": cmd_info}[args.command]
 

@@ -137,5 +137,23 @@ class TrainConfig:
         return cls(**d)
 
 
+def record(asked, resolved):
+    """config.json's contents: every option as the run resolved it (the backend it runs on, the models' hidden
+    sizes, the folder images' size and channels) and, under "asked", the values given where they differ
+    ("auto", or null for a default)."""
+    d, given = resolved.to_dict(), asked.to_dict()
+    return {**d, "asked": {k: v for k, v in given.items() if v != d[k]}}
+
+
+def from_record(d):
+    """The TrainConfig a run was asked for, from its config.json (record's form, or a plain saved config)."""
+    if not isinstance(d, dict):
+        raise GanEngineError(f"a config must be a JSON object, got {type(d).__name__}")
+    asked = d.get("asked", {})
+    if not isinstance(asked, dict):
+        raise GanEngineError(f"its \"asked\" options must be a JSON object, got {type(asked).__name__}")
+    return TrainConfig.from_dict({**{k: v for k, v in d.items() if k != "asked"}, **asked})
+
+
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)

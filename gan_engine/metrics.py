@@ -32,6 +32,19 @@ CACHE_ENV = "GAN_ENGINE_CACHE"
 
 # ---- 2-D mixtures --------------------------------------------------------------------------------------------
 
+# Which way each metric improves, for the tables and the README's guide; high_quality is a percentage.
+BETTER = {"modes_captured": "higher (at most the modes)", "high_quality": "higher (at most 100%)",
+          "reverse_kl": "lower (0: samples spread evenly over the modes)",
+          "classes_covered": "higher (at most the classes)", "class_kl": "lower (0: classes evenly drawn)",
+          "classifier_score": "higher (at most the classes)", "frechet_distance": "lower (closer to the data)"}
+PERCENT = ("high_quality",)
+
+
+def format_metric(name, value):
+    """A metric's value as the tables print it: 4 significant digits, percentages with their % sign."""
+    return f"{value:.1f}%" if name in PERCENT else f"{value:.4g}"
+
+
 def mode_metrics(samples, modes, sigma):
     """VEEGAN / PacGAN mode metrics of samples (n, 2) for a mixture with `modes` (K, 2) and std `sigma`.
 

@@ -121,23 +121,32 @@ def dcgan_discriminator(image_shape=(1, 28, 28), channels=None, alpha=0.2, init=
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
 
 
+def hidden_sizes(config, info):
+    """(G's, D's) hidden sizes for a TrainConfig on data of this info: config.g_hidden / d_hidden, or the model's
+    defaults (MLP_HIDDEN; dcgan_channels of the image shape)."""
+    if config.g_hidden and config.d_hidden:
+        return config.g_hidden, config.d_hidden
+    g, d = dcgan_channels(info["image_shape"]) if config.model == "dcgan" else (MLP_HIDDEN, MLP_HIDDEN)
+    return config.g_hidden or g, config.d_hidden or d
+
+
 def build_generator(config, info):
     """G for a TrainConfig and the data's info (dim, output, image_shape); seeded by config.seed."""
     check_choice("model", config.model, MODELS)
-    dtype = np.dtype(config.dtype)
+    dtype, hidden = np.dtype(config.dtype), hidden_sizes(config, info)[0]
     if config.model == "dcgan":
-        return dcgan_generator(config.z_dim, info["image_shape"], config.g_hidden, config.init, config.backend,
-                               dtype, seed=config.seed)
-    return mlp_generator(config.z_dim, config.g_hidden or MLP_HIDDEN, info["dim"], config.alpha, config.init,
-                         config.backend, dtype, seed=config.seed, output=info["output"])
+        return dcgan_generator(config.z_dim, info["image_shape"], hidden, config.init, config.backend, dtype,
+                               seed=config.seed)
+    return mlp_generator(config.z_dim, hidden, info["dim"], config.alpha, config.init, config.backend, dtype,
+                         seed=config.seed, output=info["output"])
 
 
 def build_discriminator(config, info):
     """D for a TrainConfig and the data's info; seeded by config.seed + 1."""
     check_choice("model", config.model, MODELS)
-    dtype = np.dtype(config.dtype)
+    dtype, hidden = np.dtype(config.dtype), hidden_sizes(config, info)[1]
     if config.model == "dcgan":
-        return dcgan_discriminator(info["image_shape"], config.d_hidden, config.alpha, config.init, config.backend,
-                                   dtype, seed=config.seed + 1)
-    return mlp_discriminator(info["dim"], config.d_hidden or MLP_HIDDEN, config.alpha, config.init, config.backend,
-                             dtype, seed=config.seed + 1)
+        return dcgan_discriminator(info["image_shape"], hidden, config.alpha, config.init, config.backend, dtype,
+                                   seed=config.seed + 1)
+    return mlp_discriminator(info["dim"], hidden, config.alpha, config.init, config.backend, dtype,
+                             seed=config.seed + 1)

@@ -7,6 +7,8 @@ OPTIMIZERS = ("adam", "sgd")
 class SGD:
     """SGD with momentum (PyTorch's form): v = momentum * v + g; p -= lr * v."""
 
+    LARGE_LR = 1.0  # a learning rate above this draws a warning from the Trainer: it diverges within steps
+
     def __init__(self, model, lr=0.01, momentum=0.9):
         if lr <= 0 or not 0 <= momentum < 1:
             raise GanEngineError(f"SGD needs lr > 0 and momentum in [0, 1), got lr={lr}, momentum={momentum}")
@@ -28,6 +30,8 @@ class SGD:
 
 class Adam:
     """Adam with bias correction (PyTorch's form). The defaults are Kingma and Ba's; GANs usually want beta1=0.5."""
+
+    LARGE_LR = 1e-2  # GANs train with 1e-4 to 1e-3; above this the Trainer warns that it will likely diverge
 
     def __init__(self, model, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         if lr <= 0 or not (0 <= beta1 < 1 and 0 <= beta2 < 1) or eps <= 0:

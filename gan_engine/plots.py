@@ -7,10 +7,14 @@ from .errors import GanEngineError
 from .io import atomic_path
 
 
+CELL = 64  # the side, in pixels, that a picture's smaller images are scaled up to (nearest neighbour)
+
+
 def image_grid(x, image_shape, cols=None, pad=1, cell=None):
     """Samples x (n, C*H*W) in [-1, 1] -> uint8 grid (rows*(H+pad)+pad, cols*(W+pad)+pad[, C]) on grey padding.
 
-    `cell` scales each image to cell x cell pixels (nearest neighbour), so 8x8 digits stay readable.
+    `cell` scales each image up by a whole factor to about cell x cell pixels (nearest neighbour), so 8x8 digits
+    stay readable; H and W above are then the scaled sides.
     """
     c, h, w = image_shape
     n = x.shape[0]
@@ -31,9 +35,11 @@ def image_grid(x, image_shape, cols=None, pad=1, cell=None):
 
 
 def save_image_grid(x, image_shape, path, cols=None):
-    """Write samples x (n, C*H*W) in [-1, 1] as a PNG grid (small images scaled up to about 32 px)."""
+    """Write samples x (n, C*H*W) in [-1, 1] as a PNG grid: images under CELL pixels scaled up to about CELL, and
+    a grey border of a sixteenth of a cell between them, so neighbouring images never touch."""
     from PIL import Image
-    grid = image_grid(x, image_shape, cols=cols, cell=max(32, image_shape[1]))
+    cell = max(CELL, image_shape[1])
+    grid = image_grid(x, image_shape, cols=cols, pad=max(2, cell // 16), cell=cell)
     with atomic_path(path) as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
 
@@ -52,19 +58,21 @@ def save_scatter(samples, path, real=None, title=None):
     _save(fig, path)
 
 
-def save_loss_curve(steps, metrics, path):
-    """Write D and G losses (and mean D(x), D(G(z))) against steps as a PNG."""
-    fig = _figure(figsize=(8, 6))
+def save_loss_curve(steps, metrics, path, title=None):
+    """Write D and G losses (and mean D(x), D(G(z))) against steps as a PNG, under `title`."""
+    fig = _figure(figsize=(9, 6))
     top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
     top.plot(steps, metrics["d_loss"], label="D loss")
     top.plot(steps, metrics["g_loss"], label="G loss")
     top.set_ylabel("loss")
-    top.legend()
+    _legend_outside(top)
     bottom.plot(steps, metrics["d_real"], label="mean D(x)")
     bottom.plot(steps, metrics["d_fake"], label="mean D(G(z))")
     bottom.set_ylim(0, 1)
     bottom.set_xlabel("step")
-    bottom.legend()
+    _legend_outside(bottom)
+    if title:
+        top.set_title(title)
     _save(fig, path)
 
 
@@ -81,9 +89,14 @@ def save_metric_curves(results, path):
         ax.plot(steps, [r["generated"][name] for r in results], marker="o", label="generated")
         ax.axhline(results[0]["real"][name], color="tab:green", linestyle="--", label="real data")
         ax.set_ylabel(name.replace("_", " "))
-        ax.legend(loc="best")
+        _legend_outside(ax)
     ax.set_xlabel("step")
     _save(fig, path)
+
+
+def _legend_outside(ax):
+    """The legend right of the axes, where it never hides a line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
 
 
 def _figure(figsize=(6, 6)):

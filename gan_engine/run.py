@@ -13,13 +13,14 @@ import numpy as np
 
 from .checkpoint import (CHECKPOINT_DIR, checkpoint_name, latest_checkpoint, load_checkpoint, newest_good_checkpoint,
                          save_checkpoint)
-from .config import RESUMABLE, TrainConfig
+from .config import RESUMABLE, TrainConfig, from_record, record
 from .data import load_dataset
 from .errors import GanEngineError, check_choice
+from .estimate import StepClock, warm_up
 from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
 from .metrics import Evaluator
-from .models import build_discriminator, build_generator
+from .models import build_discriminator, build_generator, hidden_sizes
 from .optim import make_optimizer
 from .plots import save_image_grid, save_loss_curve, save_scatter
 from .trainer import METRICS, Trainer, TrainingDiverged, generate, sample_noise
@@ -67,6 +68,7 @@ class Run:
         self.evaluator = Evaluator(self.dataset) if config.metrics_every else None
         self.columns = ("step",) + METRICS + (self.evaluator.names if self.evaluator else ())  # metrics.csv
         self.best = None  # best.json's contents: the best checkpoint so far by Evaluator.score
+        self.bar = None   # the progress bar while train() runs
         if state is None:
             if not restart and (os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out)):
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
@@ -77,11 +79,11 @@ class Run:
             self.trainer.load_state_dict(state)
             self._load_history()
             self._load_best()
-        write_json(os.path.join(out, "config.json"), config.to_dict())
+        write_json(os.path.join(out, "config.json"), record(config, self.resolved()))
         n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
         self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
         if self.evaluator:
-            self.eval_noise = sample_noise(self.evaluator.size, config.z_dim, config.prior, seed=[config.seed, 2])
+            self.eval_noise = evaluation_noise(config, self.evaluator.size)
 
     @classmethod
     def resume(cls, out, overrides=None, progress=True):
@@ -114,6 +116,13 @@ class Run:
             raise GanEngineError(f"the run is already at step {state['step']}; pass --steps N with N > "
                                  f"{state['step']} to train further")
         return cls(out, config, state, progress, restart=state is None)
+
+    def resolved(self):
+        """The config with what the run resolved in place of "auto" and the defaults left as null."""
+        g_hidden, d_hidden = hidden_sizes(self.config, self.info)
+        c, h, _ = self.info["image_shape"] if self.config.dataset == "folder" else (None, None, None)
+        return dataclasses.replace(self.config, backend=self.trainer.backend.name, g_hidden=g_hidden,
+                                   d_hidden=d_hidden, image_size=h, channels=c)
 
     @property
     def metrics_path(self):
@@ -153,10 +162,11 @@ class Run:
         Raises GanEngineError when training diverges; the last good checkpoint stays as it was.
         """
         from tqdm import tqdm
+        warm_up(self.trainer.backend, self.trainer.G.dtype, self.say)  # before the bar: its ETA starts after it
         interrupted = []
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-        bar = tqdm(total=self.config.steps, initial=self.trainer.step_count, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, file=sys.stderr)
+        self.bar = bar = tqdm(total=self.config.steps, initial=self.trainer.step_count, disable=not self.progress,
+                              unit="step", dynamic_ncols=True, file=sys.stderr)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf are detected and reported below
                 self._loop(bar, interrupted)
@@ -172,18 +182,31 @@ class Run:
                                  f"{where} once that is fixed") from exc
         finally:
             bar.close()
+            self.bar = None
             signal.signal(signal.SIGINT, previous)
         if interrupted:
+            self.save_pictures(self.trainer.step_count)  # a run stopped before its first sample step has one too
             self.checkpoint()
             return "interrupted"
         return "done"
 
+    def say(self, line):
+        """Print a line of news (a compile notice, the time estimate) without breaking the progress bar."""
+        if self.bar is not None and self.progress:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def _loop(self, bar, interrupted):
         cfg, trainer = self.config, self.trainer
+        clock = StepClock(cfg.steps)
         while trainer.step_count < cfg.steps and not interrupted:
             metrics = trainer.step()
             step = trainer.step_count
             bar.update(1)
+            estimate = clock.tick(step)
+            if estimate:
+                self.say(estimate)
             last = step == cfg.steps
             quality = self.evaluate(step) if cfg.metrics_every and (step % cfg.metrics_every == 0 or last) else None
             if step % cfg.log_every == 0 or last or quality:
@@ -224,7 +247,9 @@ class Run:
         save_samples(samples, self.info, os.path.join(self.out, "samples", f"step_{step:08d}.png"), real,
                      title=f"{self.dataset.name}, step {step}")
         if self.history["step"]:
-            save_loss_curve(self.history["step"], self.history, os.path.join(self.out, "loss.png"))
+            save_loss_curve(self.history["step"], self.history, os.path.join(self.out, "loss.png"),
+                            title=f"{os.path.basename(os.path.abspath(self.out))}: {self.config.model} GAN on "
+                                  f"{self.dataset.name}, {self.trainer.backend.name}")
 
     def checkpoint(self):
         """Write checkpoints/step_N.npz for the current step (atomically)."""
@@ -243,7 +268,7 @@ def _recorded_config(out, skipped):
                              f"{os.path.join(out, CHECKPOINT_DIR)}{why}")
     try:
         with open(path) as f:
-            return TrainConfig.from_dict(json.load(f))
+            return from_record(json.load(f))
     except (OSError, ValueError, TypeError) as exc:  # GanEngineError is a ValueError
         raise GanEngineError(f"cannot resume {out}: {path} is damaged ({exc}) and there is no usable checkpoint; "
                              "start a new run with another --out") from exc
@@ -274,16 +299,23 @@ def generate_from_checkpoint(path, n, seed=0, backend="auto"):
     return generate(G, sample_noise(n, config.z_dim, config.prior, seed)), info
 
 
-def evaluate_checkpoints(paths, seed=0, backend="auto", cache_dir=None):
+def evaluation_noise(config, n, seed=None):
+    """The noise (n, z_dim) that sample quality is measured on: the run's own fixed draw (the one --metrics-every
+    uses, so a checkpoint measures the same in training and in `evaluate`), or one from `seed`."""
+    return sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 2] if seed is None else seed)
+
+
+def evaluate_checkpoints(paths, seed=None, backend="auto", cache_dir=None):
     """For each checkpoint path in turn, yield the sample-quality metrics of its generator and their real-data
-    calibration (metrics.Evaluator) with "step" and "checkpoint". The run's data is loaded and prepared once."""
+    calibration (metrics.Evaluator) with "step" and "checkpoint", on evaluation_noise(config, size, seed). The
+    run's data is loaded and prepared once."""
     evaluator = None
     for path in paths:
         G, config, _, step = load_generator(path, backend)
         if evaluator is None:
             dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
             evaluator = Evaluator(dataset, cache_dir)
-        samples = generate(G, sample_noise(evaluator.size, config.z_dim, config.prior, seed))
+        samples = generate(G, evaluation_noise(config, evaluator.size, seed))
         yield {"step": step, "checkpoint": path, **evaluator.evaluate(samples)}
 
 

@@ -18,6 +18,7 @@ METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 GENERATE_BATCH = 256  # rows per forward pass in generate()
 LOSS_BOUND = 1e4        # |loss| beyond this counts as divergence, like NaN
 GRAPH_WARMUP_STEPS = 2  # eager steps before a step is captured: kernels compiled, buffers allocated, Adam counting
+FEW_SAMPLES = 100       # less training data than this draws a warning: D memorises it and G copies it
 
 
 class TrainingDiverged(GanEngineError):
@@ -58,6 +59,7 @@ class Trainer:
         self.opt_d = opt_d or Adam(D, lr=2e-4, beta1=0.5)
         if self.opt_g.model is not G or self.opt_d.model is not D:
             raise GanEngineError("opt_g must be built on the generator and opt_d on the discriminator")
+        warn_unusual(len(data), int(batch_size), {"G": self.opt_g, "D": self.opt_d})
         self.batch_size, self.k_disc, self.loss, self.prior = int(batch_size), int(k_disc), loss, prior
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
@@ -225,6 +227,22 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
         raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
     check_choice("noise prior", prior, PRIORS)
     return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
+
+
+def warn_unusual(n, batch_size, optimizers):
+    """Warn, a line each, of settings that run but rarely train: a batch larger than the data (batches are drawn
+    with replacement, so each repeats samples), fewer than FEW_SAMPLES samples, a learning rate above its
+    optimizer's LARGE_LR. optimizers: {"G": opt, "D": opt}."""
+    if batch_size > n:
+        warnings.warn(f"the batch size {batch_size} is larger than the {n} training samples: every batch repeats "
+                      f"samples (they are drawn with replacement); a batch of at most {n} is usual", stacklevel=3)
+    if n < FEW_SAMPLES:
+        warnings.warn(f"only {n} training samples: D can memorise so few and G learns to copy them; a GAN needs "
+                      "hundreds at least, thousands to make new samples", stacklevel=3)
+    for name, opt in optimizers.items():
+        if opt.lr > opt.LARGE_LR:
+            warnings.warn(f"{name}'s learning rate {opt.lr:g} is above {opt.LARGE_LR:g}, far beyond what "
+                          f"{type(opt).__name__} trains GANs with: expect it to diverge", stacklevel=3)
 
 
 def check_data(data, dim=None):

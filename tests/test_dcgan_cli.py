@@ -51,9 +51,11 @@ def test_dcgan_trains_on_a_folder_of_images(tmp_path, capsys):
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "run"
     assert train(out, "--dataset", "folder", "--data", str(images), "--image-size", "16", "--steps", "4") == 0
-    warning = capsys.readouterr().err.strip()
-    assert warning.startswith("gan-engine train: warning: skipped 1 unreadable image file(s)")
-    assert "broken.jpg" in warning and "training on the other 6" in warning and "\n" not in warning
+    warnings = capsys.readouterr().err.strip().splitlines()  # one line each
+    assert all(line.startswith("gan-engine train: warning: ") for line in warnings), warnings
+    assert "skipped 1 unreadable image file(s)" in warnings[0]
+    assert "broken.jpg" in warnings[0] and "training on the other 6" in warnings[0]
+    assert any("only 6 training samples" in line for line in warnings), warnings
     _, config, info = load_checkpoint(str(out / "checkpoints/step_00000004.npz"))
     assert info["image_shape"] == [3, 16, 16] and config["image_size"] == 16
     grid = Image.open(out / "samples/step_00000004.png")

@@ -38,8 +38,11 @@ def test_evaluate_on_a_mixture_and_errors(tmp_path, capsys):
                  "--batch-size", "8", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(out)]) == 0
-    text = capsys.readouterr().out
-    assert "modes_captured" in text and "high_quality" in text and "reverse_kl" in text
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["metric"].split()[-1] == "better"  # which way each metric improves
+    assert "higher" in lines["modes_captured"] and "higher" in lines["high_quality"] and "lower" in lines["reverse_kl"]
+    real_high_quality = lines["high_quality"].split()[2]  # a percentage, with its sign
+    assert real_high_quality.endswith("%") and 95 < float(real_high_quality[:-1]) <= 100
     (tmp_path / "empty").mkdir()
     assert "no checkpoints in" in error_of(capsys, ["evaluate", "--checkpoint", str(tmp_path / "empty")])
     assert "does not exist" in error_of(capsys, ["evaluate", "--checkpoint", str(tmp_path / "none.npz")])
