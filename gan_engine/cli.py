@@ -20,6 +20,7 @@ from .checkpoint import all_checkpoints, resolve_checkpoint
 from .config import TrainConfig
 from .data import DATASETS, FOLDER_IMAGE_SIZE
 from .errors import GanEngineError
+from .estimate import duration
 from .io import atomic_path, write_json
 from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
@@ -170,13 +171,14 @@ def cmd_train(args):
         run = Run(out, config, progress=not args.quiet)
     print(f"training {run.config.model} GAN on {run.config.dataset} with backend {run.trainer.backend.name} "
           f"into {run.out} (step {run.trainer.step_count} of {run.config.steps})", flush=True)
+    start = time.perf_counter()
     status = run.train()
-    step = run.trainer.step_count
+    step, took = run.trainer.step_count, duration(time.perf_counter() - start)
     if status == "interrupted":
         print(f"interrupted at step {step}: checkpoint written; resume with: gan-engine train --resume {run.out}",
               flush=True)
         return 130
-    print(f"done: {step} steps. samples: {os.path.join(run.out, 'samples')}, metrics: {run.metrics_path}, "
+    print(f"done: {step} steps in {took}. samples: {os.path.join(run.out, 'samples')}, metrics: {run.metrics_path}, "
           f"checkpoints: {os.path.join(run.out, 'checkpoints')}")
     return 0
 

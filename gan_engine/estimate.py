@@ -25,11 +25,11 @@ def warm_up(backend, dtype, say):
 
 
 def duration(seconds):
-    """A duration for people: '2.3 ms', '840 ms', '25 s', '4 min 10 s', '2 h 36 min'."""
+    """A duration for people: '2.3 ms', '840 ms', '1.4 s', '25 s', '4 min 10 s', '2 h 36 min'."""
     if seconds < 1:
         return f"{seconds * 1e3:.{1 if seconds < 0.01 else 0}f} ms"
     if seconds < 60:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.{1 if seconds < 10 else 0}f} s"
     if seconds < 3600:
         minutes, rest = divmod(round(seconds), 60)
         return f"{minutes} min {rest} s"
@@ -58,6 +58,6 @@ class StepClock:
         self.said = True
         per_step = seconds / steps
         left = self.total - step
-        return (f"about {duration(per_step)} a step: the {left:,} steps left take about "
-                f"{duration(per_step * left)} more (measured over {steps} steps; pictures and checkpoints add a "
-                "little)")
+        return (f"about {duration(per_step)} a step, so about {duration(per_step * left)} for the {left:,} "
+                f"step{'s' if left != 1 else ''} left (the steps alone, measured over {steps}; sample pictures and "
+                "checkpoints come on top)")

@@ -185,8 +185,8 @@ class Run:
             self.bar = None
             signal.signal(signal.SIGINT, previous)
         if interrupted:
-            self.save_pictures(self.trainer.step_count)  # a run stopped before its first sample step has one too
             self.checkpoint()
+            self.save_pictures(self.trainer.step_count)  # a run stopped before its first sample step has one too
             return "interrupted"
         return "done"
 

@@ -56,8 +56,8 @@ def test_usual_settings_draw_no_warning(recwarn):
 
 
 def test_durations_read_as_people_say_them():
-    assert [estimate.duration(s) for s in (0.0023, 0.84, 25.2, 250, 9360)] == [
-        "2.3 ms", "840 ms", "25 s", "4 min 10 s", "2 h 36 min"]
+    assert [estimate.duration(s) for s in (0.0023, 0.84, 1.43, 25.2, 250, 9360)] == [
+        "2.3 ms", "840 ms", "1.4 s", "25 s", "4 min 10 s", "2 h 36 min"]
 
 
 def test_the_step_clock_estimates_once_from_the_steps_after_the_first(monkeypatch):
@@ -70,7 +70,7 @@ def test_the_step_clock_estimates_once_from_the_steps_after_the_first(monkeypatc
         lines.append(clock.tick(step))
     said = [line for line in lines if line]
     assert len(said) == 1 and lines.index(said[0]) == 3  # at step 4: 3 steps and 0.75 s measured after step 1
-    assert said[0].startswith("about 250 ms a step: the 996 steps left take about 4 min 9 s more")
+    assert said[0].startswith("about 250 ms a step, so about 4 min 9 s for the 996 steps left")
 
 
 def test_a_slow_warm_up_says_it_is_compiling_and_a_quick_one_says_nothing(monkeypatch):
@@ -98,7 +98,7 @@ def test_train_says_what_the_run_will_cost(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(estimate, "MEASURE_S", 0.0)
     assert train(tmp_path / "run", "--steps", "20") == 0
     out = capsys.readouterr().out
-    assert "a step: the 16 steps left take about" in out  # measured over steps 2-4
+    assert "a step, so about" in out and "for the 16 steps left" in out  # measured over steps 2-4
 
 
 def test_config_json_records_what_ran_beside_what_was_asked(tmp_path):
