@@ -12,8 +12,8 @@ The API in ten lines:
 from .backends import backend_status, get_backend
 from .data import Dataset, load_dataset
 from .errors import GanEngineError
-from .layers import (Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, LeakyReLU, ReLU, Reshape,
-                     Sequential)
+from .layers import (Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, LeakyReLU, Maxout, ReLU,
+                     Reshape, Sequential)
 from .models import dcgan_discriminator, dcgan_generator, mlp_discriminator, mlp_generator
 from .optim import SGD, Adam
 from .trainer import Trainer, TrainingDiverged, sample_noise
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activation", "Adam", "BatchNorm", "Conv2d", "ConvTranspose2d", "Dataset", "Dense", "Flatten", "GanEngineError",
-    "LeakyReLU", "ReLU", "Reshape", "SGD", "Sequential", "Trainer", "TrainingDiverged", "backend_status",
+    "LeakyReLU", "Maxout", "ReLU", "Reshape", "SGD", "Sequential", "Trainer", "TrainingDiverged", "backend_status",
     "dcgan_discriminator", "dcgan_generator", "get_backend", "load_dataset", "mlp_discriminator", "mlp_generator",
     "sample_noise",
 ]

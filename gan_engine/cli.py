@@ -85,6 +85,8 @@ def _parser():
     t.add_argument("--beta2", type=float, help=f"Adam beta2 [{d.beta2}]")
     t.add_argument("--momentum", type=float, help=f"SGD momentum [{d.momentum}]")
     t.add_argument("--label-smoothing", type=float, help=f"one-sided smoothing of D's real labels [{d.label_smoothing}]")
+    t.add_argument("--pac", type=int, help=f"PacGAN packing: D judges this many samples at once, real or generated "
+                                           f"[{d.pac}: a plain GAN]")
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")

@@ -11,6 +11,10 @@ from .losses import GENERATOR_LOSSES
 from .models import MODELS
 from .optim import OPTIMIZERS
 
+# Options added after runs were first saved, with the value that gives those runs' behaviour: a saved config
+# without one gets it (any other missing option is refused).
+ADDED = {"pac": 1}
+
 # Options that may change when a run is resumed: where it runs, where its data lies now and how often it reports,
 # not what it computes.
 RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoint_every", "metrics_every")
@@ -48,6 +52,7 @@ class TrainConfig:
     beta2: float = 0.999
     momentum: float = 0.9
     label_smoothing: float = 0.0
+    pac: int = 1                   # PacGAN packing: samples D judges at once
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
@@ -90,7 +95,7 @@ class TrainConfig:
                    "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS}
         for name, allowed in choices.items():
             check_choice(name, getattr(self, name), allowed)
-        for name in ("steps", "batch_size", "k_disc", "z_dim", "log_every", "sample_every", "checkpoint_every",
+        for name in ("steps", "batch_size", "k_disc", "z_dim", "pac", "log_every", "sample_every", "checkpoint_every",
                      "metrics_every"):
             value = getattr(self, name)
             if value is None and name == "metrics_every":
@@ -131,6 +136,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise GanEngineError(f"unknown config options: {', '.join(unknown)}")
+        d = {**{k: v for k, v in ADDED.items() if k not in d}, **d}
         missing = sorted(known - set(d))
         if missing:
             raise GanEngineError(f"the config lacks {', '.join(missing)} (a saved config records every option)")

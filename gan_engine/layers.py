@@ -1,6 +1,7 @@
 """Layers with hand-written backprop, and Sequential, which owns every parameter in one flat buffer.
 
-Dense, Conv2d, ConvTranspose2d, BatchNorm (1D and 2D), Activation (ReLU, LeakyReLU), Reshape and Flatten.
+Dense, Maxout, Conv2d, ConvTranspose2d, BatchNorm (1D and 2D), Activation (ReLU, LeakyReLU), Reshape and
+Flatten.
 
 A layer's `forward(x)` caches what its backward needs and returns its output buffer; `backward(dy)` returns
 d loss / d x and accumulates (+=) its parameter gradients. Layers call backend ops only, never NumPy maths, so
@@ -95,21 +96,25 @@ def _check_positive(what, **sizes):
 
 
 class Dense(Layer):
-    """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features)."""
+    """y = act(x @ W + b), the activation fused into the op: x (N, in_features) -> y (N, out_features).
+    bias=False drops b (the op then adds a kept zero vector)."""
 
-    def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier"):
+    def __init__(self, in_features, out_features, activation="identity", alpha=0.2, init="xavier", bias=True):
         self.activation, self.alpha = _check_activation(activation, alpha)
         check_choice("initialiser", init, INITS)
         if in_features < 1 or out_features < 1:
             raise GanEngineError(f"Dense needs positive sizes, got {in_features} -> {out_features}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.init = init
+        self.init, self.bias = init, bool(bias)
 
     def __repr__(self):
-        return f"Dense({self.in_features}, {self.out_features}, {self.activation})"
+        return f"Dense({self.in_features}, {self.out_features}, {self.activation}{'' if self.bias else ', bias=False'})"
 
     def param_shapes(self):
-        return {"W": (self.in_features, self.out_features), "b": (self.out_features,)}
+        shapes = {"W": (self.in_features, self.out_features)}
+        if self.bias:
+            shapes["b"] = (self.out_features,)
+        return shapes
 
     def output_shape(self, in_shape):
         if in_shape != (self.in_features,):
@@ -119,22 +124,72 @@ class Dense(Layer):
     def init_params(self, rng):
         W = init_weight(rng, (self.in_features, self.out_features), self.in_features, self.out_features,
                         self.init, self.alpha if self.activation == "leaky_relu" else 0.0)
-        return {"W": W, "b": np.zeros(self.out_features)}
+        return {"W": W, "b": np.zeros(self.out_features)} if self.bias else {"W": W}
+
+    def _b(self):
+        """The bias, or for bias=False a zero vector kept for the op."""
+        if self.bias:
+            return self.params["b"]
+        if "zero bias" not in self._buffers:
+            self._buffers["zero bias"] = self.backend.xp.zeros(self.out_features, dtype=self.dtype)
+        return self._buffers["zero bias"]
 
     def forward(self, x, train=True):
         """x (N, in_features) -> y (N, out_features); caches x and y for backward."""
         y = self._buffer("y", (x.shape[0], self.out_features))
         self._x = x
-        self._y = self.backend.dense_forward(x, self.params["W"], self.params["b"], self.activation, self.alpha, out=y)
+        self._y = self.backend.dense_forward(x, self.params["W"], self._b(), self.activation, self.alpha, out=y)
         return self._y
 
     def backward(self, dy, need_dx=True, param_grads=True):
         """dy (N, out_features) -> dx (N, in_features) (None when not needed); dW, db accumulate."""
         x = self._x
         dx = self._buffer("dx", x.shape) if need_dx else None
-        dW, db = (self.grads["W"], self.grads["b"]) if param_grads else (None, None)
+        dW, db = (self.grads["W"], self.grads.get("b")) if param_grads else (None, None)
         return self.backend.dense_backward(x, self.params["W"], self._y, dy, self.activation, self.alpha,
                                            dW=dW, db=db, dx=dx)
+
+
+class Maxout(Layer):
+    """y[:, u] = max over p of (x @ W + b)[:, u * pieces + p] (Goodfellow et al. 2013): x (N, in_features) ->
+    y (N, units). Each unit has `pieces` affine pieces (W (in, units * pieces), unit-major columns); the winning
+    piece of each unit is kept for backward, which sends the gradient to it alone."""
+
+    def __init__(self, in_features, units, pieces, init="xavier"):
+        _check_positive("Maxout", in_features=in_features, units=units, pieces=pieces)
+        check_choice("initialiser", init, INITS)
+        self.in_features, self.units, self.pieces = int(in_features), int(units), int(pieces)
+        self.init = init
+
+    def __repr__(self):
+        return f"Maxout({self.in_features}, {self.units}, pieces={self.pieces})"
+
+    def param_shapes(self):
+        return {"W": (self.in_features, self.units * self.pieces), "b": (self.units * self.pieces,)}
+
+    def output_shape(self, in_shape):
+        if in_shape != (self.in_features,):
+            raise self._error(f"expects input of shape (N, {self.in_features}), got (N, {', '.join(map(str, in_shape))})")
+        return (self.units,)
+
+    def init_params(self, rng):
+        W = init_weight(rng, (self.in_features, self.units * self.pieces), self.in_features, self.units, self.init)
+        return {"W": W, "b": np.zeros(self.units * self.pieces)}
+
+    def forward(self, x, train=True):
+        """x (N, in_features) -> y (N, units); caches x and the winning pieces for backward."""
+        n = x.shape[0]
+        y = self._buffer("y", (n, self.units))
+        self._argmax = self._buffer("argmax", (n, self.units), np.int32)
+        self._x = x
+        return self.backend.maxout_forward(x, self.params["W"], self.params["b"], self.pieces, self._argmax, out=y)
+
+    def backward(self, dy, need_dx=True, param_grads=True):
+        """dy (N, units) -> dx (N, in_features) (None when not needed); dW, db accumulate at the winning pieces."""
+        x = self._x
+        dx = self._buffer("dx", x.shape) if need_dx else None
+        dW, db = (self.grads["W"], self.grads["b"]) if param_grads else (None, None)
+        return self.backend.maxout_backward(x, self.params["W"], dy, self._argmax, self.pieces, dW=dW, db=db, dx=dx)
 
 
 class _Convolution(Layer):

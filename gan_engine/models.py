@@ -142,11 +142,13 @@ def build_generator(config, info):
 
 
 def build_discriminator(config, info):
-    """D for a TrainConfig and the data's info; seeded by config.seed + 1."""
+    """D for a TrainConfig and the data's info; seeded by config.seed + 1. With config.pac m it reads m samples at
+    once: m times the features (MLP), m times the image channels (DCGAN)."""
     check_choice("model", config.model, MODELS)
-    dtype, hidden = np.dtype(config.dtype), hidden_sizes(config, info)[1]
+    dtype, hidden, m = np.dtype(config.dtype), hidden_sizes(config, info)[1], config.pac
     if config.model == "dcgan":
-        return dcgan_discriminator(info["image_shape"], hidden, config.alpha, config.init, config.backend, dtype,
+        c, h, w = _check_image_shape(info["image_shape"])
+        return dcgan_discriminator((m * c, h, w), hidden, config.alpha, config.init, config.backend, dtype,
                                    seed=config.seed + 1)
-    return mlp_discriminator(info["dim"], hidden, config.alpha, config.init, config.backend, dtype,
+    return mlp_discriminator(m * info["dim"], hidden, config.alpha, config.init, config.backend, dtype,
                              seed=config.seed + 1)

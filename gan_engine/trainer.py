@@ -34,10 +34,12 @@ class Trainer:
     D's real targets (1 -> 1 - s). With `graph` (the default) and a backend that can capture (cuda), the step is
     captured once as a CUDA graph after GRAPH_WARMUP_STEPS eager steps and replayed from then on: one launch a
     step. The metrics a replayed step returns are then the same device arrays every step, rewritten by the next.
+    `pac` m > 1 is PacGAN's packing (Lin et al. 2018): D judges m samples at once, a real batch and a fake batch of
+    B m samples each, packed by `pack` into B inputs of m F values; D must read pac x G's output size.
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
-                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True):
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -50,29 +52,34 @@ class Trainer:
             raise GanEngineError(f"k_disc (D steps per G step) must be a positive integer, got {k_disc}")
         if not 0.0 <= label_smoothing < 1.0:
             raise GanEngineError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-        check_memory(G, D, int(batch_size))
-        data = check_data(data, D.in_features)
-        if G.out_features != D.in_features:
-            raise GanEngineError(f"G makes samples of size {G.out_features} but D reads {D.in_features}")
+        if isinstance(pac, bool) or int(pac) != pac or pac < 1:
+            raise GanEngineError(f"pac (samples D sees at once) must be a positive integer, got {pac}")
+        pac = int(pac)
+        check_memory(G, D, int(batch_size) * pac)
+        data = check_data(data, G.out_features)
+        if pac * G.out_features != D.in_features:
+            packed = f" (pac {pac} x {G.out_features})" if pac > 1 else ""
+            raise GanEngineError(f"G makes samples of size {G.out_features} but D reads {D.in_features}; it must read "
+                                 f"{pac * G.out_features}{packed}")
         self.G, self.D, self.backend = G, D, G.backend
         self.opt_g = opt_g or Adam(G, lr=2e-4, beta1=0.5)
         self.opt_d = opt_d or Adam(D, lr=2e-4, beta1=0.5)
         if self.opt_g.model is not G or self.opt_d.model is not D:
             raise GanEngineError("opt_g must be built on the generator and opt_d on the discriminator")
-        warn_unusual(len(data), int(batch_size), {"G": self.opt_g, "D": self.opt_d})
-        self.batch_size, self.k_disc, self.loss, self.prior = int(batch_size), int(k_disc), loss, prior
+        warn_unusual(len(data), int(batch_size) * pac, {"G": self.opt_g, "D": self.opt_d})
+        self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
-        be, xp, B = self.backend, self.backend.xp, self.batch_size
+        be, xp, B, m = self.backend, self.backend.xp, self.batch_size, self.pac
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
         self.rng = be.new_rng(seed)
         self.step_count = 0
         self.use_graph = bool(graph) and hasattr(be, "capture")
         self._graph = None      # (replay, its metrics, Adam step increments per replay) once captured
         self._eager_steps = 0   # since the start or the last load_state_dict, towards GRAPH_WARMUP_STEPS
-        self._idx = xp.empty(B, dtype=np.int64)                  # (B,)
-        self._real = xp.empty((B, D.in_features), dtype=G.dtype)  # (B, D)
-        self._z = xp.zeros((B, self.z_dim), dtype=G.dtype)        # (B, Z), zeros until the first draw
+        self._idx = xp.empty(B * m, dtype=np.int64)                     # (B m,)
+        self._real = xp.empty((B * m, G.out_features), dtype=G.dtype)  # (B m, F)
+        self._z = xp.zeros((B * m, self.z_dim), dtype=G.dtype)         # (B m, Z), zeros until the first draw
         self._dlogits = xp.empty((B, 1), dtype=G.dtype)           # (B, 1)
 
     def _noise(self):
@@ -88,9 +95,9 @@ class Trainer:
         be.batch_indices(self.rng, self.data.shape[0], self._idx)
         real = be.gather_rows(self.data, self._idx, self._real)
         fake = self.G.forward(self._noise())
-        loss_real, d_real = d_loss_real(be, D.forward(real), self._dlogits, self.label_smoothing)
+        loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
         D.backward(self._dlogits)
-        loss_fake, d_fake = d_loss_fake(be, D.forward(fake), self._dlogits)
+        loss_fake, d_fake = d_loss_fake(be, D.forward(self.pack(fake)), self._dlogits)
         D.backward(self._dlogits)
         self.opt_d.step()
         return loss_real + loss_fake, d_real, d_fake
@@ -99,11 +106,17 @@ class Trainer:
         """One generator update through a fixed D (D's gradients are not accumulated). Returns the loss."""
         be, G, D = self.backend, self.G, self.D
         G.zero_grad()
-        loss, _ = g_loss(be, D.forward(G.forward(self._noise())), self._dlogits, self.loss)
-        dfake = D.backward(self._dlogits, need_dx=True, param_grads=False)
-        G.backward(dfake)
+        loss, _ = g_loss(be, D.forward(self.pack(G.forward(self._noise()))), self._dlogits, self.loss)
+        dfake = D.backward(self._dlogits, need_dx=True, param_grads=False)  # (B, m F)
+        G.backward(dfake.reshape(self._z.shape[0], -1))                      # (B m, F)
         self.opt_g.step()
         return loss
+
+    def pack(self, x):
+        """Samples (B m, F) -> D's packed input (B, m F): each row the features of m consecutive samples side by
+        side (for flat images (C, H, W): m images stacked along the channels). Reals and fakes both go through
+        here, so they are packed the same way. A view: no copy."""
+        return x.reshape(x.shape[0] // self.pac, -1)
 
     def step(self):
         """k_disc D steps, then one G step. Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake

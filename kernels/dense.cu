@@ -7,12 +7,24 @@
 //   dense_backward_dx_kernel  dx (N, I) = g (N, O) @ W^T (O, I), g = dy act'(y)     NT GEMM, g made on read
 //
 // The bias gradient db += sum_n g is bias.cu's channel_grad_sum_kernel.
+//
+// The maxout layer (a unit's pieces are W's columns u * pieces + p): dense_forward_kernel makes z (N, U pieces) =
+// x W + b, then
+//   maxout_reduce_kernel       y (N, U) = max_p z, argmax (N, U) the first piece reaching it (NaN wins); a thread
+//                              per (n, u)
+//   maxout_backward_dw_kernel  dW (I, U pieces) += x^T g     TN GEMM; g (N, U pieces), dy at each unit's winning
+//                                                            piece and 0 elsewhere, is made as g's tiles are read
+//   maxout_backward_dx_kernel  dx (N, I) = g W^T             NT GEMM, g made on read
+//   maxout_bias_grad_kernel    db (U pieces) += sum_n g      a thread per column, n in order (deterministic)
+// Grid (ceil(values / 256),), block (256,) for the two that are not GEMMs.
 // Every kernel is gemm.cuh's GEMM C (M, Nc) = A (M, K) @ B (K, Nc), split along K when the launcher says so.
 // Grid (tiles, 1, splits), block (16, 16); see gemm.cuh.
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
 // emulator: shared_writes dense_forward_kernel arrivals
 // emulator: shared_writes dense_backward_dw_kernel arrivals
 // emulator: shared_writes dense_backward_dx_kernel arrivals
+// emulator: shared_writes maxout_backward_dw_kernel arrivals
+// emulator: shared_writes maxout_backward_dx_kernel arrivals
 #include "gemm.cuh"
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -36,4 +48,65 @@ dense_backward_dx_kernel(const float* __restrict__ y, const float* __restrict__ 
     // C = dx (N, I), A = g (N, O), B = W^T (O, I) read from W (I, O), K = O.
     gemm(Rows{dy, y, O, act, alpha}, Transposed<Rows>{{W, W, O, ACT_IDENTITY, 0.f}}, N, I, O, SPLIT,
          [&](int r, int c, float v) { dx[r * I + c] = v; });
+}
+
+// The maxout gradient as an operand: element (r, c) of g (N, U pieces) is dy (N, U) at (r, c / pieces) when
+// c % pieces is that unit's argmax, else 0.
+struct MaxoutGrad {
+    const float* dy;
+    const int* argmax;
+    int units;
+    int pieces;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ float operator()(int r, int c) const {
+        const int u = c / pieces, at = r * units + u;
+        return argmax[at] == c - u * pieces ? dy[at] : 0.f;
+    }
+};
+
+extern "C" __global__ void maxout_reduce_kernel(const float* __restrict__ z, float* __restrict__ y,
+                                                int* __restrict__ argmax, int N, int units, int pieces) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // (n, u); its pieces are z[i pieces ...]
+    if (i >= N * units) return;
+    const float* v = z + i * pieces;
+    float best = v[0];
+    int arg = 0;
+    for (int p = 1; p < pieces; ++p) {
+        if (v[p] > best || (v[p] != v[p] && best == best)) {
+            best = v[p];
+            arg = p;
+        }
+    }
+    y[i] = best;
+    argmax[i] = arg;
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+maxout_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ dy, const int* __restrict__ argmax,
+                          float* __restrict__ dW, int N, int I, int units, int pieces, SPLIT_PARAMS) {
+    // C = dW (I, U pieces), A = x^T (I, N) read from x (N, I), B = g (N, U pieces), K = N.
+    const int width = units * pieces;
+    gemm(Transposed<Rows>{{x, x, I, ACT_IDENTITY, 0.f}}, MaxoutGrad{dy, argmax, units, pieces}, I, width, N, SPLIT,
+         [&](int r, int c, float v) { dW[r * width + c] += v; });
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+maxout_backward_dx_kernel(const float* __restrict__ dy, const int* __restrict__ argmax, const float* __restrict__ W,
+                          float* __restrict__ dx, int N, int I, int units, int pieces, SPLIT_PARAMS) {
+    // C = dx (N, I), A = g (N, U pieces), B = W^T (U pieces, I) read from W (I, U pieces), K = U pieces.
+    const int width = units * pieces;
+    gemm(MaxoutGrad{dy, argmax, units, pieces}, Transposed<Rows>{{W, W, width, ACT_IDENTITY, 0.f}}, N, I, width,
+         SPLIT, [&](int r, int c, float v) { dx[r * I + c] = v; });
+}
+
+extern "C" __global__ void maxout_bias_grad_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,
+                                                   float* __restrict__ db, int N, int units, int pieces) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;  // a column of g: unit u, piece p
+    if (c >= units * pieces) return;
+    const int u = c / pieces, p = c - u * pieces;
+    float sum = 0.f;
+    for (int n = 0; n < N; ++n) {
+        if (argmax[n * units + u] == p) sum += dy[n * units + u];
+    }
+    db[c] += sum;
 }

@@ -59,6 +59,39 @@ def _with_dense_outputs(rng, a):
     return a
 
 
+# maxout cases: (N, I, units, pieces)
+def maxout_cases():
+    return [(1, 3, 1, 1), (3, 17, 5, 3), (17, 129, 3, 5), (129, 17, 17, 2), (64, 129, 40, 5), (2, 3, 129, 4)]
+
+
+def _maxout_inputs(rng, case):
+    n, i, units, pieces = case
+    a = {"x": rng.standard_normal((n, i)), "W": rng.standard_normal((i, units * pieces)) / np.sqrt(i),
+         "b": rng.standard_normal(units * pieces), "pieces": pieces, "argmax0": np.zeros((n, units), np.int32)}
+    R.maxout_forward(a["x"], a["W"], a["b"], pieces, a["argmax0"])
+    z = np.sort((a["x"] @ a["W"] + a["b"]).reshape(n, units, pieces), axis=2)
+    # the winner is compared where float32 rounding cannot change it; y is compared everywhere
+    a["clear"] = (z[..., -1] - z[..., -2] > 1e-3) if pieces > 1 else np.ones((n, units), bool)
+    a["dy"] = rng.standard_normal((n, units))
+    a["dW0"], a["db0"] = rng.standard_normal(a["W"].shape), rng.standard_normal(a["b"].shape)
+    return a
+
+
+def run_maxout_forward(be, a):
+    argmax = be.asarray(np.full(a["argmax0"].shape, -1, np.int32))
+    y = be.maxout_forward(a["x"], a["W"], a["b"], a["pieces"], argmax, out=_nan_like(be.asarray(a["dy"])))
+    winner = np.where(be.to_numpy(a["clear"]), be.to_numpy(argmax), -1)
+    return {"y": y, "argmax where clear": winner.astype(be.to_numpy(y).dtype)}
+
+
+def run_maxout_backward(be, a):
+    dW, db, dx = a["dW0"].copy(), a["db0"].copy(), _nan_like(a["x"])
+    be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], dW=dW, db=db, dx=dx)
+    dx_only = _nan_like(a["x"])
+    be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], dx=dx_only)
+    return {"dW": dW, "db": db, "dx": dx, "dx (no dW, no db)": dx_only}
+
+
 # conv cases: (N, C_in, C_out, H, W, kernel, stride, padding, output_padding, bias)
 CONV_SHAPES = [(1, 1, 1, 3, 3, 1, 1, 0, 0, True), (3, 2, 3, 17, 5, 3, 2, 1, 1, False),
                (2, 3, 17, 8, 8, 4, 2, 1, 0, True), (1, 17, 3, 5, 6, 4, 2, 1, 1, False),
@@ -213,6 +246,8 @@ def run_adam_update(be, a):
 CASES = {
     "dense_forward": (dense_cases, lambda rng, c: _with_dense_outputs(rng, _dense_inputs(rng, c))),
     "dense_backward": (dense_cases, lambda rng, c: _with_dense_outputs(rng, _dense_inputs(rng, c))),
+    "maxout_forward": (maxout_cases, _maxout_inputs),
+    "maxout_backward": (maxout_cases, _maxout_inputs),
     "conv2d_forward": (conv_cases, lambda rng, c: _conv_inputs(rng, c, False)),
     "conv2d_backward": (conv_cases, lambda rng, c: _conv_inputs(rng, c, False)),
     "conv_transpose2d_forward": (conv_cases, lambda rng, c: _conv_inputs(rng, c, True)),
@@ -235,8 +270,9 @@ def _skip_unsupported_dtype(backend, dtype):
 
 
 def _cast(inputs, dtype, backend):
-    """The inputs as `backend` arrays of `dtype` (other arguments as they are)."""
-    return {k: backend.asarray(v, dtype) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+    """The inputs as `backend` arrays, of `dtype` where they are floating point (other arguments as they are)."""
+    return {k: backend.asarray(v, dtype if v.dtype.kind == "f" else v.dtype) if isinstance(v, np.ndarray) else v
+            for k, v in inputs.items()}
 
 
 def test_every_reference_op_has_a_parity_case():
@@ -304,15 +340,27 @@ def _trainer(backend, model, dtype, optimizer):
     from gan_engine import SGD, Adam, Trainer, mlp_discriminator, mlp_generator
     from gan_engine.models import dcgan_discriminator, dcgan_generator
 
+    from gan_engine.layers import BatchNorm, Dense, Maxout, Sequential
+
+    pac = 1
     if model == "mlp":
         G = mlp_generator(8, (17,), 129, backend=backend, dtype=dtype, seed=0)
         D = mlp_discriminator(129, (33,), backend=backend, dtype=dtype, seed=1)
-    else:
+    elif model == "dcgan":
         G = dcgan_generator(8, (1, 8, 8), (17, 3), backend=backend, dtype=dtype, seed=0)
         D = dcgan_discriminator((1, 8, 8), (3, 17), backend=backend, dtype=dtype, seed=1)
+    elif model == "dcgan-pac2":  # two images stacked along the channels
+        G, pac = dcgan_generator(8, (1, 8, 8), (17, 3), backend=backend, dtype=dtype, seed=0), 2
+        D = dcgan_discriminator((2, 8, 8), (3, 17), backend=backend, dtype=dtype, seed=1)
+    else:  # "pacgan-pac3": the PacGAN protocol's layers, small
+        G = Sequential([Dense(8, 17, init="normal", bias=False), BatchNorm(17, momentum=0.05, activation="relu"),
+                        Dense(17, 3, init="normal")], backend=backend, dtype=dtype, seed=0)
+        D = Sequential([Maxout(9, 5, 5, init="normal"), Maxout(5, 4, 3, init="normal"), Dense(4, 1, init="normal")],
+                       backend=backend, dtype=dtype, seed=1)
+        pac = 3
     make = (lambda m: Adam(m, lr=1e-3, beta1=0.5)) if optimizer == "adam" else (lambda m: SGD(m, lr=0.1))
-    data = np.random.default_rng(2).uniform(-1, 1, (50, D.in_features))
-    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D))
+    data = np.random.default_rng(2).uniform(-1, 1, (50, G.out_features))
+    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D), pac=pac)
 
 
 def _draw_like_the_reference(monkeypatch, backend, seed):
@@ -332,7 +380,7 @@ def _draw_like_the_reference(monkeypatch, backend, seed):
     monkeypatch.setattr(backend, "batch_indices", batch_indices)
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+@pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3"])
 @pytest.mark.parametrize("dtype, optimizer", [(np.float32, "sgd"), (np.float64, "adam")], ids=["float32-sgd",
                                                                                               "float64-adam"])
 def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch):

@@ -132,8 +132,8 @@ def test_bce_is_deterministic_to_the_bit():
     assert values[0] == values[1] == values[2]
 
 
-GEMM_OPS = ["dense_forward", "dense_backward", "conv2d_forward", "conv2d_backward", "conv_transpose2d_forward",
-            "conv_transpose2d_backward"]
+GEMM_OPS = ["dense_forward", "dense_backward", "maxout_forward", "maxout_backward", "conv2d_forward",
+            "conv2d_backward", "conv_transpose2d_forward", "conv_transpose2d_backward"]
 
 
 @pytest.fixture(params=[p for p in _backend_params() if p.values[0] in ("cuda", EMULATED, f"{EMULATED}-shuffled")])

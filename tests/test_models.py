@@ -110,3 +110,29 @@ def test_bad_layer_options():
         Sequential([Dense(2, 3)], backend="numpy", dtype=np.float16)
     with pytest.raises(GanEngineError, match="hidden sizes must be positive"):
         mlp_generator(hidden=(0,), backend="numpy")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_maxout_and_bias_free_dense_gradcheck_float64(backend):
+    """The PacGAN protocol's pieces, tiny: D of maxout layers, G of bias-free Dense + BatchNorm(momentum 0.05)."""
+    from gan_engine.layers import BatchNorm, Maxout
+    D = Sequential([Maxout(4, 3, 5), Maxout(3, 2, 2), Dense(2, 1)], backend=backend, dtype=np.float64, seed=5)
+    _model_gradcheck(D, np.random.default_rng(2).standard_normal((6, 4)), need_dx=True)
+    G = Sequential([Dense(3, 5, init="normal", bias=False), BatchNorm(5, momentum=0.05, activation="relu"),
+                    Dense(5, 2, init="normal")], backend=backend, dtype=np.float64, seed=6)
+    assert set(G.parameters()) == {"0.W", "1.gamma", "1.beta", "2.W", "2.b"}
+    _model_gradcheck(G, np.random.default_rng(3).standard_normal((6, 3)), need_dx=True)
+
+
+def test_maxout_takes_the_largest_piece():
+    from gan_engine.layers import Maxout
+    layer = Sequential([Maxout(2, 2, 3)], backend="numpy", dtype=np.float64, seed=0)
+    W = layer.parameters()["0.W"]
+    W[...] = [[1, 2, 3, -1, -2, -3], [0, 0, 0, 5, 0, 0]]  # unit 0: pieces x0, 2 x0, 3 x0; unit 1: -x0 + 5 x1, ...
+    y = layer.forward(np.array([[1.0, 1.0], [-1.0, 0.0]]))
+    assert y.tolist() == [[3.0, 4.0], [-1.0, 3.0]]
+    dx = layer.backward(np.array([[1.0, 10.0], [1.0, 10.0]]), need_dx=True)
+    assert dx.tolist() == [[3.0 - 10.0, 50.0], [1.0 - 30.0, 0.0]]  # dy times the winners' weights (W's columns)
+    assert layer.gradients()["0.b"].tolist() == [1.0, 0.0, 1.0, 10.0, 0.0, 10.0]
+    with pytest.raises(GanEngineError, match="Maxout needs positive integer sizes"):
+        Maxout(2, 0, 3)

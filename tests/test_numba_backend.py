@@ -57,8 +57,9 @@ vars(numba_cpu.k).update(kernels)
 report["loaded"], report["compiled"] = numba_cpu.kernel_cache_stats()
 print(json.dumps(report))
 """
-# A step's smallest activation array is 64 x 100 float32 (25 KB); Python's own bookkeeping stays far below.
-MAX_PEAK_BYTES = 16 * 1024
+# A step's smallest activation array is 64 x 100 float32 (25 KB); Python's own bookkeeping (views, the thread
+# policy reading /proc/stat every quarter second) measured 13-17 KB.
+MAX_PEAK_BYTES = 24 * 1024
 
 
 def trainers(backend):

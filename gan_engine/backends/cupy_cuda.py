@@ -276,6 +276,47 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     return dx
 
 
+# ---- maxout (dense.cu) ---------------------------------------------------------------------------------------
+
+def maxout_forward(x, W, b, pieces, argmax, out=None):
+    """y (N, U) = the largest of each unit's pieces of x @ W + b, argmax (N, U) int32 the winning piece: the dense
+    GEMM with the bias into scratch z (N, U pieces), then a thread per (n, u) for the max."""
+    n, i = check_array("x", x).shape
+    width = check_array("W", W, (i, W.shape[1])).shape[1]
+    check_array("b", b, (width,))
+    units = width // pieces
+    check_array("argmax", argmax, (n, units), np.int32)
+    out = _output(out, "out", (n, units))
+    z = _buffer("maxout z", n * width)[:n * width].reshape(n, width)
+    _gemm("dense", "dense_forward_kernel", n, width, i, (
+        x, W, b, z, np.int32(n), np.int32(i), np.int32(width), np.int32(0), np.float32(0)))
+    _function("dense", "maxout_reduce_kernel")(elementwise_grid(n * units), (THREADS,), (
+        z, out, argmax, np.int32(n), np.int32(units), np.int32(pieces)))
+    return out
+
+
+def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
+    """dW (I, U pieces) += x^T g, db += sum_n g, dx (N, I) = g W^T, g = dy at the winning pieces made as the
+    kernels load it; a kernel each, for those given. Returns dx."""
+    n, i = check_array("x", x).shape
+    width = check_array("W", W, (i, W.shape[1])).shape[1]
+    units = width // pieces
+    check_array("dy", dy, (n, units))
+    check_array("argmax", argmax, (n, units), np.int32)
+    sizes = (np.int32(n), np.int32(i), np.int32(units), np.int32(pieces))
+    if dW is not None:
+        check_array("dW", dW, (i, width))
+        _gemm("dense", "maxout_backward_dw_kernel", i, width, n, (x, dy, argmax, dW, *sizes))
+    if db is not None:
+        check_array("db", db, (width,))
+        _function("dense", "maxout_bias_grad_kernel")(elementwise_grid(width), (THREADS,), (
+            dy, argmax, db, np.int32(n), np.int32(units), np.int32(pieces)))
+    if dx is not None:
+        check_array("dx", dx, (n, i))
+        _gemm("dense", "maxout_backward_dx_kernel", n, i, width, (dy, argmax, W, dx, *sizes))
+    return dx
+
+
 # ---- convolution (conv.cu) -----------------------------------------------------------------------------------
 
 def _check_image(label, a, channels=None, axis=1):

@@ -120,15 +120,47 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T with g = dy * act'(y) (g and db in one pass).
     Returns dx."""
     x, W, y, dy = _c(x), _c(W), _c(y), _c(dy)
-    (n, i), o, dtype = x.shape, W.shape[1], x.dtype
+    n, o, dtype = x.shape[0], W.shape[1], x.dtype
     g = _scratch("dense_g", (n, o), dtype)
     k.act_grad_rows(y, dy, _code(activation), dtype.type(alpha), g, db if db is not None else _zeros(o, dtype),
                     db is not None)
+    return _affine_backward(x, W, g, dW, dx)
+
+
+def _affine_backward(x, W, g, dW, dx):
+    """dW (I, O) += x^T g and dx (N, I) = g W^T from g = d loss / d (x W + b) (N, O), each skipped where None (the
+    callers make db with g). Returns dx."""
+    (n, i), o, dtype = x.shape, g.shape[1], x.dtype
     if dW is not None:
         _matmul(x.T, g, _output(dW, (i, o), dtype), accumulate=True)
     if dx is not None:
         _matmul(g, W.T, _output(dx, (n, i), dtype))
     return dx
+
+
+# ---- maxout --------------------------------------------------------------------------------------------------
+
+def maxout_forward(x, W, b, pieces, argmax, out=None):
+    """y (N, U) = the largest of each unit's pieces of x @ W + b, argmax (N, U) int32 the winning piece: the GEMM
+    into scratch, then one pass for bias, max and argmax."""
+    x, W, b = _c(x), _c(W), _c(b)
+    n, units = x.shape[0], W.shape[1] // pieces
+    _output(argmax, (n, units), np.int32)
+    out = _output(out, (n, units), x.dtype)
+    z = _scratch("maxout_z", (n, W.shape[1]), x.dtype)
+    _matmul(x, W, z)
+    k.maxout_rows(z, b, pieces, out, argmax)
+    return out
+
+
+def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
+    """dW += x^T g, db += sum_n g, dx = g W^T with g (N, U pieces) = dy at the winning pieces (g and db in one
+    pass). Returns dx."""
+    x, W, dy, argmax = _c(x), _c(W), _c(dy), _c(argmax)
+    n, width, dtype = x.shape[0], W.shape[1], x.dtype
+    g = _scratch("maxout_g", (n, width), dtype)
+    k.maxout_grad_rows(dy, argmax, pieces, g, db if db is not None else _zeros(width, dtype), db is not None)
+    return _affine_backward(x, W, g, dW, dx)
 
 
 # ---- convolution ---------------------------------------------------------------------------------------------
@@ -348,6 +380,9 @@ def warm_up(dtypes=(np.float32,)):
         dense_forward(z, W, b, "relu", 0.2, out=y)
         dense_backward(z, W, y, dy, "relu", 0.2, np.zeros_like(W), np.zeros_like(b), np.empty_like(z))
         dense_backward(z, W, y, dy, "relu", 0.2, np.zeros_like(W), np.zeros_like(b), None)
+        argmax = np.empty((2, 2), np.int32)
+        ym = maxout_forward(z, W, b, 2, argmax)
+        maxout_backward(z, W, ym, argmax, 2, np.zeros_like(W), np.zeros_like(b), np.empty_like(z))
         img = np.ones((2, 2, 4, 4), dtype)
         Wc = np.ones((3, 2, 4, 4), dtype)
         yc = conv2d_forward(img, Wc, None, 2, 1, "leaky_relu")

@@ -156,6 +156,38 @@ def act_grad_rows(y, dy, code, alpha, g, db, want_db):
                 g[i, j] = act_grad(y[i, j], dy[i, j], code, alpha)
 
 
+# ---- maxout --------------------------------------------------------------------------------------------------
+
+@jit
+def maxout_rows(z, b, pieces, y, argmax):
+    """z (N, U pieces) + b -> y (N, U) the largest piece of each unit, argmax (N, U) the first piece reaching it
+    (a NaN piece wins, as NumPy's max and argmax)."""
+    n, units = y.shape
+    for i in range(n):
+        for u in range(units):
+            at = u * pieces
+            best, arg = z[i, at] + b[at], 0
+            for p in range(1, pieces):
+                v = z[i, at + p] + b[at + p]
+                if v > best or (v != v and best == best):
+                    best, arg = v, p
+            y[i, u], argmax[i, u] = best, arg
+
+
+@jit
+def maxout_grad_rows(dy, argmax, pieces, g, db, want_db):
+    """g (N, U pieces) = dy (N, U) at each unit's winning piece (argmax), 0 elsewhere; db (U pieces,) += sum_n g."""
+    n, units = dy.shape
+    for i in range(n):
+        for j in range(units * pieces):
+            g[i, j] = 0
+        for u in range(units):
+            at = u * pieces + argmax[i, u]
+            g[i, at] = dy[i, u]
+            if want_db:
+                db[at] += dy[i, u]
+
+
 # ---- convolution: im2col and col2im on a channel-major layout ------------------------------------------------
 # cols (C kH kW, N OH OW): row (c, i, j), column (n, p, q) holds x_pad[n, c, p sH + i, q sW + j], so one GEMM
 # covers the whole batch: (C_out, C kH kW) @ cols. Images come flattened to (N, C, H W), and a window table

@@ -22,6 +22,8 @@ xp = np
 OPS = (
     "dense_forward",
     "dense_backward",
+    "maxout_forward",
+    "maxout_backward",
     "conv2d_forward",
     "conv2d_backward",
     "conv_transpose2d_forward",
@@ -134,7 +136,12 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     -> dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T, where g = dy * act'(y).
     Each of dW, db, dx may be None to skip it. Returns dx.
     """
-    g = _activation_grad(y, dy, activation, alpha)  # (N, O)
+    return _affine_backward(x, W, _activation_grad(y, dy, activation, alpha), dW, db, dx)
+
+
+def _affine_backward(x, W, g, dW, db, dx):
+    """The gradients of z = x @ W + b from g = d loss / d z (N, O): dW += x^T g, db += sum_n g, dx = g W^T, each
+    skipped where None. Returns dx."""
     if dW is not None:
         dW += x.T @ g
     if db is not None:
@@ -142,6 +149,35 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     if dx is not None:
         np.matmul(g, W.T, out=dx)
     return dx
+
+
+# ---- maxout --------------------------------------------------------------------------------------------------
+# A maxout unit u is the largest of its `pieces` affine pieces; W's columns are unit-major: piece p of unit u is
+# column u * pieces + p.
+
+def maxout_forward(x, W, b, pieces, argmax, out=None):
+    """y[n, u] = max_p (x @ W + b)[n, u * pieces + p]; argmax[n, u] = the first p that reaches it (NaN wins).
+
+    x (N, I), W (I, U * pieces), b (U * pieces,) -> out (N, U); argmax (N, U) int32 written.
+    """
+    z = (x @ W + b).reshape(x.shape[0], -1, pieces)  # (N, U, pieces)
+    argmax[...] = z.argmax(axis=2)
+    if out is None:
+        out = np.empty(argmax.shape, dtype=x.dtype)
+    out[...] = z.max(axis=2)
+    return out
+
+
+def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
+    """Backward of maxout_forward: only the winning piece of each unit gets the gradient.
+
+    x (N, I), W (I, U * pieces), dy (N, U), argmax (N, U)
+    -> dW (I, U * pieces) += x^T g, db (U * pieces,) += sum_n g, dx (N, I) = g W^T, where g (N, U * pieces) is
+    dy at each unit's winning piece and 0 elsewhere. Each of dW, db, dx may be None to skip it. Returns dx.
+    """
+    g = np.zeros((dy.shape[0], dy.shape[1], pieces), dtype=dy.dtype)  # (N, U, pieces)
+    np.put_along_axis(g, argmax[..., None].astype(np.intp), dy[..., None], axis=2)
+    return _affine_backward(x, W, g.reshape(dy.shape[0], -1), dW, db, dx)  # g (N, U * pieces)
 
 
 # ---- convolution ---------------------------------------------------------------------------------------------
