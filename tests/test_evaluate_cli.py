@@ -59,8 +59,8 @@ def test_metrics_every_logs_quality_and_keeps_the_best_checkpoint(tmp_path):
             "--log-every", "5", "--checkpoint-every", "10", "--sample-every", "100", "--metrics-every", "4", "--quiet"]
     assert main([*args, "--steps", "10"]) == 0
     rows = _csv(out / "metrics.csv")
-    assert list(rows[0]) == ["step", "d_loss", "g_loss", "d_real", "d_fake", "modes_captured", "high_quality",
-                             "reverse_kl"]
+    assert list(rows[0]) == ["step", "d_loss", "g_loss", "d_real", "d_fake", "modes_captured", "modes_reached",
+                             "high_quality", "reverse_kl"]
     assert [r["step"] for r in rows] == ["4", "5", "8", "10"]  # log steps, and every metrics step
     assert [bool(r["reverse_kl"]) for r in rows] == [True, False, True, True]
     best = json.loads((out / "best.json").read_text())

@@ -15,20 +15,20 @@ from gan_engine.metrics import (Classifier, class_metrics, evaluate_samples, fre
 def test_samples_exactly_at_the_modes(name, k):
     data = load_dataset(name)
     m = mode_metrics(np.tile(data.modes, (100, 1)), data.modes, data.sigma)
-    assert m == {"modes_captured": k, "high_quality": 100.0, "reverse_kl": 0.0}
+    assert m == {"modes_captured": k, "modes_reached": k, "high_quality": 100.0, "reverse_kl": 0.0}
 
 
 def test_a_single_collapsed_mode():
     data = load_dataset("ring8")
     m = mode_metrics(np.repeat(data.modes[3:4], 2500, axis=0) + 0.005, data.modes, data.sigma)
-    assert m["modes_captured"] == 1 and m["high_quality"] == 100.0
+    assert m["modes_captured"] == m["modes_reached"] == 1 and m["high_quality"] == 100.0
     assert m["reverse_kl"] == pytest.approx(math.log(8))
 
 
 def test_samples_far_from_every_mode_are_low_quality_and_capture_nothing():
     data = load_dataset("ring8")
     m = mode_metrics(np.zeros((2500, 2)), data.modes, data.sigma)  # the centre: 100 sigma from every mode
-    assert m["modes_captured"] == 0 and m["high_quality"] == 0.0
+    assert m["modes_captured"] == m["modes_reached"] == 0 and m["high_quality"] == 0.0
 
 
 def test_a_mode_needs_a_fifth_of_its_share_to_count_as_captured():
@@ -36,6 +36,16 @@ def test_a_mode_needs_a_fifth_of_its_share_to_count_as_captured():
     counts = [500, 500, 500, 500, 375, 62, 63, 0]  # 2500 samples; a fifth of 2500 / 8 = 62.5
     samples = np.concatenate([np.repeat(data.modes[i:i + 1], c, axis=0) for i, c in enumerate(counts)])
     assert mode_metrics(samples, data.modes, data.sigma)["modes_captured"] == 6
+
+
+def test_the_lenient_rule_counts_a_mode_with_one_high_quality_sample():
+    """The PacGAN authors' code counts a mode as covered when one sample lies within 3 sigma of it."""
+    data = load_dataset("ring8")
+    counts = [2490, 1, 1, 1, 1, 1, 5, 0]
+    samples = np.concatenate([np.repeat(data.modes[i:i + 1], c, axis=0) for i, c in enumerate(counts)])
+    far = data.modes[7] + 3.5 * data.sigma  # beyond 3 sigma of mode 7 (and of every other): no mode reached
+    m = mode_metrics(np.concatenate([samples, far[None]]), data.modes, data.sigma)
+    assert m["modes_reached"] == 7 and m["modes_captured"] == 1
 
 
 def test_real_mixture_data_is_high_quality_at_the_gaussian_rate():
