@@ -7,7 +7,7 @@ NumPy generator seeded like the Trainer's, so its first step reproduces the Trai
 """
 import numpy as np
 
-from gan_engine.layers import Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape
+from gan_engine.layers import Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Maxout, Reshape
 
 try:
     import torch
@@ -32,8 +32,13 @@ def torch_model(model):
         p = {k: torch.from_numpy(np.array(model.backend.to_numpy(v), dtype=np.float32))
              for k, v in {**layer.params, **layer.stats}.items()}
         if isinstance(layer, Dense):
-            m = nn.Linear(layer.in_features, layer.out_features)
-            m.weight.data, m.bias.data = p["W"].T.contiguous(), p["b"]
+            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
+            m.weight.data = p["W"].T.contiguous()
+            if layer.bias:
+                m.bias.data = p["b"]
+        elif isinstance(layer, Maxout):
+            m = TorchMaxout(layer.in_features, layer.units, layer.pieces)
+            m.linear.weight.data, m.linear.bias.data = p["W"].T.contiguous(), p["b"]
         elif isinstance(layer, (Conv2d, ConvTranspose2d)):
             cls = nn.Conv2d if isinstance(layer, Conv2d) else nn.ConvTranspose2d
             extra = {} if isinstance(layer, Conv2d) else {"output_padding": layer.output_padding}
@@ -62,6 +67,18 @@ def torch_model(model):
     return nn.Sequential(*modules)
 
 
+class TorchMaxout(nn.Module):
+    """Maxout as a PyTorch user writes it: one Linear to units x pieces (unit-major), then the max over pieces."""
+
+    def __init__(self, in_features, units, pieces):
+        super().__init__()
+        self.units, self.pieces = units, pieces
+        self.linear = nn.Linear(in_features, units * pieces)
+
+    def forward(self, x):
+        return self.linear(x).view(x.shape[0], self.units, self.pieces).amax(dim=2)
+
+
 class TorchTrainer:
     """The PyTorch eager twin of a gan-engine Trainer (Adam, non-saturating loss, no label smoothing).
 
@@ -83,27 +100,28 @@ class TorchTrainer:
         data = np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32)
         self.data = torch.from_numpy(data).to(self.device)
         self.batch_size, self.k_disc, self.z_dim = trainer.batch_size, trainer.k_disc, trainer.z_dim
+        self.pac, self.draws = trainer.pac, trainer.batch_size * trainer.pac  # samples drawn a batch (PacGAN)
         self.rng = np.random.Generator(np.random.PCG64(seed))
         if graph:
             torch.manual_seed(seed)  # a captured graph draws from the default generator
         self.torch_rng = None if graph else torch.Generator(device=self.device).manual_seed(seed)
         self._captured, self._eager_steps = None, 0  # (graph, its metrics) once captured
-        self._z = np.empty((self.batch_size, self.z_dim), dtype=np.float32)
+        self._z = np.empty((self.draws, self.z_dim), dtype=np.float32)
         self.ones = torch.ones(self.batch_size, 1, device=self.device)
         self.zeros = torch.zeros(self.batch_size, 1, device=self.device)
         self.bce = nn.BCEWithLogitsLoss()
 
     def _noise(self):
         if self.device.type != "cpu":
-            return torch.randn(self.batch_size, self.z_dim, device=self.device, generator=self.torch_rng)
+            return torch.randn(self.draws, self.z_dim, device=self.device, generator=self.torch_rng)
         self.rng.standard_normal(dtype=np.float32, out=self._z)
         return torch.from_numpy(self._z)
 
     def _indices(self):
         n = self.data.shape[0]
         if self.device.type != "cpu":
-            return torch.randint(0, n, (self.batch_size,), device=self.device, generator=self.torch_rng)
-        return torch.from_numpy(self.rng.integers(0, n, size=self.batch_size))
+            return torch.randint(0, n, (self.draws,), device=self.device, generator=self.torch_rng)
+        return torch.from_numpy(self.rng.integers(0, n, size=self.draws))
 
     def step(self):
         """k D steps, then one G step; returns the last D loss, G loss, mean D(x), mean D(G(z)) as tensors."""
@@ -128,9 +146,9 @@ class TorchTrainer:
 
     def _step(self):
         for _ in range(self.k_disc):
-            real = self.data[self._indices()]
+            real = self.data[self._indices()].reshape(self.batch_size, -1)  # packed: m samples side by side
             with torch.no_grad():
-                fake = self.G(self._noise())
+                fake = self.G(self._noise()).reshape(self.batch_size, -1)
             self.opt_d.zero_grad(set_to_none=False)
             logits_real = self.D(real)
             loss_real = self.bce(logits_real, self.ones)
@@ -141,7 +159,7 @@ class TorchTrainer:
             self.opt_d.step()
         self.D.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=False)
-        g_loss = self.bce(self.D(self.G(self._noise())), self.ones)
+        g_loss = self.bce(self.D(self.G(self._noise()).reshape(self.batch_size, -1)), self.ones)
         g_loss.backward()
         self.opt_g.step()
         self.D.requires_grad_(True)

@@ -24,6 +24,7 @@ from .estimate import duration
 from .io import atomic_path, write_json
 from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
+from .presets import PRESETS, with_preset
 from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
@@ -53,12 +54,14 @@ def _parser():
     t = sub.add_parser("train", allow_abbrev=False, help="train a GAN into a run folder",
                        description="Train a GAN into a run folder. Defaults are shown in brackets.")
     # Train options default to None so that --resume can tell which ones were given.
+    t.add_argument("--preset", help=f"a published protocol's options, which the options given override: "
+                                    f"{', '.join(PRESETS)}")
     t.add_argument("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
     t.add_argument("--data", help="path of the data: for mnist / fashion-mnist an IDX folder or file, or an .npz; "
                                   "for folder a folder of images (PNG, JPEG, ...)")
     t.add_argument("--image-size", type=int, help=f"folder: side of the square images [{FOLDER_IMAGE_SIZE}]")
     t.add_argument("--channels", type=int, help="folder: 1 (grayscale) or 3 (RGB) [auto]")
-    t.add_argument("--model", help=f"mlp or dcgan [{d.model}]")
+    t.add_argument("--model", help=f"mlp, dcgan or maxout (the PacGAN paper's 2-D mixture GAN) [{d.model}]")
     t.add_argument("--backend", help=f"numpy, numba, cuda or auto [{d.backend}]")
     t.add_argument("--dtype", help=f"float32 or float64 [{d.dtype}]")
     t.add_argument("--steps", type=int, help=f"total training steps (k D steps + 1 G step each) [{d.steps}]")
@@ -69,14 +72,16 @@ def _parser():
     t.add_argument("--prior", help=f"noise prior: normal or uniform (on [-1, 1]) [{d.prior}]")
     t.add_argument("--z-dim", type=int, help=f"noise dimension [{d.z_dim}]")
     t.add_argument("--hidden", type=_sizes, help="hidden sizes of both G and D, e.g. 512 or 256,256")
-    t.add_argument("--g-hidden", type=_sizes, help="hidden sizes of G: mlp layer widths [512], or dcgan channels "
-                                                   "from the smallest feature map up, one per upsampling layer "
-                                                   "[by image size: 128,64 for 8x8 and 28x28, 512,256,128,64 for 64x64]")
-    t.add_argument("--d-hidden", type=_sizes, help="hidden sizes of D: mlp layer widths [512], or dcgan channels, "
-                                                   "one per strided convolution [by image size: 64,128 for 28x28]")
+    t.add_argument("--g-hidden", type=_sizes, help="hidden sizes of G: mlp layer widths [512], maxout G widths "
+                                                   "[400,400,400,400], or dcgan channels from the smallest feature "
+                                                   "map up, one per upsampling layer [by image size: 128,64 for 8x8 "
+                                                   "and 28x28, 512,256,128,64 for 64x64]")
+    t.add_argument("--d-hidden", type=_sizes, help="hidden sizes of D: mlp layer widths [512], maxout units "
+                                                   "[200,200,200], or dcgan channels, one per strided convolution "
+                                                   "[by image size: 64,128 for 28x28]")
     t.add_argument("--alpha", type=float, help=f"leaky ReLU slope [{d.alpha}]")
     t.add_argument("--init", help="weight initialiser: xavier, he or normal (N(0, 0.02)) [xavier for mlp, normal "
-                                  "for dcgan]")
+                                  "for dcgan and maxout]")
     t.add_argument("--optimizer", help=f"adam or sgd [{d.optimizer}]")
     t.add_argument("--lr", type=float, help="learning rate of both G and D")
     t.add_argument("--lr-g", type=float, help=f"generator learning rate [{d.lr_g}]")
@@ -161,6 +166,10 @@ def _train_options(args):
 
 def cmd_train(args):
     given = _train_options(args)
+    if args.preset:
+        if args.resume:
+            raise GanEngineError("--preset starts a run; a resumed run keeps the options it was started with")
+        given = with_preset(args.preset, given)
     if args.data:
         given["data"] = os.path.abspath(args.data)  # the run stays resumable from any folder
     if args.resume:

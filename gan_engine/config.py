@@ -24,8 +24,8 @@ RESUMABLE = ("steps", "backend", "data", "log_every", "sample_every", "checkpoin
 class TrainConfig:
     """Options of a run. The defaults train the MLP GAN on the embedded digits in under a minute on 2 cores.
 
-    Options left at None take the model's default: hidden sizes (512 for mlp, by image size for dcgan) and the
-    initialiser (xavier for mlp, the DCGAN N(0, 0.02) for dcgan).
+    Options left at None take the model's default: hidden sizes (512 for mlp, by image size for dcgan, 4 x 400 and
+    3 x 200 for maxout) and the initialiser (xavier for mlp, N(0, 0.02) for dcgan and maxout).
     """
     dataset: str = "digits"
     data: str | None = None
@@ -42,7 +42,7 @@ class TrainConfig:
     g_hidden: tuple | None = None  # None: 512 for mlp; by image size for dcgan (models.dcgan_channels)
     d_hidden: tuple | None = None
     alpha: float = 0.2
-    init: str | None = None        # None: xavier for mlp, normal (N(0, 0.02)) for dcgan
+    init: str | None = None        # None: xavier for mlp, normal (N(0, 0.02)) for dcgan and maxout
     image_size: int | None = None  # folder dataset: side of the square images [64]
     channels: int | None = None    # folder dataset: 1 (grayscale) or 3 (RGB) [auto]
     optimizer: str = "adam"
@@ -64,7 +64,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         if self.init is None:
-            self.init = "normal" if self.model == "dcgan" else "xavier"
+            self.init = "xavier" if self.model == "mlp" else "normal"
         self.validate()
 
     def _check_types(self):

@@ -1,4 +1,5 @@
-"""The models: the seeds' MLP GAN, and DCGAN (Radford et al. 2016) sized by the image shape.
+"""The models: the seeds' MLP GAN, DCGAN (Radford et al. 2016) sized by the image shape, and the maxout GAN of
+the PacGAN paper's 2-D mixtures (Lin et al. 2018).
 
 Both discriminators return logits (the sigmoid lives in the loss). Every model has a flat interface: G maps
 noise (N, z_dim) to samples (N, D) and D maps samples (N, D) to logits (N, 1), with D = C*H*W for images.
@@ -7,10 +8,13 @@ import numpy as np
 
 from .backends.numpy_ref import conv2d_output_size
 from .errors import GanEngineError, check_choice
-from .layers import BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Reshape, Sequential
+from .layers import BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Maxout, Reshape, Sequential
 
-MODELS = ("mlp", "dcgan")
+MODELS = ("mlp", "dcgan", "maxout")
 MLP_HIDDEN = (512,)
+MAXOUT_G_HIDDEN, MAXOUT_D_HIDDEN = (400,) * 4, (200,) * 3  # the PacGAN 2-D mixture protocol's sizes
+MAXOUT_PIECES = 5
+MAXOUT_BN_MOMENTUM = 0.05
 DCGAN_WIDTH = 64  # channels of G's last and D's first hidden layer; the others double towards the middle
 
 
@@ -38,6 +42,28 @@ def mlp_discriminator(in_dim=784, hidden=(128,), alpha=0.2, init="xavier", backe
     dims = (in_dim, *_check_hidden(hidden), 1)
     layers = [Dense(dims[i], dims[i + 1], "leaky_relu", alpha, init) for i in range(len(dims) - 2)]
     layers.append(Dense(dims[-2], dims[-1], "identity", alpha, init))
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+
+
+def batchnorm_generator(z_dim=2, hidden=MAXOUT_G_HIDDEN, out_dim=2, init="normal", momentum=MAXOUT_BN_MOMENTUM,
+                        backend="auto", dtype=np.float32, seed=0, output="identity"):
+    """G: z (N, z_dim) -> [Dense without bias + BatchNorm(momentum) + ReLU] per hidden size -> Dense + `output`
+    -> x (N, out_dim): the PacGAN protocol's generator (4 x 400 for the 2-D mixtures)."""
+    dims = (z_dim, *_check_hidden(hidden))
+    layers = []
+    for d_in, d_out in zip(dims, dims[1:]):
+        layers += [Dense(d_in, d_out, init=init, bias=False), BatchNorm(d_out, momentum, activation="relu", init=init)]
+    layers.append(Dense(dims[-1], out_dim, output, init=init))
+    return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+
+
+def maxout_discriminator(in_dim=2, hidden=MAXOUT_D_HIDDEN, pieces=MAXOUT_PIECES, init="normal", backend="auto",
+                         dtype=np.float32, seed=1):
+    """D: x (N, in_dim) -> [Maxout(units, pieces)] per hidden size -> Dense -> logits (N, 1): the PacGAN protocol's
+    discriminator (3 x 200 units of 5 pieces for the 2-D mixtures)."""
+    dims = (in_dim, *_check_hidden(hidden))
+    layers = [Maxout(d_in, d_out, pieces, init) for d_in, d_out in zip(dims, dims[1:])]
+    layers.append(Dense(dims[-1], 1, init=init))
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
 
 
@@ -126,7 +152,10 @@ def hidden_sizes(config, info):
     defaults (MLP_HIDDEN; dcgan_channels of the image shape)."""
     if config.g_hidden and config.d_hidden:
         return config.g_hidden, config.d_hidden
-    g, d = dcgan_channels(info["image_shape"]) if config.model == "dcgan" else (MLP_HIDDEN, MLP_HIDDEN)
+    if config.model == "dcgan":
+        g, d = dcgan_channels(info["image_shape"])
+    else:
+        g, d = (MAXOUT_G_HIDDEN, MAXOUT_D_HIDDEN) if config.model == "maxout" else (MLP_HIDDEN, MLP_HIDDEN)
     return config.g_hidden or g, config.d_hidden or d
 
 
@@ -137,6 +166,9 @@ def build_generator(config, info):
     if config.model == "dcgan":
         return dcgan_generator(config.z_dim, info["image_shape"], hidden, config.init, config.backend, dtype,
                                seed=config.seed)
+    if config.model == "maxout":
+        return batchnorm_generator(config.z_dim, hidden, info["dim"], config.init, MAXOUT_BN_MOMENTUM, config.backend,
+                                   dtype, seed=config.seed, output=info["output"])
     return mlp_generator(config.z_dim, hidden, info["dim"], config.alpha, config.init, config.backend, dtype,
                          seed=config.seed, output=info["output"])
 
@@ -150,5 +182,8 @@ def build_discriminator(config, info):
         c, h, w = _check_image_shape(info["image_shape"])
         return dcgan_discriminator((m * c, h, w), hidden, config.alpha, config.init, config.backend, dtype,
                                    seed=config.seed + 1)
+    if config.model == "maxout":
+        return maxout_discriminator(m * info["dim"], hidden, MAXOUT_PIECES, config.init, config.backend, dtype,
+                                    seed=config.seed + 1)
     return mlp_discriminator(m * info["dim"], hidden, config.alpha, config.init, config.backend, dtype,
                              seed=config.seed + 1)
