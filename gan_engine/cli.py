@@ -25,6 +25,7 @@ from .io import atomic_path, write_json
 from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
 from .presets import PRESETS, with_preset
+from .study import load_plan, parse_assignments, run_study
 from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
@@ -132,6 +133,22 @@ def _parser():
                                            "used: best.npz then gives best.json's numbers]")
     e.add_argument("--backend", default="auto", help="backend to run G on [auto]")
     _threads_option(e)
+
+    st = sub.add_parser("study", allow_abbrev=False,
+                        help="a grid of configurations x seeds in parallel processes, summarised as mean ± standard "
+                             "error per configuration (resumable)")
+    st.add_argument("--out", required=True, help="the study folder: a run folder per configuration and seed, "
+                                                 "study.md / .csv / .json and study.png")
+    st.add_argument("--preset", help=f"start from a preset's options: {', '.join(PRESETS)}")
+    st.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="a train option for every run, e.g. steps=20000 (hidden sizes as 400x400)")
+    st.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                    help="an axis of the grid, e.g. pac=1,2,3,4; several make their product")
+    st.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every configuration [3]")
+    st.add_argument("--workers", type=int, help="worker processes, one core and one thread each [one per core]")
+    st.add_argument("--mpi", action="store_true", help="run on the ranks of an MPI job (mpi4py.futures): "
+                                                       "mpiexec -n N python -m mpi4py.futures -m gan_engine.cli "
+                                                       "study ... --mpi")
 
     sub.add_parser("info", allow_abbrev=False,
                    help="version, which backends are available here, the thread policy and the BLAS")
@@ -246,6 +263,23 @@ def _metrics_table(result):
     return "\n".join(lines)
 
 
+def cmd_study(args):
+    base = parse_assignments(args.set, grid=False)
+    if args.preset:
+        base = with_preset(args.preset, base)
+    if "data" in base:
+        base["data"] = os.path.abspath(base["data"])
+    if args.seeds < 1 or (args.workers is not None and args.workers < 1):
+        raise GanEngineError("--seeds and --workers must be positive")
+    plan = load_plan(args.out, base, parse_assignments(args.grid, grid=True), args.seeds)
+    rows = run_study(plan, args.workers, args.mpi)
+    if rows is None:
+        return 130
+    print(f"table: {os.path.join(args.out, 'study.md')} (and .csv, .json); plot: {os.path.join(args.out, 'study.png')}")
+    print(open(os.path.join(args.out, "study.md")).read(), end="")
+    return 0
+
+
 def cmd_info(args):
     print(f"gan-engine {__version__} (Python {platform.python_version()}, NumPy {np.__version__})")
     print("backends (auto picks the first available):")
@@ -281,7 +315,7 @@ def _threads_report(d):
 def main(argv=None):
     args = _parse(argv)
     command = {"train": cmd_train, "sample": cmd_sample, "interpolate": cmd_interpolate, "evaluate": cmd_evaluate,
-               "info": cmd_info}[args.command]
+               "study": cmd_study, "info": cmd_info}[args.command]
 
     def show_warning(message, category, filename, lineno, file=None, line=None):  # one line, no source
         print(f"gan-engine {args.command}: warning: {message}", file=sys.stderr, flush=True)

@@ -94,6 +94,20 @@ def save_metric_curves(results, path):
     _save(fig, path)
 
 
+def save_curves(curves, path):
+    """Write curves {panel: {line label: (steps, values)}} as a PNG: a panel per key, one above the other, each
+    with a line per label against the step."""
+    fig = _figure(figsize=(9, 2.4 * len(curves)))
+    for i, (panel, lines) in enumerate(curves.items()):
+        ax = fig.add_subplot(len(curves), 1, i + 1)
+        for label, (steps, values) in lines.items():
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
+        ax.set_ylabel(panel.replace("_", " "))
+        _legend_outside(ax)
+    ax.set_xlabel("step")
+    _save(fig, path)
+
+
 def _legend_outside(ax):
     """The legend right of the axes, where it never hides a line."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)

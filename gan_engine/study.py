@@ -1,0 +1,240 @@
+"""A study: a grid of training configurations x seeds, run as independent runs in worker processes (one core and
+one thread each, so they do not fight), resumable, summarised as mean +- standard error per configuration.
+
+    gan-engine study --preset pacgan-ring8 --grid pac=1,2,3,4 --seeds 10 --set steps=20000 --out studies/ring8
+
+Layout: OUT/<configuration>/seed-<s>/ is an ordinary run folder (config.json, metrics.csv, checkpoints/ ...);
+OUT/study.md, study.csv and study.json hold the table of the runs' last sample-quality metrics, and study.png the
+metrics over the steps, a line per configuration (means over the seeds). Running the same command again skips
+the finished runs and resumes the interrupted ones. With `--mpi` the runs go to mpi4py.futures' MPIPoolExecutor
+(`mpiexec -n N python -m mpi4py.futures -m gan_engine.cli study ... --mpi`), so they spread over the machines of
+an MPI job.
+"""
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+
+from .checkpoint import latest_checkpoint
+from .config import TrainConfig
+from .errors import GanEngineError
+from .io import write_json, write_text
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+NOT_STUDIED = ("seed",)  # the study's own axis: --seeds
+
+
+def parse_value(name, text):
+    """A TrainConfig option's value from its text (name with - or _), converted to the option's type."""
+    key = name.replace("-", "_")
+    if key not in FIELDS or key in NOT_STUDIED:
+        choices = ", ".join(k.replace("_", "-") for k in FIELDS if k not in NOT_STUDIED)
+        raise GanEngineError(f"unknown option {name!r} for a study; choose from {choices}")
+    kind = str(FIELDS[key].type)
+    try:
+        if text.lower() in ("none", "null"):
+            return key, None
+        if "tuple" in kind:
+            return key, tuple(int(v) for v in text.split("x"))
+        if "int" in kind:
+            return key, int(text)
+        if "float" in kind:
+            return key, float(text)
+    except ValueError:
+        what = "sizes such as 400x400" if "tuple" in kind else "an integer" if "int" in kind else "a number"
+        raise GanEngineError(f"{name}={text!r}: {name} takes {what}") from None
+    return key, text
+
+
+def parse_assignments(items, grid):
+    """["pac=1,2", ...] -> {"pac": [1, 2]} (grid: a list of values each) or ["steps=500"] -> {"steps": 500}.
+    Hidden sizes are written with x: g-hidden=400x400."""
+    out = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not text:
+            raise GanEngineError(f"expected NAME=VALUE{',VALUE...' if grid else ''}, got {item!r}")
+        values = [parse_value(name, v)[1] for v in text.split(",")] if grid else parse_value(name, text)[1]
+        out[parse_value(name, text.split(",")[0])[0]] = values
+    return out
+
+
+@dataclasses.dataclass
+class Plan:
+    """The runs of a study: base options, the grid's axes, the seeds."""
+    out: str
+    base: dict
+    grid: dict
+    seeds: int
+
+    def configurations(self):
+        """[(label, options)] for every point of the grid ("base" when there is no grid)."""
+        names = list(self.grid)
+        points = itertools.product(*(self.grid[n] for n in names)) if names else [()]
+        out = []
+        for values in points:
+            options = dict(zip(names, values))
+            label = ",".join(f"{n.replace('_', '-')}={_text(v)}" for n, v in options.items()) or "base"
+            out.append((label, {**self.base, **options}))
+        return out
+
+    def runs(self):
+        """[(label, seed, run folder, TrainConfig)] for every configuration and seed; options are checked here,
+        before any run starts."""
+        runs = []
+        for label, options in self.configurations():
+            for seed in range(self.seeds):
+                config = TrainConfig(**{**options, "seed": seed})
+                if config.metrics_every is None:  # a study compares sample quality: measure it ten times a run
+                    config = dataclasses.replace(config, metrics_every=max(1, config.steps // 10))
+                runs.append((label, seed, os.path.join(self.out, label, f"seed-{seed}"), config))
+        return runs
+
+
+def _text(value):
+    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def run_one(folder, options):
+    """Train one run of a study to its end in `folder`: skip it when finished, resume it when interrupted. Runs in a
+    worker process, on one thread. Returns (folder, "done" | "skipped" | "interrupted")."""
+    from .backends import threads
+    from .run import Run
+
+    threads.set_threads(1)
+    config = TrainConfig(**options)
+    latest = latest_checkpoint(folder)
+    if latest and latest.endswith(f"{config.steps:08d}.npz"):
+        return folder, "skipped"
+    if os.path.exists(os.path.join(folder, "config.json")):
+        run = Run.resume(folder, {"steps": config.steps}, progress=False)
+    else:
+        run = Run(folder, config, progress=False)
+    return folder, run.train()
+
+
+def executor(workers, mpi=False):
+    """The pool the runs go to: worker processes on this machine, or MPI ranks (mpi4py.futures)."""
+    if mpi:
+        try:
+            from mpi4py.futures import MPIPoolExecutor
+        except ImportError as exc:
+            raise GanEngineError(f"--mpi needs mpi4py ({exc}); pip install -e '.[mpi]'") from exc
+        return MPIPoolExecutor()
+    import concurrent.futures
+    import multiprocessing
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_study(plan, workers=None, mpi=False, say=print):
+    """Run every run of the plan (the unfinished ones), then write the table and the plot. Returns the summary
+    rows, or None when a run was interrupted (rerun the same command to go on)."""
+    runs = plan.runs()
+    os.makedirs(plan.out, exist_ok=True)
+    write_json(os.path.join(plan.out, "plan.json"), {"base": _jsonable(plan.base), "seeds": plan.seeds,
+                                                     "grid": {k: [_jsonable(v) for v in vs] for k, vs in plan.grid.items()}})
+    workers = workers or len(os.sched_getaffinity(0))
+    say(f"study: {len(runs)} runs ({len(runs) // plan.seeds} configurations x {plan.seeds} seeds) on "
+        f"{'MPI ranks' if mpi else f'{workers} worker processes'}, into {plan.out}")
+    statuses = []
+    with executor(workers, mpi) as pool:
+        futures = [pool.submit(run_one, folder, config.to_dict()) for _, _, folder, config in runs]
+        for future in futures:
+            folder, status = future.result()
+            statuses.append(status)
+            say(f"  {os.path.relpath(folder, plan.out)}: {status}")
+    if "interrupted" in statuses:
+        say("study interrupted: run the same command again to go on")
+        return None
+    rows = summarise(runs)
+    write_tables(plan.out, rows)
+    save_study_plot(runs, os.path.join(plan.out, "study.png"))
+    return rows
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def quality_rows(folder):
+    """(the sample-quality metrics' names, the metrics.csv rows of a run that have them)."""
+    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [name for name in rows[0] if name not in ("step", "d_loss", "g_loss", "d_real", "d_fake")] if rows else []
+    measured = [r for r in rows if names and r[names[0]]]
+    if not measured:
+        raise GanEngineError(f"{folder}/metrics.csv has no sample-quality metrics; the study needs --metrics-every")
+    return names, measured
+
+
+def final_metrics(folder):
+    """The sample-quality metrics of the last metrics.csv row that has them: {name: float}, and its step."""
+    names, measured = quality_rows(folder)
+    return {name: float(measured[-1][name]) for name in names}, int(measured[-1]["step"])
+
+
+def summarise(runs):
+    """One row per configuration: {"configuration", "runs", "step", metric: mean, metric_se: standard error}."""
+    by_label = {}
+    for label, _, folder, _ in runs:
+        by_label.setdefault(label, []).append(final_metrics(folder))
+    rows = []
+    for label, results in by_label.items():
+        row = {"configuration": label, "runs": len(results), "step": min(step for _, step in results)}
+        for name in results[0][0]:
+            values = np.array([metrics[name] for metrics, _ in results])
+            row[name] = float(values.mean())
+            row[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        rows.append(row)
+    return rows
+
+
+def write_tables(out, rows):
+    """study.md (mean +- standard error), study.csv and study.json, each written whole or not at all."""
+    metrics = [k for k in rows[0] if k not in ("configuration", "runs", "step") and not k.endswith("_se")]
+    lines = ["| configuration | runs | step | " + " | ".join(metrics) + " |", "|---" * (3 + len(metrics)) + "|"]
+    for row in rows:
+        cells = [f"{row[m]:.3g} ± {row[m + '_se']:.2g}" if row[m + "_se"] is not None else f"{row[m]:.3g}"
+                 for m in metrics]
+        lines.append(f"| {row['configuration']} | {row['runs']} | {row['step']} | " + " | ".join(cells) + " |")
+    write_text(os.path.join(out, "study.md"), "\n".join(lines) + "\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(os.path.join(out, "study.csv"), text.getvalue())
+    write_json(os.path.join(out, "study.json"), rows)
+
+
+def save_study_plot(runs, path):
+    """Each sample-quality metric over the steps, a line per configuration: the mean over its seeds."""
+    from .plots import save_curves
+
+    curves = {}
+    for label, _, folder, _ in runs:
+        names, measured = quality_rows(folder)
+        for name in names:
+            curves.setdefault(name, {}).setdefault(label, []).append(
+                ([int(r["step"]) for r in measured], [float(r[name]) for r in measured]))
+    save_curves({name: {label: (runs_[0][0], np.mean([values for _, values in runs_], axis=0).tolist())
+                        for label, runs_ in by_label.items()} for name, by_label in curves.items()}, path)
+
+
+def load_plan(out, base, grid, seeds):
+    """The Plan of a study folder: the options given now, which must match those a study already there used."""
+    plan = Plan(out, base, grid, seeds)
+    path = os.path.join(out, "plan.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        new = {"base": {k: _jsonable(v) for k, v in base.items()}, "seeds": seeds,
+               "grid": {k: [_jsonable(v) for v in vs] for k, vs in grid.items()}}
+        if old != json.loads(json.dumps(new)):
+            raise GanEngineError(f"{out} holds a study with other options ({path}); give the same options to go on "
+                                 "with it, or another --out")
+    return plan

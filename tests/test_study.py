@@ -1,0 +1,117 @@
+"""gan-engine study: a grid of configurations x seeds in worker processes, the table of mean ± standard error, and
+resuming an interrupted study (finished runs skipped, interrupted ones continued to the same weights)."""
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gan_engine import GanEngineError
+from gan_engine.checkpoint import load_checkpoint
+from gan_engine.cli import main
+from gan_engine.config import TrainConfig
+from gan_engine.run import Run
+from gan_engine.study import Plan, parse_assignments, run_study
+
+TINY = {"dataset": "ring8", "model": "maxout", "g_hidden": (8, 8), "d_hidden": (8,), "z_dim": 2, "batch_size": 16,
+        "steps": 6, "metrics_every": 3, "log_every": 3, "checkpoint_every": 3, "sample_every": 100,
+        "backend": "numpy"}
+
+
+def _last_quality(folder):
+    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["modes_reached"]]
+    return {k: float(rows[-1][k]) for k in ("modes_captured", "modes_reached", "high_quality", "reverse_kl")}
+
+
+def test_the_table_is_the_mean_and_standard_error_of_the_runs(tmp_path):
+    plan = Plan(str(tmp_path / "study"), TINY, {"pac": [1, 2]}, seeds=3)
+    said = []
+    rows = run_study(plan, workers=2, say=said.append)
+    assert said[0].startswith("study: 6 runs (2 configurations x 3 seeds) on 2 worker processes")
+    assert [r["configuration"] for r in rows] == ["pac=1", "pac=2"]
+    for row in rows:
+        finals = [_last_quality(tmp_path / "study" / row["configuration"] / f"seed-{s}") for s in range(3)]
+        for name in finals[0]:
+            values = [f[name] for f in finals]
+            assert row[name] == pytest.approx(sum(values) / 3)
+            mean = sum(values) / 3
+            se = math.sqrt(sum((v - mean) ** 2 for v in values) / 2) / math.sqrt(3)
+            assert row[f"{name}_se"] == pytest.approx(se)
+        assert row["runs"] == 3 and row["step"] == 6
+    assert json.loads((tmp_path / "study" / "study.json").read_text()) == rows
+    table = (tmp_path / "study" / "study.md").read_text().splitlines()
+    assert table[0].startswith("| configuration | runs | step | modes_captured") and len(table) == 4
+    with open(tmp_path / "study" / "study.csv", newline="") as f:
+        assert [r["configuration"] for r in csv.DictReader(f)] == ["pac=1", "pac=2"]
+    assert os.path.getsize(tmp_path / "study" / "study.png") > 1000
+    state, config, _ = load_checkpoint(str(tmp_path / "study" / "pac=2" / "seed-1" / "checkpoints/step_00000006.npz"))
+    assert config["pac"] == 2 and config["seed"] == 1 and state["D"]["0.W"].shape == (4, 40)
+
+
+def test_an_interrupted_study_resumes_its_runs_to_the_same_weights(tmp_path):
+    out = tmp_path / "study"
+    plan = Plan(str(out), TINY, {}, seeds=2)
+    # seed 1 was stopped at step 3 (its checkpoint there), seed 0 never started
+    Run(str(out / "base" / "seed-1"), TrainConfig(**{**TINY, "seed": 1, "steps": 3}), progress=False).train()
+    said = []
+    run_study(plan, workers=2, say=said.append)
+    assert sorted(said[1:3]) == ["  base/seed-0: done", "  base/seed-1: done"]
+    whole = tmp_path / "whole"
+    Run(str(whole), TrainConfig(**{**TINY, "seed": 1}), progress=False).train()
+    resumed, _, _ = load_checkpoint(str(out / "base/seed-1/checkpoints/step_00000006.npz"))
+    straight, _, _ = load_checkpoint(str(whole / "checkpoints/step_00000006.npz"))
+    for part in ("G", "D"):
+        for key in straight[part]:
+            assert np.array_equal(resumed[part][key], straight[part][key]), (part, key)
+    said.clear()
+    run_study(plan, workers=2, say=said.append)  # everything finished: nothing trains again
+    assert sorted(said[1:3]) == ["  base/seed-0: skipped", "  base/seed-1: skipped"]
+
+
+def test_the_study_command_refuses_bad_options_and_a_changed_plan(tmp_path, capsys):
+    def error(*argv):
+        assert main(["study", "--out", str(tmp_path / "s"), *argv]) == 2
+        return capsys.readouterr().err
+    assert "unknown option 'lr' for a study" in error("--set", "lr=1")
+    assert "pac='a': pac takes an integer" in error("--grid", "pac=a")
+    assert "expected NAME=VALUE" in error("--set", "steps")
+    assert "unknown preset" in error("--preset", "nope")
+    args = [f"{k.replace('_', '-')}={'x'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
+    sets = [a for item in args for a in ("--set", item)]
+    assert main(["study", "--out", str(tmp_path / "s"), *sets, "--seeds", "1", "--workers", "1"]) == 0
+    assert "| base | 1 | 6 |" in capsys.readouterr().out
+    assert "holds a study with other options" in error(*sets, "--seeds", "2")
+
+
+def test_assignments_convert_to_the_options_types():
+    assert parse_assignments(["pac=1,2,4", "lr-g=1e-4,2e-4"], grid=True) == {"pac": [1, 2, 4], "lr_g": [1e-4, 2e-4]}
+    assert parse_assignments(["g-hidden=400x400", "metrics-every=none"], grid=False) == {
+        "g_hidden": (400, 400), "metrics_every": None}
+    with pytest.raises(GanEngineError, match="seed"):
+        parse_assignments(["seed=3"], grid=False)
+
+
+def test_a_study_over_mpi_ranks_or_the_error_that_names_mpi4py(tmp_path):
+    """With mpi4py and mpiexec (pip install -e '.[mpi]'): the README's mpiexec command runs a study on 3 ranks.
+    Without them: --mpi says what to install."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        with pytest.raises(GanEngineError, match=r"--mpi needs mpi4py .*pip install -e '\.\[mpi\]'"):
+            run_study(Plan(str(tmp_path / "s"), TINY, {}, 1), mpi=True, say=lambda line: None)
+        return
+    mpiexec = shutil.which("mpiexec") or pytest.fail("mpi4py is installed but mpiexec is not on PATH")
+    sets = [a for item in ("dataset=ring8", "model=maxout", "g-hidden=8x8", "d-hidden=8", "steps=6", "metrics-every=3",
+                           "batch-size=16", "backend=numpy") for a in ("--set", item)]
+    done = subprocess.run([mpiexec, "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "gan_engine.cli", "study",
+                           "--out", str(tmp_path / "s"), *sets, "--grid", "pac=1,2", "--seeds", "2", "--mpi"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "on MPI ranks" in done.stdout
+    assert [r["configuration"] for r in json.loads((tmp_path / "s" / "study.json").read_text())] == ["pac=1", "pac=2"]
