@@ -281,9 +281,18 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, t
     """y = act(gamma (x - mean) invstd + beta) per channel; x (N, C) or (N, C, H, W); see numpy_ref."""
     x, dtype = _c(x), x.dtype
     out = _output(out, x.shape, dtype)
-    over(x.shape[1], 3 * x.size, k.batchnorm_forward, _ncp(x), gamma, beta, running_mean, running_var, mean, invstd,
-         bool(train), float(momentum), float(eps), _code(activation), dtype.type(alpha), _ncp(out))
+    args = (gamma, beta, running_mean, running_var, mean, invstd, bool(train), float(momentum), float(eps),
+            _code(activation), dtype.type(alpha))
+    if x.ndim == 2:  # (N, C): row by row
+        over(x.shape[1], 3 * x.size, k.batchnorm_forward_rows, x, *args, out, *_channel_sums(x.shape[1]))
+    else:
+        over(x.shape[1], 3 * x.size, k.batchnorm_forward, _ncp(x), *args, _ncp(out))
     return out
+
+
+def _channel_sums(c):
+    """Two float64 (C,) scratch vectors for the row-by-row batch norm's per-channel sums."""
+    return _scratch("bn_s1", (c,), np.float64), _scratch("bn_s2", (c,), np.float64)
 
 
 def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
@@ -291,11 +300,16 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identit
     """dgamma, dbeta (C,) accumulate; dx written (through the batch statistics in train mode). Returns dx."""
     x, y, dy, dtype = _c(x), _c(y), _c(dy), x.dtype
     c = x.shape[1]
-    over(c, 5 * x.size, k.batchnorm_backward, _ncp(x), gamma, _ncp(y), _ncp(dy), mean, invstd, bool(train),
-         _code(activation), dtype.type(alpha), dgamma if dgamma is not None else _zeros(c, dtype),
-         dbeta if dbeta is not None else _zeros(c, dtype),
-         _ncp(_output(dx, x.shape, dtype) if dx is not None else _scratch("bn_dx", x.shape, dtype)),
-         dgamma is not None, dbeta is not None, dx is not None)
+    grads = (dgamma if dgamma is not None else _zeros(c, dtype), dbeta if dbeta is not None else _zeros(c, dtype))
+    out = _output(dx, x.shape, dtype) if dx is not None else _scratch("bn_dx", x.shape, dtype)
+    wants = (dgamma is not None, dbeta is not None, dx is not None)
+    stats = (mean, invstd, bool(train), _code(activation), dtype.type(alpha))
+    if x.ndim == 2:  # (N, C): row by row
+        over(c, 5 * x.size, k.batchnorm_backward_rows, x, gamma, y, dy, *stats, *grads, out, *wants,
+             *_channel_sums(c))
+    else:
+        over(c, 5 * x.size, k.batchnorm_backward, _ncp(x), gamma, _ncp(y), _ncp(dy), *stats, *grads, _ncp(out),
+             *wants)
     return dx
 
 

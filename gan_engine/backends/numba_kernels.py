@@ -349,6 +349,79 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, code, alpha, dgamma
                     dx[i, ci, k] = scale * (g - a - (x[i, ci, k] - mu) * inv * bcoef)
 
 
+# Batch norm of a dense layer's (N, C): the channel loops above would walk a column with stride C; these walk the
+# rows, every channel of a block side by side (vectorised), each channel's sums still taken over n in order into
+# float64 scratch s1, s2 (C,). Channels lo..hi, taken as slices and looped from 0 (an index that might be negative
+# keeps LLVM from vectorising).
+
+@jit
+def batchnorm_forward_rows(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum, eps, code,
+                           alpha, out, s1, s2, lo, hi):
+    """x, out (N, C): batchnorm_forward for 1D input, row by row."""
+    n, c = x.shape[0], hi - lo
+    x, out, s1, s2 = x[:, lo:hi], out[:, lo:hi], s1[lo:hi], s2[lo:hi]
+    gamma, beta, mean, invstd = gamma[lo:hi], beta[lo:hi], mean[lo:hi], invstd[lo:hi]
+    running_mean, running_var = running_mean[lo:hi], running_var[lo:hi]
+    for j in range(c):
+        s1[j], s2[j] = 0.0, 0.0
+    if train:
+        for i in range(n):
+            for j in range(c):
+                s1[j] += x[i, j]
+        for j in range(c):
+            s1[j] /= n
+        for i in range(n):
+            for j in range(c):
+                d = x[i, j] - s1[j]
+                s2[j] += d * d
+        for j in range(c):
+            s2[j] /= n
+            running_mean[j] = (1 - momentum) * running_mean[j] + momentum * s1[j]
+            running_var[j] = (1 - momentum) * running_var[j] + momentum * s2[j] * (n / (n - 1))
+    else:
+        for j in range(c):
+            s1[j], s2[j] = running_mean[j], running_var[j]
+    for j in range(c):
+        mean[j] = s1[j]
+        invstd[j] = 1 / math.sqrt(s2[j] + eps)
+        s1[j] = gamma[j] * invstd[j]        # now the scale ...
+        s2[j] = beta[j] - mean[j] * s1[j]   # ... and the shift
+    for i in range(n):
+        for j in range(c):
+            out[i, j] = act(x[i, j] * s1[j] + s2[j], code, alpha)
+
+
+@jit
+def batchnorm_backward_rows(x, gamma, y, dy, mean, invstd, train, code, alpha, dgamma, dbeta, dx, want_dgamma,
+                            want_dbeta, want_dx, s1, s2, lo, hi):
+    """x, y, dy, dx (N, C): batchnorm_backward for 1D input, row by row (s1 = sum g, s2 = sum g x_hat)."""
+    n, c = x.shape[0], hi - lo
+    x, y, dy, dx, s1, s2 = x[:, lo:hi], y[:, lo:hi], dy[:, lo:hi], dx[:, lo:hi], s1[lo:hi], s2[lo:hi]
+    gamma, mean, invstd, dgamma, dbeta = gamma[lo:hi], mean[lo:hi], invstd[lo:hi], dgamma[lo:hi], dbeta[lo:hi]
+    for j in range(c):
+        s1[j], s2[j] = 0.0, 0.0
+    for i in range(n):
+        for j in range(c):
+            g = act_grad(y[i, j], dy[i, j], code, alpha)
+            s1[j] += g
+            s2[j] += g * (x[i, j] - mean[j]) * invstd[j]
+    for j in range(c):
+        if want_dgamma:
+            dgamma[j] += s2[j]
+        if want_dbeta:
+            dbeta[j] += s1[j]
+    if not want_dx:
+        return
+    for j in range(c):
+        s1[j] = s1[j] / n if train else 0.0
+        s2[j] = s2[j] / n if train else 0.0
+    for i in range(n):
+        for j in range(c):
+            g = act_grad(y[i, j], dy[i, j], code, alpha)
+            inv = invstd[j]
+            dx[i, j] = gamma[j] * inv * (g - s1[j] - (x[i, j] - mean[j]) * inv * s2[j])
+
+
 # ---- loss ----------------------------------------------------------------------------------------------------
 
 @jit
