@@ -142,12 +142,17 @@ def run_study(plan, workers=None, mpi=False, say=print):
     say(f"study: {len(runs)} runs ({len(runs) // plan.seeds} configurations x {plan.seeds} seeds) on "
         f"{'MPI ranks' if mpi else f'{workers} worker processes'}, into {plan.out}")
     statuses = []
-    with executor(workers, mpi) as pool:
+    pool = executor(workers, mpi)
+    try:
         futures = [pool.submit(run_one, folder, config.to_dict()) for _, _, folder, config in runs]
         for future in futures:
             folder, status = future.result()
             statuses.append(status)
             say(f"  {os.path.relpath(folder, plan.out)}: {status}")
+    except BaseException:  # Ctrl-C: the running runs checkpoint and stop (their own SIGINT); none starts after
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     if "interrupted" in statuses:
         say("study interrupted: run the same command again to go on")
         return None

@@ -115,3 +115,28 @@ def test_a_study_over_mpi_ranks_or_the_error_that_names_mpi4py(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "on MPI ranks" in done.stdout
     assert [r["configuration"] for r in json.loads((tmp_path / "s" / "study.json").read_text())] == ["pac=1", "pac=2"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a process group is POSIX-only here")
+def test_ctrl_c_stops_a_study_and_the_same_command_finishes_it(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    sets = [a for item in ("dataset=ring8", "model=maxout", "g-hidden=8x8", "d-hidden=8", "steps=3000",
+                           "metrics-every=1000", "checkpoint-every=500", "batch-size=16", "backend=numpy")
+            for a in ("--set", item)]
+    cmd = [sys.executable, "-m", "gan_engine.cli", "study", "--out", str(out), *sets, "--seeds", "4", "--workers", "2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("base/seed-*/checkpoints/*.npz")):
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the study and its workers
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, (stdout, stderr)
+    assert not (out / "study.md").exists()
+    started = sorted(d.name for d in (out / "base").iterdir())
+    assert len(started) < 4 or not all((out / "base" / d / "checkpoints/step_00003000.npz").exists() for d in started)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| base | 4 | 3000 |" in done.stdout
