@@ -36,9 +36,11 @@ def torch_model(model):
             m.weight.data = p["W"].T.contiguous()
             if layer.bias:
                 m.bias.data = p["b"]
-        elif isinstance(layer, Maxout):
-            m = TorchMaxout(layer.in_features, layer.units, layer.pieces)
-            m.linear.weight.data, m.linear.bias.data = p["W"].T.contiguous(), p["b"]
+        elif isinstance(layer, Maxout):  # as PyTorch users write it: a Linear to units x pieces, max-pooled
+            linear = nn.Linear(layer.in_features, layer.units * layer.pieces)
+            linear.weight.data, linear.bias.data = p["W"].T.contiguous(), p["b"]
+            m = nn.Sequential(linear, nn.Unflatten(1, (1, layer.units * layer.pieces)), nn.MaxPool1d(layer.pieces),
+                              nn.Flatten())
         elif isinstance(layer, (Conv2d, ConvTranspose2d)):
             cls = nn.Conv2d if isinstance(layer, Conv2d) else nn.ConvTranspose2d
             extra = {} if isinstance(layer, Conv2d) else {"output_padding": layer.output_padding}
@@ -65,18 +67,6 @@ def torch_model(model):
         if act != "identity":
             modules.append(_activation(act, layer.alpha))
     return nn.Sequential(*modules)
-
-
-class TorchMaxout(nn.Module):
-    """Maxout as a PyTorch user writes it: one Linear to units x pieces (unit-major), then the max over pieces."""
-
-    def __init__(self, in_features, units, pieces):
-        super().__init__()
-        self.units, self.pieces = units, pieces
-        self.linear = nn.Linear(in_features, units * pieces)
-
-    def forward(self, x):
-        return self.linear(x).view(x.shape[0], self.units, self.pieces).amax(dim=2)
 
 
 class TorchTrainer:
