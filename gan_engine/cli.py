@@ -276,7 +276,8 @@ def cmd_study(args):
     if rows is None:
         return 130
     print(f"table: {os.path.join(args.out, 'study.md')} (and .csv, .json); plot: {os.path.join(args.out, 'study.png')}")
-    print(open(os.path.join(args.out, "study.md")).read(), end="")
+    with open(os.path.join(args.out, "study.md")) as f:
+        print(f.read(), end="")
     return 0
 
 

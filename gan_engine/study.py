@@ -59,8 +59,8 @@ def parse_assignments(items, grid):
         name, sep, text = item.partition("=")
         if not sep or not text:
             raise GanEngineError(f"expected NAME=VALUE{',VALUE...' if grid else ''}, got {item!r}")
-        values = [parse_value(name, v)[1] for v in text.split(",")] if grid else parse_value(name, text)[1]
-        out[parse_value(name, text.split(",")[0])[0]] = values
+        parsed = [parse_value(name, v) for v in (text.split(",") if grid else [text])]
+        out[parsed[0][0]] = [value for _, value in parsed] if grid else parsed[0][1]
     return out
 
 
@@ -71,6 +71,10 @@ class Plan:
     base: dict
     grid: dict
     seeds: int
+
+    def to_json(self):
+        """plan.json's contents: the base options, the grid and the seeds, as JSON reads them back."""
+        return json.loads(json.dumps({"base": self.base, "grid": self.grid, "seeds": self.seeds}))
 
     def configurations(self):
         """[(label, options)] for every point of the grid ("base" when there is no grid)."""
@@ -136,8 +140,7 @@ def run_study(plan, workers=None, mpi=False, say=print):
     rows, or None when a run was interrupted (rerun the same command to go on)."""
     runs = plan.runs()
     os.makedirs(plan.out, exist_ok=True)
-    write_json(os.path.join(plan.out, "plan.json"), {"base": _jsonable(plan.base), "seeds": plan.seeds,
-                                                     "grid": {k: [_jsonable(v) for v in vs] for k, vs in plan.grid.items()}})
+    write_json(os.path.join(plan.out, "plan.json"), plan.to_json())
     workers = workers or len(os.sched_getaffinity(0))
     say(f"study: {len(runs)} runs ({len(runs) // plan.seeds} configurations x {plan.seeds} seeds) on "
         f"{'MPI ranks' if mpi else f'{workers} worker processes'}, into {plan.out}")
@@ -160,10 +163,6 @@ def run_study(plan, workers=None, mpi=False, say=print):
     write_tables(plan.out, rows)
     save_study_plot(runs, os.path.join(plan.out, "study.png"))
     return rows
-
-
-def _jsonable(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def quality_rows(folder):
@@ -237,9 +236,7 @@ def load_plan(out, base, grid, seeds):
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        new = {"base": {k: _jsonable(v) for k, v in base.items()}, "seeds": seeds,
-               "grid": {k: [_jsonable(v) for v in vs] for k, vs in grid.items()}}
-        if old != json.loads(json.dumps(new)):
+        if old != plan.to_json():
             raise GanEngineError(f"{out} holds a study with other options ({path}); give the same options to go on "
                                  "with it, or another --out")
     return plan
