@@ -144,7 +144,9 @@ def _parser():
                     help="a train option for every run, e.g. steps=20000 (hidden sizes as 400x400)")
     st.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
                     help="an axis of the grid, e.g. pac=1,2,3,4; several make their product")
-    st.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every configuration [3]")
+    st.add_argument("--seeds", type=int, default=3, help="how many seeds each configuration runs [3]")
+    st.add_argument("--first-seed", type=int, default=0,
+                    help="the first of them (seeds S..S+N-1), e.g. to check chosen options on seeds not tuned on [0]")
     st.add_argument("--workers", type=int, help="worker processes, one core and one thread each [one per core]")
     st.add_argument("--mpi", action="store_true", help="run on the ranks of an MPI job (mpi4py.futures): "
                                                        "mpiexec -n N python -m mpi4py.futures -m gan_engine.cli "
@@ -271,7 +273,9 @@ def cmd_study(args):
         base["data"] = os.path.abspath(base["data"])
     if args.seeds < 1 or (args.workers is not None and args.workers < 1):
         raise GanEngineError("--seeds and --workers must be positive")
-    plan = load_plan(args.out, base, parse_assignments(args.grid, grid=True), args.seeds)
+    if args.first_seed < 0:
+        raise GanEngineError(f"--first-seed must be 0 or more, got {args.first_seed}")
+    plan = load_plan(args.out, base, parse_assignments(args.grid, grid=True), args.seeds, args.first_seed)
     rows = run_study(plan, args.workers, args.mpi)
     if rows is None:
         return 130

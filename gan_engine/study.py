@@ -17,6 +17,10 @@ import itertools
 import json
 import math
 import os
+import signal
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -66,15 +70,17 @@ def parse_assignments(items, grid):
 
 @dataclasses.dataclass
 class Plan:
-    """The runs of a study: base options, the grid's axes, the seeds."""
+    """The runs of a study: base options, the grid's axes, the seeds (first_seed .. first_seed + seeds - 1)."""
     out: str
     base: dict
     grid: dict
     seeds: int
+    first_seed: int = 0
 
     def to_json(self):
         """plan.json's contents: the base options, the grid and the seeds, as JSON reads them back."""
-        return json.loads(json.dumps({"base": self.base, "grid": self.grid, "seeds": self.seeds}))
+        return json.loads(json.dumps({"base": self.base, "grid": self.grid, "seeds": self.seeds,
+                                      "first_seed": self.first_seed}))
 
     def configurations(self):
         """[(label, options)] for every point of the grid ("base" when there is no grid)."""
@@ -92,7 +98,7 @@ class Plan:
         before any run starts."""
         runs = []
         for label, options in self.configurations():
-            for seed in range(self.seeds):
+            for seed in range(self.first_seed, self.first_seed + self.seeds):
                 config = TrainConfig(**{**options, "seed": seed})
                 if config.metrics_every is None:  # a study compares sample quality: measure it ten times a run
                     config = dataclasses.replace(config, metrics_every=max(1, config.steps // 10))
@@ -119,7 +125,32 @@ def run_one(folder, options):
         run = Run.resume(folder, {"steps": config.steps}, progress=False)
     else:
         run = Run(folder, config, progress=False)
-    return folder, run.train()
+    status = run.train()
+    if _orphaned.is_set():  # nobody to report to, and runs may still wait in the queue: stop here
+        sys.stdout.flush()
+        os._exit(1)
+    return folder, status
+
+
+ORPHAN_POLL_S = 1.0  # how often a worker checks that the study's process is still there
+
+
+_orphaned = threading.Event()  # in a worker: the study's process is gone
+
+
+def stop_when_orphaned():
+    """A worker process's initializer: a thread that interrupts the worker once the study's process is gone,
+    killed with no chance to stop its workers (SIGTERM, SIGKILL). A run in progress checkpoints and stops, as on
+    Ctrl-C, and the worker exits (run_one); an idle worker exits at once."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        _orphaned.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True, name="gan-engine-orphan-watch").start()
 
 
 def executor(workers, mpi=False):
@@ -132,7 +163,8 @@ def executor(workers, mpi=False):
         return MPIPoolExecutor()
     import concurrent.futures
     import multiprocessing
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=stop_when_orphaned)
 
 
 def run_study(plan, workers=None, mpi=False, say=print):
@@ -229,13 +261,15 @@ def save_study_plot(runs, path):
                         for label, runs_ in by_label.items()} for name, by_label in curves.items()}, path)
 
 
-def load_plan(out, base, grid, seeds):
+def load_plan(out, base, grid, seeds, first_seed=0):
     """The Plan of a study folder: the options given now, which must match those a study already there used."""
-    plan = Plan(out, base, grid, seeds)
+    plan = Plan(out, base, grid, seeds, first_seed)
     path = os.path.join(out, "plan.json")
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
+        if isinstance(old, dict):
+            old.setdefault("first_seed", 0)  # studies from before --first-seed began at seed 0
         if old != plan.to_json():
             raise GanEngineError(f"{out} holds a study with other options ({path}); give the same options to go on "
                                  "with it, or another --out")

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from gan_engine import GanEngineError
-from gan_engine.checkpoint import load_checkpoint
+from gan_engine.checkpoint import latest_checkpoint, load_checkpoint
 from gan_engine.cli import main
 from gan_engine.config import TrainConfig
 from gan_engine.run import Run
-from gan_engine.study import Plan, parse_assignments, run_study
+from gan_engine.study import Plan, load_plan, parse_assignments, run_study
 
 TINY = {"dataset": "ring8", "model": "maxout", "g_hidden": (8, 8), "d_hidden": (8,), "z_dim": 2, "batch_size": 16,
         "steps": 6, "metrics_every": 3, "log_every": 3, "checkpoint_every": 3, "sample_every": 100,
@@ -140,3 +140,47 @@ def test_ctrl_c_stops_a_study_and_the_same_command_finishes_it(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| base | 4 | 3000 |" in done.stdout
+
+
+def test_first_seed_moves_the_seeds_and_an_older_plan_without_it_still_loads(tmp_path):
+    plan = Plan(str(tmp_path / "s"), TINY, {}, seeds=2, first_seed=10)
+    assert [seed for _, seed, _, _ in plan.runs()] == [10, 11]
+    assert [os.path.basename(folder) for _, _, folder, _ in plan.runs()] == ["seed-10", "seed-11"]
+    assert all(config.seed == seed for _, seed, _, config in plan.runs())
+    os.makedirs(tmp_path / "old")
+    (tmp_path / "old" / "plan.json").write_text(json.dumps({"base": {"steps": 6}, "grid": {}, "seeds": 2}))
+    assert load_plan(str(tmp_path / "old"), {"steps": 6}, {}, 2).first_seed == 0
+    with pytest.raises(GanEngineError, match="holds a study with other options"):
+        load_plan(str(tmp_path / "old"), {"steps": 6}, {}, 2, first_seed=5)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kills a process group; the workers watch their parent")
+def test_a_killed_study_leaves_no_worker_running_and_its_runs_resumable(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "s"
+    sets = [a for item in ("dataset=ring8", "g-hidden=8x8", "d-hidden=8", "steps=50000", "metrics-every=10000",
+                           "checkpoint-every=200", "batch-size=16", "backend=numpy") for a in ("--set", item)]
+    cmd = [sys.executable, "-m", "gan_engine.cli", "study", "--out", str(out), *sets, "--seeds", "3", "--workers", "2"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("base/seed-*/checkpoints/*.npz"))) < 2:
+        time.sleep(0.1)
+    p.kill()  # SIGKILL to the study's process alone: it cannot stop its workers
+    p.wait(timeout=60)
+    deadline = time.time() + 20  # a run of 50,000 steps would go on for minutes
+    while time.time() < deadline:
+        try:
+            os.killpg(p.pid, 0)  # a worker of the study is still running
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail("the study's workers went on running after it was killed")
+    started = sorted(out.glob("base/seed-*"))
+    assert [d.name for d in started] == ["seed-0", "seed-1"]  # the queued seed 2 never started
+    for run in started:  # each stopped with a whole checkpoint: resumable
+        state, _, _ = load_checkpoint(latest_checkpoint(str(run)))
+        assert 0 < state["step"] < 50000
