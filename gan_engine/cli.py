@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__
 from .backends import backend_status, get_backend, threads
 from .checkpoint import all_checkpoints, resolve_checkpoint
-from .config import TrainConfig
+from .config import DATASET_DEFAULTS, TrainConfig
 from .data import DATASETS, FOLDER_IMAGE_SIZE
 from .errors import GanEngineError
 from .estimate import duration
@@ -57,7 +57,8 @@ def _parser():
     # Train options default to None so that --resume can tell which ones were given.
     t.add_argument("--preset", help=f"a published protocol's options, which the options given override: "
                                     f"{', '.join(PRESETS)}")
-    t.add_argument("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]")
+    t.add_argument("--dataset", help=f"{', '.join(DATASETS)} [{d.dataset}]; {' and '.join(DATASET_DEFAULTS)} bring "
+                                     "their own defaults for the options not given (README)")
     t.add_argument("--data", help="path of the data: for mnist / fashion-mnist an IDX folder or file, or an .npz; "
                                   "for folder a folder of images (PNG, JPEG, ...)")
     t.add_argument("--image-size", type=int, help=f"folder: side of the square images [{FOLDER_IMAGE_SIZE}]")
@@ -183,6 +184,14 @@ def _train_options(args):
     return given
 
 
+def _say_dataset_defaults(config, given):
+    """One line naming the options the dataset's defaults set, when any of them was not given."""
+    used = {k: v for k, v in DATASET_DEFAULTS.get(config.dataset, {}).items() if k not in given}
+    if used:
+        options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in used.items())
+        print(f"{config.dataset}'s defaults: {options} (options you give win over them)", flush=True)
+
+
 def cmd_train(args):
     given = _train_options(args)
     if args.preset:
@@ -196,7 +205,8 @@ def cmd_train(args):
             raise GanEngineError("--resume continues the run in its own folder; drop --out")
         run = Run.resume(args.resume, given, progress=not args.quiet)
     else:
-        config = TrainConfig(**given)
+        config = TrainConfig.with_defaults(**given)
+        _say_dataset_defaults(config, given)
         out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
         run = Run(out, config, progress=not args.quiet)
     print(f"training {run.config.model} GAN on {run.config.dataset} with backend {run.trainer.backend.name} "

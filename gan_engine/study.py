@@ -99,7 +99,7 @@ class Plan:
         runs = []
         for label, options in self.configurations():
             for seed in range(self.first_seed, self.first_seed + self.seeds):
-                config = TrainConfig(**{**options, "seed": seed})
+                config = TrainConfig.with_defaults(**{**options, "seed": seed})
                 if config.metrics_every is None:  # a study compares sample quality: measure it ten times a run
                     config = dataclasses.replace(config, metrics_every=max(1, config.steps // 10))
                 runs.append((label, seed, os.path.join(self.out, label, f"seed-{seed}"), config))

@@ -60,8 +60,8 @@ def test_pac_errors_name_the_sizes():
 
 def test_pac_is_a_run_option_kept_by_resume_and_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--dataset", "ring8", "--hidden", "8", "--batch-size", "8", "--pac", "2", "--checkpoint-every", "5",
-            "--quiet"]
+    args = ["--dataset", "ring8", "--model", "mlp", "--hidden", "8", "--batch-size", "8", "--pac", "2",
+            "--checkpoint-every", "5", "--quiet"]
     assert main(["train", "--out", str(out), *args, "--steps", "5"]) == 0
     assert json.loads((out / "config.json").read_text())["pac"] == 2
     assert main(["train", "--resume", str(out), "--steps", "10", "--quiet"]) == 0

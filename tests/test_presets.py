@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gan_engine.cli import main
-from gan_engine.config import TrainConfig
+from gan_engine.config import DATASET_DEFAULTS, TrainConfig
 from gan_engine.data import load_dataset
 from gan_engine.layers import BatchNorm, Dense, Maxout
 from gan_engine.presets import PRESETS, with_preset
@@ -54,3 +54,29 @@ def test_the_maxout_gan_trains_on_a_mixture_without_diverging(backend):
     trainer = build_trainer(config, load_dataset("ring8"))
     metrics = trainer.train(50, every=50)
     assert np.isfinite(list(metrics.values())).all() and 0 < metrics["d_real"] < 1
+
+
+def test_ring8_and_grid25_train_with_their_own_defaults_and_the_options_given_win(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "grid25", "--steps", "2", "--g-hidden", "8", "--d-hidden", "8",
+                 "--backend", "numpy", "--out", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "grid25's defaults: --model maxout --z-dim 2 --init normal --lr-g 0.0001" in said
+    assert "--steps" not in said.splitlines()[0]  # given: not a default
+    record = json.loads((out / "config.json").read_text())
+    for key, value in DATASET_DEFAULTS["grid25"].items():
+        if key != "steps":
+            assert record[key] == value, key
+    assert record["steps"] == 2 and record["g_hidden"] == [8]
+    # digits keeps TrainConfig's own defaults
+    assert TrainConfig.with_defaults(dataset="digits") == TrainConfig()
+    assert TrainConfig.with_defaults(dataset="ring8", model="mlp").model == "mlp"
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_a_preset_sets_every_option_a_datasets_defaults_set(preset):
+    """So a preset's run is the published protocol whatever the dataset's defaults say."""
+    for dataset, defaults in DATASET_DEFAULTS.items():
+        assert set(defaults) <= set(PRESETS[preset]), (preset, dataset)
+    options = with_preset(preset, {})
+    assert TrainConfig.with_defaults(**options) == TrainConfig(**options)
