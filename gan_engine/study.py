@@ -132,9 +132,7 @@ def run_one(folder, options):
     return folder, status
 
 
-ORPHAN_POLL_S = 1.0  # how often a worker checks that the study's process is still there
-
-
+ORPHAN_POLL_S = 1.0            # how often a worker checks that the study's process is still there
 _orphaned = threading.Event()  # in a worker: the study's process is gone
 
 
