@@ -394,7 +394,8 @@ def batchnorm_forward_rows(x, gamma, beta, running_mean, running_var, mean, invs
 @jit
 def batchnorm_backward_rows(x, gamma, y, dy, mean, invstd, train, code, alpha, dgamma, dbeta, dx, want_dgamma,
                             want_dbeta, want_dx, s1, s2, lo, hi):
-    """x, y, dy, dx (N, C): batchnorm_backward for 1D input, row by row (s1 = sum g, s2 = sum g x_hat)."""
+    """x, y, dy, dx (N, C): batchnorm_backward for 1D input, row by row (s1 = sum g, s2 = sum g x_hat). dx holds g
+    (the gradient through the activation) between the two passes."""
     n, c = x.shape[0], hi - lo
     x, y, dy, dx, s1, s2 = x[:, lo:hi], y[:, lo:hi], dy[:, lo:hi], dx[:, lo:hi], s1[lo:hi], s2[lo:hi]
     gamma, mean, invstd, dgamma, dbeta = gamma[lo:hi], mean[lo:hi], invstd[lo:hi], dgamma[lo:hi], dbeta[lo:hi]
@@ -403,6 +404,7 @@ def batchnorm_backward_rows(x, gamma, y, dy, mean, invstd, train, code, alpha, d
     for i in range(n):
         for j in range(c):
             g = act_grad(y[i, j], dy[i, j], code, alpha)
+            dx[i, j] = g
             s1[j] += g
             s2[j] += g * (x[i, j] - mean[j]) * invstd[j]
     for j in range(c):
@@ -417,9 +419,8 @@ def batchnorm_backward_rows(x, gamma, y, dy, mean, invstd, train, code, alpha, d
         s2[j] = s2[j] / n if train else 0.0
     for i in range(n):
         for j in range(c):
-            g = act_grad(y[i, j], dy[i, j], code, alpha)
             inv = invstd[j]
-            dx[i, j] = gamma[j] * inv * (g - s1[j] - (x[i, j] - mean[j]) * inv * s2[j])
+            dx[i, j] = gamma[j] * inv * (dx[i, j] - s1[j] - (x[i, j] - mean[j]) * inv * s2[j])
 
 
 # ---- loss ----------------------------------------------------------------------------------------------------
