@@ -12,8 +12,9 @@
 - batch norm forward and backward against PyTorch's (cuDNN's) at a DCGAN layer's shape;
 - training steps, the CUDA backend as one CUDA graph a step ("cuda") and as eager launches ("cuda-eager"),
   against PyTorch CUDA eager and PyTorch with the step captured as a CUDA graph ("torch-cuda-graph"; same
-  models, weights and Adam; PyTorch draws on the device): the seeds' MLP GAN at batch 64, a 512-wide one at
-  batch 256, and the DCGANs for 8x8 digits and 28x28 images at batch 64.
+  models, weights and Adam; PyTorch draws on the device): every case of test_bench_step.CASES (the seeds' MLP
+  GAN at batch 64, a 512-wide one at batch 256, the DCGANs for 8x8 digits and 28x28 images at batch 64, and the
+  PacGAN protocol's maxout GAN unpacked and packing 4).
 Each case checks its output once, then times `REPEATS` launches followed by one synchronisation.
 """
 import numpy as np
@@ -26,7 +27,7 @@ from gan_engine.models import dcgan_discriminator, dcgan_generator
 
 from .machine import gpu_peak_gflops, settle
 from .flops import step_flops
-from .test_bench_step import make_trainer
+from .test_bench_step import CASES, make_trainer
 from .torch_peer import TorchTrainer, torch, torch_version
 
 CUDA = dict((name, reason) for name, _, reason in backend_status())["cuda"]
@@ -221,7 +222,7 @@ def test_batchnorm(benchmark, runner, direction):
 
 
 @pytest.mark.parametrize("runner", ["cuda", "cuda-eager", "torch-cuda", "torch-cuda-graph"])
-@pytest.mark.parametrize("case", ["seed-mlp-b64", "mlp-h512-b256", "dcgan-digits-b64", "dcgan-28x28-b64"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_training_step(benchmark, runner, case):
     if runner.startswith("torch") and torch is None:
         pytest.skip("PyTorch is not installed")
