@@ -25,7 +25,7 @@ from .io import atomic_path, write_json
 from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
 from .presets import PRESETS, with_preset
-from .study import load_plan, parse_assignments, run_study
+from .study import load_plan, parse_assignments, report_study, run_study, saved_plan
 from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
@@ -145,13 +145,16 @@ def _parser():
                     help="a train option for every run, e.g. steps=20000 (hidden sizes as 400x400)")
     st.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
                     help="an axis of the grid, e.g. pac=1,2,3,4; several make their product")
-    st.add_argument("--seeds", type=int, default=3, help="how many seeds each configuration runs [3]")
+    st.add_argument("--seeds", type=int, help="how many seeds each configuration runs [3]")
     st.add_argument("--first-seed", type=int, default=0,
                     help="the first of them (seeds S..S+N-1), e.g. to check chosen options on seeds not tuned on [0]")
     st.add_argument("--workers", type=int, help="worker processes, one core and one thread each [one per core]")
     st.add_argument("--mpi", action="store_true", help="run on the ranks of an MPI job (mpi4py.futures): "
                                                        "mpiexec -n N python -m mpi4py.futures -m gan_engine.cli "
                                                        "study ... --mpi")
+    st.add_argument("--report", action="store_true",
+                    help="train nothing: write the table and plot from the runs as they stand (an interrupted study: "
+                         "each configuration at the last step all its seeds measured); give --out alone")
 
     sub.add_parser("info", allow_abbrev=False,
                    help="version, which backends are available here, the thread policy and the BLAS")
@@ -276,21 +279,34 @@ def _metrics_table(result):
 
 
 def cmd_study(args):
+    if args.report:
+        given = [name for name in ("preset", "set", "grid", "seeds", "workers") if getattr(args, name) is not None]
+        given += [f"--{name.replace('_', '-')}" for name in ("first_seed", "mpi") if getattr(args, name)]
+        if given:
+            raise GanEngineError(f"--report reads the study's options from its plan.json: give --out alone, "
+                                 f"without {', '.join(g if g.startswith('--') else '--' + g for g in given)}")
+        report_study(saved_plan(args.out))
+        return _print_study_table(args.out)
     base = parse_assignments(args.set, grid=False)
     if args.preset:
         base = with_preset(args.preset, base)
     if "data" in base:
         base["data"] = os.path.abspath(base["data"])
-    if args.seeds < 1 or (args.workers is not None and args.workers < 1):
+    seeds = 3 if args.seeds is None else args.seeds
+    if seeds < 1 or (args.workers is not None and args.workers < 1):
         raise GanEngineError("--seeds and --workers must be positive")
     if args.first_seed < 0:
         raise GanEngineError(f"--first-seed must be 0 or more, got {args.first_seed}")
-    plan = load_plan(args.out, base, parse_assignments(args.grid, grid=True), args.seeds, args.first_seed)
+    plan = load_plan(args.out, base, parse_assignments(args.grid, grid=True), seeds, args.first_seed)
     rows = run_study(plan, args.workers, args.mpi)
     if rows is None:
         return 130
-    print(f"table: {os.path.join(args.out, 'study.md')} (and .csv, .json); plot: {os.path.join(args.out, 'study.png')}")
-    with open(os.path.join(args.out, "study.md")) as f:
+    return _print_study_table(args.out)
+
+
+def _print_study_table(out):
+    print(f"table: {os.path.join(out, 'study.md')} (and .csv, .json); plot: {os.path.join(out, 'study.png')}")
+    with open(os.path.join(out, "study.md")) as f:
         print(f.read(), end="")
     return 0
 

@@ -6,7 +6,8 @@ one thread each, so they do not fight), resumable, summarised as mean +- standar
 Layout: OUT/<configuration>/seed-<s>/ is an ordinary run folder (config.json, metrics.csv, checkpoints/ ...);
 OUT/study.md, study.csv and study.json hold the table of the runs' last sample-quality metrics, and study.png the
 metrics over the steps, a line per configuration (means over the seeds). Running the same command again skips
-the finished runs and resumes the interrupted ones. With `--mpi` the runs go to mpi4py.futures' MPIPoolExecutor
+the finished runs and resumes the interrupted ones; `--report` writes the table of an interrupted study as it
+stands (each configuration at the last step all its seeds measured). With `--mpi` the runs go to mpi4py.futures' MPIPoolExecutor
 (`mpiexec -n N python -m mpi4py.futures -m gan_engine.cli study ... --mpi`), so they spread over the machines of
 an MPI job.
 """
@@ -107,7 +108,7 @@ class Plan:
 
 
 def _text(value):
-    return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def run_one(folder, options):
@@ -187,8 +188,21 @@ def run_study(plan, workers=None, mpi=False, say=print):
         raise
     pool.shutdown()
     if "interrupted" in statuses:
-        say("study interrupted: run the same command again to go on")
+        say(f"study interrupted: run the same command again to go on (or gan-engine study --out {plan.out} --report "
+            "for the table so far)")
         return None
+    return report_study(plan)
+
+
+def report_study(plan):
+    """Write study.md / .csv / .json and study.png from the runs as they stand, training nothing: a finished study's
+    final table, or an interrupted one's so far (each configuration at the last step all its seeds measured).
+    Returns the summary rows."""
+    runs = plan.runs()
+    missing = [folder for _, _, folder, _ in runs if not os.path.exists(os.path.join(folder, "metrics.csv"))]
+    if missing:
+        raise GanEngineError(f"{len(missing)} of the {len(runs)} runs have not started (the first: {missing[0]}): "
+                             "run the study further before its table")
     rows = summarise(runs)
     write_tables(plan.out, rows)
     save_study_plot(runs, os.path.join(plan.out, "study.png"))
@@ -202,26 +216,41 @@ def quality_rows(folder):
     names = [name for name in rows[0] if name not in ("step", "d_loss", "g_loss", "d_real", "d_fake")] if rows else []
     measured = [r for r in rows if names and r[names[0]]]
     if not measured:
-        raise GanEngineError(f"{folder}/metrics.csv has no sample-quality metrics; the study needs --metrics-every")
+        raise GanEngineError(f"{folder}/metrics.csv has no sample-quality metrics yet: train it further (they come "
+                             "every metrics-every steps)")
     return names, measured
 
 
-def final_metrics(folder):
-    """The sample-quality metrics of the last metrics.csv row that has them: {name: float}, and its step."""
+def metrics_at(folder, step):
+    """The sample-quality metrics {name: float} of a run's last metrics.csv row that has them, at or before `step`."""
     names, measured = quality_rows(folder)
-    return {name: float(measured[-1][name]) for name in names}, int(measured[-1]["step"])
+    row = [r for r in measured if int(r["step"]) <= step][-1]
+    return {name: float(row[name]) for name in names}
+
+
+def last_common_step(folders):
+    """The last step at which every one of the runs in `folders` has measured its samples."""
+    return min(int(quality_rows(folder)[1][-1]["step"]) for folder in folders)
+
+
+def by_configuration(runs):
+    """{label: [run folder, ...]} in the plan's order."""
+    folders = {}
+    for label, _, folder, _ in runs:
+        folders.setdefault(label, []).append(folder)
+    return folders
 
 
 def summarise(runs):
-    """One row per configuration: {"configuration", "runs", "step", metric: mean, metric_se: standard error}."""
-    by_label = {}
-    for label, _, folder, _ in runs:
-        by_label.setdefault(label, []).append(final_metrics(folder))
+    """One row per configuration: {"configuration", "runs", "step", metric: mean, metric_se: standard error}, at
+    the last step all its runs measured (their end, once finished)."""
     rows = []
-    for label, results in by_label.items():
-        row = {"configuration": label, "runs": len(results), "step": min(step for _, step in results)}
-        for name in results[0][0]:
-            values = np.array([metrics[name] for metrics, _ in results])
+    for label, folders in by_configuration(runs).items():
+        step = last_common_step(folders)
+        results = [metrics_at(folder, step) for folder in folders]
+        row = {"configuration": label, "runs": len(results), "step": step}
+        for name in results[0]:
+            values = np.array([metrics[name] for metrics in results])
             row[name] = float(values.mean())
             row[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
         rows.append(row)
@@ -246,17 +275,31 @@ def write_tables(out, rows):
 
 
 def save_study_plot(runs, path):
-    """Each sample-quality metric over the steps, a line per configuration: the mean over its seeds."""
+    """Each sample-quality metric over the steps, a line per configuration: the mean over its seeds, up to the last
+    step all of them measured."""
     from .plots import save_curves
 
     curves = {}
-    for label, _, folder, _ in runs:
-        names, measured = quality_rows(folder)
-        for name in names:
-            curves.setdefault(name, {}).setdefault(label, []).append(
-                ([int(r["step"]) for r in measured], [float(r[name]) for r in measured]))
+    for label, folders in by_configuration(runs).items():
+        step = last_common_step(folders)
+        for folder in folders:
+            names, measured = quality_rows(folder)
+            measured = [r for r in measured if int(r["step"]) <= step]
+            for name in names:
+                curves.setdefault(name, {}).setdefault(label, []).append(
+                    ([int(r["step"]) for r in measured], [float(r[name]) for r in measured]))
     save_curves({name: {label: (runs_[0][0], np.mean([values for _, values in runs_], axis=0).tolist())
                         for label, runs_ in by_label.items()} for name, by_label in curves.items()}, path)
+
+
+def saved_plan(out):
+    """The Plan of the study in folder `out`, from its plan.json."""
+    path = os.path.join(out, "plan.json")
+    if not os.path.exists(path):
+        raise GanEngineError(f"{out} holds no study ({path} is missing): give the folder a study wrote")
+    with open(path) as f:
+        saved = json.load(f)
+    return Plan(out, saved["base"], saved["grid"], saved["seeds"], saved.get("first_seed", 0))
 
 
 def load_plan(out, base, grid, seeds, first_seed=0):

@@ -184,3 +184,39 @@ def test_a_killed_study_leaves_no_worker_running_and_its_runs_resumable(tmp_path
     for run in started:  # each stopped with a whole checkpoint: resumable
         state, _, _ = load_checkpoint(latest_checkpoint(str(run)))
         assert 0 < state["step"] < 50000
+
+
+def test_report_tables_an_interrupted_study_at_the_last_step_all_its_seeds_measured(tmp_path, capsys):
+    out = tmp_path / "study"
+    plan = Plan(str(out), TINY, {"d_hidden": [(8,), (4,)]}, seeds=2)
+    run_study(plan, workers=2, say=lambda line: None)
+    behind = out / "d-hidden=4" / "seed-1" / "metrics.csv"  # as if interrupted before its second measurement
+    lines = behind.read_text().splitlines()
+    behind.write_text("\n".join(line for line in lines if not line.startswith("6,")) + "\n")
+    (out / "study.md").unlink()
+
+    assert main(["study", "--out", str(out), "--report"]) == 0
+    rows = {r["configuration"]: r for r in json.loads((out / "study.json").read_text())}
+    assert rows["d-hidden=8"]["step"] == 6 and rows["d-hidden=4"]["step"] == 3
+    for label, step in (("d-hidden=8", 6), ("d-hidden=4", 3)):
+        measured = []
+        for seed in (0, 1):
+            with open(out / label / f"seed-{seed}" / "metrics.csv", newline="") as f:
+                measured.append([float(r["high_quality"]) for r in csv.DictReader(f) if r["step"] == str(step)
+                                 and r["high_quality"]][-1])
+        assert rows[label]["high_quality"] == pytest.approx(np.mean(measured))
+    assert f"| d-hidden=4 | 2 | 3 |" in capsys.readouterr().out
+    assert os.path.getsize(out / "study.png") > 1000
+
+
+def test_report_refuses_a_folder_without_a_study_unstarted_runs_and_plan_options(tmp_path, capsys):
+    def error(*argv):
+        assert main(["study", "--out", str(tmp_path / "s"), "--report", *argv]) == 2
+        return capsys.readouterr().err
+
+    assert "holds no study" in error()
+    plan = Plan(str(tmp_path / "s"), TINY, {}, seeds=2)
+    run_study(plan, workers=1, say=lambda line: None)
+    assert "give --out alone, without --grid, --seeds" in error("--grid", "pac=1,2", "--seeds", "2")
+    shutil.rmtree(tmp_path / "s" / "base" / "seed-1")
+    assert "1 of the 2 runs have not started" in error()
