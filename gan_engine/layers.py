@@ -43,6 +43,7 @@ class Layer:
     """
 
     label = "layer"
+    mixes_rows = False  # True for a layer whose training forward makes a row depend on the batch's other rows
 
     def param_shapes(self):
         """name -> shape of each learned parameter (none by default)."""
@@ -311,6 +312,8 @@ class BatchNorm(Layer):
     DCGAN "normal" initialiser) and beta at 0.
     """
 
+    mixes_rows = True  # training normalises each row by the whole batch's statistics
+
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
         _check_positive("BatchNorm", num_features=num_features)
         self.num_features = int(num_features)
@@ -535,6 +538,12 @@ class Sequential:
     def statistics(self):
         """name -> running statistic array (a view into `flat_stats`), e.g. "1.running_mean"."""
         return dict(self._stats)
+
+    @property
+    def rows_independent(self):
+        """True when each output row depends on its input row alone, in training too (no batch norm): then a
+        forward over two batches stacked is the two forwards, and a backward over them the sum of the two."""
+        return not any(layer.mixes_rows for layer in self.layers)
 
     def zero_grad(self):
         """Set every parameter gradient to zero (they accumulate across backward calls until then)."""

@@ -30,7 +30,9 @@ def test_reals_and_fakes_are_packed_alike_m_consecutive_samples_per_input(model)
     trainer.D.forward = lambda x, train=True: (seen.append(np.array(x)), d_forward(x, train))[1]
     trainer.G.forward = lambda z, train=True: (made.append(g_forward(z, train).copy()), made[-1])[1]
     trainer.d_step()
-    real, fake = seen  # D's two inputs: (B, 3 F) each
+    # D's two inputs (B, 3 F) each, or with no batch norm in D (the MLP) one input of both, reals first (2 B, 3 F)
+    assert len(seen) == (1 if model == "mlp" else 2)
+    real, fake = np.split(np.concatenate(seen), 2)
     assert real.shape == fake.shape == (4, 3 * data.shape[1])
     want_real = data[trainer._idx]  # the B m = 12 samples drawn
     for i in range(4):  # input i is samples 3i, 3i + 1, 3i + 2 side by side (for images: stacked channels)

@@ -175,3 +175,41 @@ def test_the_noise_buffer_holds_no_stale_memory_before_its_first_draw():
     trainer.load_state_dict(make(seed=4).state_dict())
     assert not np.asarray(trainer._z).any()  # zeros until the next step draws into it
 
+
+
+def _forced_two_passes(D):
+    """D as it is, but saying that its rows are not independent: the trainer then judges reals and fakes apart."""
+    D.__class__ = type("TwoPassSequential", (type(D),), {"rows_independent": False})
+    return D
+
+
+@pytest.mark.parametrize("model", ["mlp", "maxout"])
+def test_one_d_pass_over_reals_and_fakes_equals_two_passes(model):
+    from gan_engine.models import batchnorm_generator, maxout_discriminator
+
+    data = np.random.default_rng(0).uniform(-1, 1, (200, 4)).astype(np.float64)
+
+    def trainer(two_passes):
+        if model == "mlp":
+            G = mlp_generator(3, (8,), 4, backend="numpy", dtype=np.float64, seed=0)
+            D = mlp_discriminator(8, (8,), backend="numpy", dtype=np.float64, seed=1)
+        else:
+            G = batchnorm_generator(3, (8, 8), 4, backend="numpy", dtype=np.float64, seed=0)
+            D = maxout_discriminator(8, (6, 6), 3, backend="numpy", dtype=np.float64, seed=1)
+        return Trainer(G, _forced_two_passes(D) if two_passes else D, data, batch_size=5, pac=2, k_disc=2, seed=4,
+                       label_smoothing=0.1)
+
+    one, two = trainer(False), trainer(True)
+    assert one.one_d_pass and not two.one_d_pass
+    for a, b in zip(run(one, 4), run(two, 4)):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-12)
+    for model_one, model_two in ((one.D, two.D), (one.G, two.G)):
+        np.testing.assert_allclose(model_one.flat_params, model_two.flat_params, rtol=1e-12, atol=1e-13)
+
+
+def test_a_discriminator_with_batch_norm_judges_reals_and_fakes_apart():
+    from gan_engine.models import dcgan_discriminator, dcgan_generator
+
+    G, D = dcgan_generator(4, (1, 8, 8), (8, 4), backend="numpy"), dcgan_discriminator((1, 8, 8), (4, 8), backend="numpy")
+    data = np.random.default_rng(0).uniform(-1, 1, (200, 64)).astype(np.float32)
+    assert not D.rows_independent and not Trainer(G, D, data, batch_size=4).one_d_pass
