@@ -416,3 +416,19 @@ def test_adam_at_a_late_step_matches_the_closed_formula(backend):
     np.testing.assert_allclose(backend.to_numpy(bm), m2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(backend.to_numpy(bv), v2, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(backend.to_numpy(bp), want, rtol=1e-5, atol=1e-6)
+
+
+def test_maxout_picks_the_first_largest_piece_and_nan_wins_on_every_backend(backend):
+    """Units of 4 pieces as the reference takes them: a tie (the first wins), a NaN after a larger piece and a NaN
+    first (NaN wins, the first NaN), +inf beside -inf (their sum is NaN, yet no piece is), all -inf, two NaNs."""
+    nan, inf = np.nan, np.inf
+    z = np.array([[1, 3, 3, 2], [5, nan, 1, 7], [nan, 9, 1, 2], [-inf, inf, 0, 1], [-inf, -inf, -inf, -inf],
+                  [0, nan, nan, 4]], dtype=np.float32).reshape(1, -1)  # (1, U pieces) = x @ W with x = [[1]]
+    want_argmax = np.empty((1, 6), np.int32)
+    want = R.maxout_forward(np.ones((1, 1), np.float32), z, np.zeros(24, np.float32), 4, want_argmax)
+    assert want_argmax.tolist() == [[1, 1, 0, 1, 0, 1]]  # the cases are what the docstring says
+    argmax = backend.xp.empty((1, 6), dtype=np.int32)
+    got = backend.maxout_forward(backend.asarray(np.ones((1, 1)), np.float32), backend.asarray(z, np.float32),
+                                 backend.asarray(np.zeros(24), np.float32), 4, argmax)
+    np.testing.assert_array_equal(backend.to_numpy(got), want)  # NaN where NaN
+    assert backend.to_numpy(argmax).tolist() == want_argmax.tolist()
