@@ -45,9 +45,9 @@ def record(cupy_cuda, timed=False, run=True):
     launches, products = [], []
     original_function, original_gemm = cupy_cuda._function, cupy_cuda._gemm
 
-    def gemm(module, kernel, m, n, k, args, layers=1):
-        products.append((m, n, k, layers, cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors())))
-        original_gemm(module, kernel, m, n, k, args, layers)
+    def gemm(module, kernel, m, n, k, args, layers=1, group=1):
+        products.append((m, n, k, layers, cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors(), group)))
+        original_gemm(module, kernel, m, n, k, args, layers, group)
 
     def function(module, kernel, tile=None):
         compiled = original_function(module, kernel, tile) if run else None

@@ -8,21 +8,21 @@
 //
 // The bias gradient db += sum_n g is bias.cu's channel_grad_sum_kernel.
 //
-// The maxout layer (a unit's pieces are W's columns u * pieces + p): dense_forward_kernel makes z (N, U pieces) =
-// x W + b, then
-//   maxout_reduce_kernel       y (N, U) = max_p z, argmax (N, U) the first piece reaching it (NaN wins); a thread
-//                              per (n, u)
+// The maxout layer (a unit's pieces are W's columns u * pieces + p):
+//   maxout_forward_kernel      y (N, U) = max_p (x W + b), argmax (N, U) the first piece reaching it (NaN wins):
+//                              gemm_grouped, a unit's pieces side by side in the epilogue (z is never stored)
 //   maxout_backward_dw_kernel  dW (I, U pieces) += x^T g     TN GEMM; g (N, U pieces), dy at each unit's winning
 //                                                            piece and 0 elsewhere, is made as g's tiles are read
 //   maxout_backward_dx_kernel  dx (N, I) = g W^T             NT GEMM, g made on read
 //   maxout_bias_grad_kernel    db (U pieces) += sum_n g      a thread per column, n in order (deterministic)
-// Grid (ceil(values / 256),), block (256,) for the two that are not GEMMs.
+// Grid (ceil(values / 256),), block (256,) for the one that is no GEMM.
 // Every kernel is gemm.cuh's GEMM C (M, Nc) = A (M, K) @ B (K, Nc), split along K when the launcher says so.
 // Grid (tiles, 1, splits), block (16, 16); see gemm.cuh.
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
 // emulator: shared_writes dense_forward_kernel arrivals
 // emulator: shared_writes dense_backward_dw_kernel arrivals
 // emulator: shared_writes dense_backward_dx_kernel arrivals
+// emulator: shared_writes maxout_forward_kernel arrivals
 // emulator: shared_writes maxout_backward_dw_kernel arrivals
 // emulator: shared_writes maxout_backward_dx_kernel arrivals
 #include "gemm.cuh"
@@ -64,21 +64,26 @@ struct MaxoutGrad {
     }
 };
 
-extern "C" __global__ void maxout_reduce_kernel(const float* __restrict__ z, float* __restrict__ y,
-                                                int* __restrict__ argmax, int N, int units, int pieces) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // (n, u); its pieces are z[i pieces ...]
-    if (i >= N * units) return;
-    const float* v = z + i * pieces;
-    float best = v[0];
-    int arg = 0;
-    for (int p = 1; p < pieces; ++p) {
-        if (v[p] > best || (v[p] != v[p] && best == best)) {
-            best = v[p];
-            arg = p;
-        }
-    }
-    y[i] = best;
-    argmax[i] = arg;
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+maxout_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, const float* __restrict__ b,
+                      float* __restrict__ y, int* __restrict__ argmax, int N, int I, int units, int pieces,
+                      SPLIT_PARAMS) {
+    // C = z (N, U pieces) = x W, K = I; the epilogue gets a unit's pieces z[n, u pieces ...] together.
+    gemm_grouped(Rows{x, x, I, ACT_IDENTITY, 0.f}, Rows{W, W, units * pieces, ACT_IDENTITY, 0.f}, N, units, pieces, I,
+                 SPLIT, [&](int r, int u, const float* z) {
+                     const float* bias = b + u * pieces;
+                     float best = z[0] + bias[0];
+                     int arg = 0;
+                     for (int p = 1; p < pieces; ++p) {
+                         const float v = z[p] + bias[p];
+                         if (v > best || (v != v && best == best)) {
+                             best = v;
+                             arg = p;
+                         }
+                     }
+                     y[r * units + u] = best;
+                     argmax[r * units + u] = arg;
+                 });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

@@ -1,7 +1,7 @@
 // gemm.cuh: the tiled fp32 GEMM every matrix-product kernel is built on (dense.cu, conv.cu).
 //
 // gemm(A, B, M, Nc, K, split, epilogue) computes C (M, Nc) = A (M, K) @ B (K, Nc) and hands each value of C to the
-// kernel's epilogue(r, c, value), once. A and B are operand readers: `(r, c)` returns element (r, c) of the
+// kernel's epilogue(r, c, value), once (gemm_grouped, at the end: a group of neighbouring values at once). A and B are operand readers: `(r, c)` returns element (r, c) of the
 // operand wherever and however it is stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it
 // is read, a window of an image for a convolution); it is called only inside the operand. ROW_CONTIGUOUS says
 // whether neighbouring columns are neighbours in memory, which orders the loads so that neighbouring threads
@@ -203,6 +203,20 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
     }
 }
 
+// The tile's rows chunk * CHUNK_ROWS .. + CHUNK_ROWS from the threads' registers into shared memory, row-major
+// (CHUNK_ROWS, TILE_N). Every thread must call it; it waits until the memory is free and until the chunk is whole.
+__device__ void stage_chunk(const float acc[THREAD_M][THREAD_N], int chunk, float* shared) {
+    __syncthreads();  // the slices (or the last chunk) are read: the memory is free
+    #pragma unroll
+    for (int i = 0; i < THREAD_M; ++i) {  // unrolled: acc stays in registers (an array indexed at run time
+        const int row = tile_index<TILE_M, THREAD_M>(threadIdx.y, i) - chunk * CHUNK_ROWS;  // is local memory)
+        if (row < 0 || row >= CHUNK_ROWS) continue;
+        #pragma unroll
+        for (int j = 0; j < THREAD_N; ++j) shared[row * TILE_N + tile_index<TILE_N, THREAD_N>(threadIdx.x, j)] = acc[i][j];
+    }
+    __syncthreads();
+}
+
 // fn(r, c, v) for every value v of the tile at (row0, col0) that lies inside C (M, Nc), at C's (r, c). The values go
 // from registers through shared memory (a chunk of rows at a time), so that neighbouring threads then handle
 // neighbouring columns (coalesced stores) and one copy of fn's code serves them all. Every thread must call it.
@@ -211,15 +225,7 @@ __device__ void for_each_value(const float acc[THREAD_M][THREAD_N], int M, int N
                                Fn fn) {
     const int tid = threadIdx.y * 16 + threadIdx.x;
     for (int chunk = 0; chunk < TILE_M / CHUNK_ROWS; ++chunk) {
-        __syncthreads();  // the slices (or the last chunk) are read: the memory is free
-        #pragma unroll
-        for (int i = 0; i < THREAD_M; ++i) {  // unrolled: acc stays in registers (an array indexed at run time
-            const int row = tile_index<TILE_M, THREAD_M>(threadIdx.y, i) - chunk * CHUNK_ROWS;  // is local memory)
-            if (row < 0 || row >= CHUNK_ROWS) continue;
-            #pragma unroll
-            for (int j = 0; j < THREAD_N; ++j) shared[row * TILE_N + tile_index<TILE_N, THREAD_N>(threadIdx.x, j)] = acc[i][j];
-        }
-        __syncthreads();
+        stage_chunk(acc, chunk, shared);
         for (int e = tid; e < CHUNK_ROWS * TILE_N; e += GEMM_THREADS) {
             const int r = row0 + chunk * CHUNK_ROWS + e / TILE_N, c = col0 + e % TILE_N;
             if (r < M && c < Nc) fn(r, c, shared[e]);
@@ -253,5 +259,51 @@ __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K,
         float sum = 0.f;
         for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
         epilogue(r, c, sum);
+    }
+}
+
+// Grouped columns (a maxout unit's pieces): gemm_grouped computes C (M, groups group) = A @ B like gemm, but hands
+// its epilogue whole groups of `group` (<= TILE_N) neighbouring columns: fn(r, g, v) with v[0 .. group) the values
+// C (r, g group ...), in shared memory. A tile owns TILE_N / group whole groups (it multiplies TILE_N columns and
+// drops the rest), so no group straddles two tiles: the grid has ceil(groups / (TILE_N / group)) column tiles. A
+// split product's blocks write their owned columns' partial sums; the last one stages the sums and runs fn.
+template <class OperandA, class OperandB, class Epilogue>
+__device__ void gemm_grouped(const OperandA& A, const OperandB& B, int M, int groups, int group, int K,
+                             const Split& split, const Epilogue& epilogue) {
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    const int Nc = groups * group, per_tile = TILE_N / group;
+    if (M <= 0 || Nc <= 0 || per_tile == 0) return;
+    const int tiles_n = (groups + per_tile - 1) / per_tile, tile = blockIdx.x;
+    const int row0 = tile / tiles_n * TILE_M, g0 = tile % tiles_n * per_tile, col0 = g0 * group;
+    if (row0 >= M) return;  // past this product's tiles: the whole block
+    const int slices = (K + TILE_K - 1) / TILE_K, per = (slices + split.count - 1) / split.count;
+    const int k_begin = min(split.index * per, slices) * TILE_K, k_end = min((split.index + 1) * per * TILE_K, K);
+    float acc[THREAD_M][THREAD_N];
+    multiply(A, B, M, Nc, K, row0, col0, k_begin, k_end, shared, acc);
+    if (split.count > 1) {
+        for_each_value(acc, M, min(Nc, col0 + per_tile * group), row0, col0, shared, [&](int r, int c, float v) {
+            split.partial[(split.index * M + r) * Nc + c] = v;
+        });
+        if (!last_to_arrive(&split.arrivals[tile], split.count)) return;
+    }
+    const int tid = threadIdx.y * 16 + threadIdx.x;
+    for (int chunk = 0; chunk < TILE_M / CHUNK_ROWS; ++chunk) {
+        if (split.count == 1) {
+            stage_chunk(acc, chunk, shared);
+        } else {  // the partials summed in split order, as gemm's last block does
+            __syncthreads();
+            for (int e = tid; e < CHUNK_ROWS * TILE_N; e += GEMM_THREADS) {
+                const int r = row0 + chunk * CHUNK_ROWS + e / TILE_N, c = col0 + e % TILE_N;
+                float sum = 0.f;
+                if (r < M && e % TILE_N < per_tile * group && c < Nc)
+                    for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
+                shared[e] = sum;
+            }
+            __syncthreads();
+        }
+        for (int e = tid; e < CHUNK_ROWS * per_tile; e += GEMM_THREADS) {
+            const int row = e / per_tile, g = e % per_tile, r = row0 + chunk * CHUNK_ROWS + row;
+            if (r < M && g0 + g < groups) epilogue(r, g0 + g, shared + row * TILE_N + g * group);
+        }
     }
 }

@@ -51,6 +51,17 @@ def test_gemm_plan_fills_the_gpu_and_splits_long_products():
     assert cupy_cuda.gemm_plan(64, 16, 12544, multiprocessors=8).splits < weight_grad.splits  # fewer SMs, fewer
 
 
+def test_grouped_tiles_own_whole_groups_of_columns():
+    """gemm_grouped (maxout's forward): a 64-wide tile owns 12 units of 5 pieces (60 columns), so 200 units take 17
+    column tiles; pieces wider than a tile rule that tile out."""
+    assert cupy_cuda.column_tiles(1000, 64, group=5) == 17 and cupy_cuda.column_tiles(1000, 64) == 16
+    assert cupy_cuda.column_tiles(1000, 16, group=5) == 67  # 3 units a tile
+    plan = cupy_cuda.gemm_plan(100, 1000, 200, group=5)  # a PacGAN D layer: 200 units of 5 pieces at batch 100
+    assert plan.tiles == -(-100 // plan.tile[0]) * cupy_cuda.column_tiles(1000, plan.tile[1], 5), plan
+    assert all(cupy_cuda.gemm_plan(m, 40 * 40, 64, group=40).tile[1] >= 40 for m in (1, 100, 5000))
+    assert cupy_cuda.MAX_PIECES == 128
+
+
 def test_checks_name_the_argument_and_the_problem():
     """The checks read only dtype, flags and shape, so host arrays stand in for device ones here."""
     ok = np.zeros((3, 4), np.float32)
@@ -151,8 +162,9 @@ def test_every_tile_shape_and_split_matches_the_reference(gemm_backend, tile, sp
     activations, since the epilogue's activation does not depend on the tile)."""
     from . import test_backend_parity
 
-    def forced(m, n, k, layers=1, multiprocessors=None):
-        return cupy_cuda.GemmPlan(tile, splits, max(1, -(-m // tile[0]) * -(-n // tile[1])), 0.0)
+    def forced(m, n, k, layers=1, multiprocessors=None, group=1):
+        return cupy_cuda.GemmPlan(tile, splits, max(1, -(-m // tile[0]) * cupy_cuda.column_tiles(n, tile[1], group)),
+                                  0.0)
 
     monkeypatch.setattr(cupy_cuda, "gemm_plan", forced)
     monkeypatch.setattr(test_backend_parity, "ACTS", ("identity", "tanh"))
@@ -167,7 +179,7 @@ def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_b
     x, W, b = (cuda_backend.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((17, 300), (300, 40), (40,)))
 
     def run(splits):
-        monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None:
+        monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None, group=1:
                             cupy_cuda.GemmPlan((16, 64), splits, 2, 0.0))
         return cuda_backend.to_numpy(cuda_backend.dense_forward(x, W, b))
 
@@ -222,3 +234,9 @@ def test_adam_counts_its_steps_on_the_device(cuda_backend):
     np.testing.assert_allclose(cuda_backend.to_numpy(ours[0]), param, rtol=1e-5, atol=1e-6)
     count = cuda_backend._steps[ours[0].data.ptr][0]  # the device counter kept for this parameter buffer
     assert int(cuda_backend.to_numpy(count)[0]) == 3
+
+
+def test_maxout_refuses_more_pieces_than_a_tile_holds(cuda_backend):
+    x, W, b = (cuda_backend.asarray(np.zeros(s, np.float32)) for s in ((2, 3), (3, 258), (258,)))
+    with pytest.raises(ValueError, match="at most 128 pieces a unit"):
+        cuda_backend.maxout_forward(x, W, b, 129, cuda_backend.xp.empty((2, 2), dtype=np.int32))

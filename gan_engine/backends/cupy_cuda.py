@@ -61,6 +61,7 @@ GEMM_TILES = {
     (16, 64): (0.3, 0.2, 4),
     (64, 16): (0.3, 0.2, 4),
 }
+MAX_PIECES = max(n for _, n in GEMM_TILES)  # maxout's pieces a unit: they must fit in a tile's columns
 BLOCK_US = 0.5          # a block's start and epilogue, per wave
 FIXUP_BYTES_PER_US = 1e5  # the last block of a split tile reads the partials at about 100 GB/s (one SM)
 DEFAULT_MULTIPROCESSORS = 132
@@ -107,21 +108,28 @@ def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROC
     return us
 
 
+def column_tiles(n, tile_n, group=1):
+    """gemm.cuh's column tiles of C (., n): a tile covers tile_n columns, or with columns in groups of `group`
+    (gemm_grouped) the tile_n // group whole groups it owns."""
+    return math.ceil(n / group / (tile_n // group))
+
+
 @functools.lru_cache(maxsize=4096)
-def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, group=1):
     """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
-    side: every tile of GEMM_TILES, splits 1, 2, 4, ... up to the K slices (MAX_PARTIAL partial sums, MAX_GRID_Z
-    splits x layers). Ties go to fewer splits, then to the larger tile. Deterministic for a shape and a GPU: so
-    are the sums' bits."""
+    side: every tile of GEMM_TILES (at least `group` columns wide: gemm_grouped's groups of columns), splits 1, 2,
+    4, ... up to the K slices (MAX_PARTIAL partial sums, MAX_GRID_Z splits x layers). Ties go to fewer splits, then
+    to the larger tile. Deterministic for a shape and a GPU: so are the sums' bits."""
     slices = max(1, math.ceil(k / TILE_K))
     best = None
-    for tile in sorted(GEMM_TILES, key=lambda t: -t[0] * t[1]):
+    for tile in sorted((t for t in GEMM_TILES if t[1] >= group), key=lambda t: -t[0] * t[1]):
+        covered = column_tiles(n, tile[1], group) * tile[1]  # the columns the tiles multiply
         splits = 1
         while splits == 1 or (splits <= slices and splits * m * n * layers <= MAX_PARTIAL
                               and splits * layers <= MAX_GRID_Z):
-            us = gemm_time(m, n, k, tile, splits, layers, multiprocessors)
+            us = gemm_time(m, covered, k, tile, splits, layers, multiprocessors)
             if best is None or us < best.us * (1 - 1e-9):
-                best = GemmPlan(tile, splits, max(1, math.ceil(m / tile[0]) * math.ceil(n / tile[1])), us)
+                best = GemmPlan(tile, splits, max(1, math.ceil(m / tile[0]) * column_tiles(n, tile[1], group)), us)
             splits *= 2
     return best
 
@@ -221,10 +229,11 @@ def _arrivals(count):
     return _buffer("arrivals", count, np.int32)
 
 
-def _gemm(module, kernel, m, n, k, args, layers=1):
+def _gemm(module, kernel, m, n, k, args, layers=1, group=1):
     """Launch gemm.cuh kernel `kernel` of `module` (its arguments `args` before the split's) for C (m, n) over K
-    = k, `layers` such products side by side in grid z, as gemm_plan says."""
-    plan = gemm_plan(m, n, k, layers, _multiprocessors())
+    = k, `layers` such products side by side in grid z, as gemm_plan says; `group` > 1 for a gemm_grouped
+    kernel, whose epilogue takes groups of that many neighbouring columns."""
+    plan = gemm_plan(m, n, k, layers, _multiprocessors(), group)
     partial = _buffer("partial", plan.splits * m * n * layers if plan.splits > 1 else 1)
     arrivals = _arrivals(plan.tiles * layers)
     _function(module, kernel, plan.tile)((plan.tiles, 1, plan.splits * layers), GEMM_BLOCK, (
@@ -279,19 +288,19 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
 # ---- maxout (dense.cu) ---------------------------------------------------------------------------------------
 
 def maxout_forward(x, W, b, pieces, argmax, out=None):
-    """y (N, U) = the largest of each unit's pieces of x @ W + b, argmax (N, U) int32 the winning piece: the dense
-    GEMM with the bias into scratch z (N, U pieces), then a thread per (n, u) for the max."""
+    """y (N, U) = the largest of each unit's pieces of x @ W + b, argmax (N, U) int32 the winning piece: one
+    kernel, the GEMM with the bias, max and argmax in its epilogue (a unit's pieces side by side in a tile)."""
     n, i = check_array("x", x).shape
     width = check_array("W", W, (i, W.shape[1])).shape[1]
     check_array("b", b, (width,))
+    if pieces > MAX_PIECES:
+        raise ValueError(f"the CUDA maxout takes at most {MAX_PIECES} pieces a unit (a unit's pieces lie in one "
+                         f"GEMM tile), got {pieces}")
     units = width // pieces
     check_array("argmax", argmax, (n, units), np.int32)
     out = _output(out, "out", (n, units))
-    z = _buffer("maxout z", n * width)[:n * width].reshape(n, width)
-    _gemm("dense", "dense_forward_kernel", n, width, i, (
-        x, W, b, z, np.int32(n), np.int32(i), np.int32(width), np.int32(0), np.float32(0)))
-    _function("dense", "maxout_reduce_kernel")(elementwise_grid(n * units), (THREADS,), (
-        z, out, argmax, np.int32(n), np.int32(units), np.int32(pieces)))
+    _gemm("dense", "maxout_forward_kernel", n, width, i, (
+        x, W, b, out, argmax, np.int32(n), np.int32(i), np.int32(units), np.int32(pieces)), group=pieces)
     return out
 
 
