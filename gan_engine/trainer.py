@@ -36,10 +36,13 @@ class Trainer:
     step. The metrics a replayed step returns are then the same device arrays every step, rewritten by the next.
     `pac` m > 1 is PacGAN's packing (Lin et al. 2018): D judges m samples at once, a real batch and a fake batch of
     B m samples each, packed by `pack` into B inputs of m F values; D must read pac x G's output size.
+    `comm` (gan_engine.distributed.world(), under mpiexec) trains over its ranks: each computes B / P rows of every
+    global batch of B and the gradients are averaged over the ranks before each update, so P ranks follow one
+    process of batch B (every rank builds the same models and data and passes the same seed).
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
-                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1):
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -70,7 +73,11 @@ class Trainer:
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
-        be, xp, B, m = self.backend, self.backend.xp, self.batch_size, self.pac
+        self.comm, ranks, rank = comm, getattr(comm, "size", 1), getattr(comm, "rank", 0)
+        if ranks > 1:
+            check_ranks(G, D, self.batch_size, comm)
+        self.local_batch = self.batch_size // ranks  # this rank's rows of every global batch
+        be, xp, B, m = self.backend, self.backend.xp, self.local_batch, self.pac
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
         self.rng = be.new_rng(seed)
         self.step_count = 0
@@ -81,23 +88,34 @@ class Trainer:
         # batch norm): the same gradients as two passes, in half the calls and twice the rows a GEMM
         self.one_d_pass = getattr(D, "rows_independent", False)
         passes = 2 if self.one_d_pass else 1
-        self._idx = xp.empty(B * m, dtype=np.int64)                                 # (B m,)
+        # Every rank draws the whole global batch (B ranks x B m indices and noise rows) from the same stream and
+        # keeps its own B m: the ranks together see what one process would (B here: this rank's rows)
+        mine = slice(rank * B * m, (rank + 1) * B * m)
+        self._all_idx = xp.empty(ranks * B * m, dtype=np.int64)                     # (P B m,)
+        self._idx = self._all_idx[mine]                                             # (B m,)
         self._samples = xp.empty((passes * B * m, G.out_features), dtype=G.dtype)  # (B m | 2 B m, F): reals, fakes
         self._real = self._samples[:B * m]                                          # (B m, F)
-        self._z = xp.zeros((B * m, self.z_dim), dtype=G.dtype)                     # (B m, Z), zeros until drawn
+        self._all_z = xp.zeros((ranks * B * m, self.z_dim), dtype=G.dtype)         # (P B m, Z), zeros until drawn
+        self._z = self._all_z[mine]                                                 # (B m, Z)
         self._dlogits = xp.empty((passes * B, 1), dtype=G.dtype)                   # (B | 2 B, 1)
 
     def _noise(self):
-        return self.backend.noise(self.rng, self.prior, self._z)
+        self.backend.noise(self.rng, self.prior, self._all_z)
+        return self._z
+
+    def _average_gradients(self, model):
+        """Over several ranks: the model's gradients become their mean over the ranks (one allreduce)."""
+        if self.comm is not None and self.comm.size > 1:
+            self.comm.average(model.flat_grads)
 
     def d_step(self):
         """One discriminator update on a fresh real batch and fresh fakes; G gets no gradient.
 
         Returns (loss, mean D(x), mean D(G(z))) as backend 0-d arrays.
         """
-        be, D, B = self.backend, self.D, self.batch_size
+        be, D, B = self.backend, self.D, self.local_batch
         D.zero_grad()
-        be.batch_indices(self.rng, self.data.shape[0], self._idx)
+        be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
         real = be.gather_rows(self.data, self._idx, self._real)
         fake = self.G.forward(self._noise())
         if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses, one backward
@@ -111,6 +129,7 @@ class Trainer:
             D.backward(self._dlogits)
             loss_fake, d_fake = d_loss_fake(be, D.forward(self.pack(fake)), self._dlogits)
             D.backward(self._dlogits)
+        self._average_gradients(D)
         self.opt_d.step()
         return loss_real + loss_fake, d_real, d_fake
 
@@ -118,10 +137,11 @@ class Trainer:
         """One generator update through a fixed D (D's gradients are not accumulated). Returns the loss."""
         be, G, D = self.backend, self.G, self.D
         G.zero_grad()
-        dlogits = self._dlogits[:self.batch_size]                                 # (B, 1)
+        dlogits = self._dlogits[:self.local_batch]                                # (B, 1)
         loss, _ = g_loss(be, D.forward(self.pack(G.forward(self._noise()))), dlogits, self.loss)
         dfake = D.backward(dlogits, need_dx=True, param_grads=False)          # (B, m F)
         G.backward(dfake.reshape(self._z.shape[0], -1))                      # (B m, F)
+        self._average_gradients(G)
         self.opt_g.step()
         return loss
 
@@ -178,6 +198,9 @@ class Trainer:
         """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite, or a loss is beyond
         LOSS_BOUND (a BCE that large means D's logits are in the thousands: the run has blown up)."""
         values = {k: float(self.backend.to_numpy(v)) for k, v in metrics.items()}
+        if self.comm is not None and self.comm.size > 1:  # every rank calls this at the same steps
+            values = self.comm.average_values(values)
+            self.comm.check_same([self.G.flat_params, self.D.flat_params], "parameters")
         if not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(f"training diverged at step {self.step_count}: {values}")
         if max(abs(values["d_loss"]), abs(values["g_loss"])) > LOSS_BOUND:
@@ -253,6 +276,24 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
         raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
     check_choice("noise prior", prior, PRIORS)
     return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
+
+
+def check_ranks(G, D, batch_size, comm):
+    """Raise GanEngineError unless G and D can train over the `comm.size` ranks of `comm`: a global batch that the
+    ranks share evenly, host arrays, no batch norm (its statistics would be each rank's, not the global batch's),
+    and the same initial parameters on every rank."""
+    if batch_size % comm.size:
+        raise GanEngineError(f"the batch of {batch_size} does not split evenly over {comm.size} ranks: give a batch "
+                             f"size that is a multiple of {comm.size}")
+    if G.backend.xp is not np:
+        raise GanEngineError(f"training over ranks runs on the CPU backends (numpy, numba) for now, not "
+                             f"{G.backend.name}: its NCCL allreduce is not written yet")
+    with_norm = [name for name, model in (("G", G), ("D", D)) if not model.rows_independent]
+    if with_norm:
+        raise GanEngineError(f"{' and '.join(with_norm)} use batch norm, whose statistics over several ranks would "
+                             "be each rank's share of the batch: a synchronized batch norm is not written yet; train "
+                             "such models on one rank")
+    comm.check_same([G.flat_params, D.flat_params], "initial parameters (build the models with the same seeds)")
 
 
 def warn_unusual(n, batch_size, optimizers):

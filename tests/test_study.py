@@ -106,10 +106,10 @@ def test_a_study_over_mpi_ranks_or_the_error_that_names_mpi4py(tmp_path):
         with pytest.raises(GanEngineError, match=r"--mpi needs mpi4py .*pip install -e '\.\[mpi\]'"):
             run_study(Plan(str(tmp_path / "s"), TINY, {}, 1), mpi=True, say=lambda line: None)
         return
-    mpiexec = shutil.which("mpiexec") or pytest.fail("mpi4py is installed but mpiexec is not on PATH")
+    from .util import mpiexec
     sets = [a for item in ("dataset=ring8", "model=maxout", "g-hidden=8x8", "d-hidden=8", "steps=6", "metrics-every=3",
                            "batch-size=16", "backend=numpy") for a in ("--set", item)]
-    done = subprocess.run([mpiexec, "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "gan_engine.cli", "study",
+    done = subprocess.run([mpiexec(), "-n", "3", sys.executable, "-m", "mpi4py.futures", "-m", "gan_engine.cli", "study",
                            "--out", str(tmp_path / "s"), *sets, "--grid", "pac=1,2", "--seeds", "2", "--mpi"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -1,5 +1,10 @@
-"""Test helpers: tolerance comparison with a useful failure message, and finite-difference gradients."""
+"""Test helpers: tolerance comparison with a useful failure message, finite-difference gradients, mpiexec."""
+import os
+import shutil
+import sys
+
 import numpy as np
+import pytest
 
 
 def assert_close(name, out, ref, atol=1e-6, rtol=1e-6):
@@ -36,3 +41,10 @@ def rel_error(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     denom = np.linalg.norm(a) + np.linalg.norm(b)
     return 0.0 if denom == 0 else float(np.linalg.norm(a - b) / denom)
+
+
+def mpiexec():
+    """The mpiexec of this environment (on PATH, or beside this Python: the MPICH wheel's), or fail the test."""
+    pytest.importorskip("mpi4py", reason="needs mpi4py: pip install -e '.[mpi]'")
+    found = shutil.which("mpiexec", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    return found or pytest.fail("mpi4py is installed but no mpiexec is on PATH or beside this Python")

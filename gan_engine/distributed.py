@@ -1,0 +1,63 @@
+"""Synchronous data-parallel training over MPI: P ranks train one model, each on its share of every global batch.
+
+    mpiexec -n 2 python train.py          # with Trainer(..., comm=world()) inside
+
+Every rank draws the whole global batch's indices and noise from the same random stream (the trainer's seed) and
+keeps its own rows, B / P of them, so the P ranks together see exactly the batch one process would. After each
+backward the gradients of the model's flat buffer are averaged over the ranks (one allreduce per model per update)
+and every rank applies the same optimizer step: a P-rank run follows the one-process run of the same global batch
+up to float rounding. `Communicator.check_same` compares a digest of the parameters across ranks, so a drift stops
+the run with an error instead of training P different models.
+
+The transport is mpi4py (`pip install -e ".[mpi]"`: mpi4py and the MPICH wheel, no system MPI needed), on host
+arrays (the numpy and numba backends).
+"""
+import hashlib
+
+import numpy as np
+
+from .errors import GanEngineError
+
+class Communicator:
+    """The ranks of an MPI communicator (mpi4py's), as the trainer uses them: rank, size and in-place averages."""
+
+    def __init__(self, comm):
+        self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+
+    def average(self, buffer):
+        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its mean over the ranks."""
+        from mpi4py import MPI
+
+        if not isinstance(buffer, np.ndarray):
+            raise GanEngineError(f"training over MPI averages host arrays (the numpy and numba backends); got "
+                                 f"{type(buffer).__module__}.{type(buffer).__name__}")
+        self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        buffer /= self.size
+
+    def average_values(self, values):
+        """{name: float} -> the same names, each value's mean over the ranks (float64)."""
+        names = sorted(values)
+        means = np.array([values[n] for n in names], dtype=np.float64)
+        self.average(means)
+        return dict(zip(names, means.tolist()))
+
+    def check_same(self, arrays, what):
+        """Raise GanEngineError unless every rank holds the same bytes in `arrays` (host arrays): the digests of
+        all ranks are compared."""
+        digest = hashlib.blake2b(digest_size=16)
+        for a in arrays:
+            digest.update(np.ascontiguousarray(a).tobytes())
+        digests = self.comm.allgather(digest.hexdigest())
+        if len(set(digests)) > 1:
+            differing = [r for r, d in enumerate(digests) if d != digests[0]]
+            raise GanEngineError(f"the ranks' {what} differ (ranks {differing} from rank 0): the ranks no longer train "
+                                 "one model; restart from the last checkpoint")
+
+
+def world():
+    """A Communicator over every rank of this MPI job (mpi4py's COMM_WORLD); mpi4py must be installed."""
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise GanEngineError(f"training on several ranks needs mpi4py ({exc}); pip install -e '.[mpi]'") from exc
+    return Communicator(MPI.COMM_WORLD)

@@ -1,0 +1,31 @@
+"""A rank of the distributed tests (tests/test_distributed.py), run as `mpiexec -n P python -m
+tests.distributed_worker OUT BACKEND MODE`: trains the tests' MLP GAN over the ranks and rank 0 saves what it saw."""
+import sys
+
+import numpy as np
+
+from gan_engine import GanEngineError
+from gan_engine.distributed import world
+
+from .test_distributed import STEPS, make_trainer
+
+
+def main(out, backend, mode):
+    comm = world()
+    trainer = make_trainer(backend, comm)
+    losses = []
+    try:
+        for step in range(STEPS):
+            if mode == "drift" and step == 20 and comm.rank == 1:
+                trainer.G.flat_params[0] += 1e-3  # this rank's model leaves the others'
+            losses.append(trainer.read_metrics(trainer.step()))
+        error = ""
+    except GanEngineError as exc:
+        error = str(exc)
+    if comm.rank == 0:
+        np.savez(out, d_loss=[v["d_loss"] for v in losses], g_loss=[v["g_loss"] for v in losses],
+                 G=trainer.G.flat_params, D=trainer.D.flat_params, ranks=comm.size, error=error)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
