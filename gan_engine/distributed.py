@@ -24,14 +24,18 @@ class Communicator:
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
 
-    def average(self, buffer):
-        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its mean over the ranks."""
+    def sum(self, buffer):
+        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its sum over the ranks."""
         from mpi4py import MPI
 
         if not isinstance(buffer, np.ndarray):
-            raise GanEngineError(f"training over MPI averages host arrays (the numpy and numba backends); got "
+            raise GanEngineError(f"training over MPI reduces host arrays (the numpy and numba backends); got "
                                  f"{type(buffer).__module__}.{type(buffer).__name__}")
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+
+    def average(self, buffer):
+        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its mean over the ranks."""
+        self.sum(buffer)
         buffer /= self.size
 
     def average_values(self, values):

@@ -313,6 +313,7 @@ class BatchNorm(Layer):
     """
 
     mixes_rows = True  # training normalises each row by the whole batch's statistics
+    comm = None  # set by Sequential.synchronize: train-mode statistics over the rows of every rank of comm
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
         _check_positive("BatchNorm", num_features=num_features)
@@ -356,10 +357,12 @@ class BatchNorm(Layer):
         y = self._buffer("y", tuple(x.shape))
         self._mean, self._invstd = self._buffer("mean", (c,)), self._buffer("invstd", (c,))
         self._x, self._train = x, train
-        self._y = self.backend.batchnorm_forward(x, self.params["gamma"], self.params["beta"],
-                                                 self.stats["running_mean"], self.stats["running_var"],
-                                                 self._mean, self._invstd, train, self.momentum, self.eps,
-                                                 self.activation, self.alpha, out=y)
+        running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
+        if train and self.comm is not None:  # normalise by the ranks' statistics, as eval mode does by given ones
+            running_mean, running_var, train = *self._statistics_over_ranks(x), False
+        self._y = self.backend.batchnorm_forward(x, self.params["gamma"], self.params["beta"], running_mean,
+                                                 running_var, self._mean, self._invstd, train, self.momentum,
+                                                 self.eps, self.activation, self.alpha, out=y)
         return self._y
 
     def backward(self, dy, need_dx=True, param_grads=True):
@@ -367,9 +370,57 @@ class BatchNorm(Layer):
         x = self._x
         dx = self._buffer("dx", tuple(x.shape)) if need_dx else None
         dgamma, dbeta = (self.grads["gamma"], self.grads["beta"]) if param_grads else (None, None)
+        if self._train and self.comm is not None:
+            return self._backward_over_ranks(dy, dx, dgamma, dbeta)
         return self.backend.batchnorm_backward(x, self.params["gamma"], self._y, dy, self._mean, self._invstd,
                                                self._train, self.activation, self.alpha, dgamma=dgamma,
                                                dbeta=dbeta, dx=dx)
+
+    # Synchronized batch norm (host arrays): every rank holds an equal share of the batch's rows, and the statistics
+    # are those of all of them, as one process of the whole batch would take them.
+
+    def _channel_sums_over_ranks(self, v):
+        """Per-channel sums of v (N, C) or (N, C, H, W) over its values and every rank's: float64 (C,)."""
+        sums = v.sum(axis=(0,) if v.ndim == 2 else (0, 2, 3), dtype=np.float64)
+        self.comm.sum(sums)
+        return sums
+
+    def _statistics_over_ranks(self, x):
+        """(mean, biased var) of each channel over every rank's rows, as buffers of the model's dtype (two
+        allreduces: the sums, then the squared deviations); the running statistics move towards them."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        count = x.size // x.shape[1] * self.comm.size
+        mean = self._channel_sums_over_ranks(x) / count
+        var = self._channel_sums_over_ranks((x - mean.reshape(shape)) ** 2) / count
+        running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
+        running_mean[...] = (1 - self.momentum) * running_mean + self.momentum * mean
+        running_var[...] = (1 - self.momentum) * running_var + self.momentum * var * (count / (count - 1))
+        out = self._buffer("ranks' mean", mean.shape), self._buffer("ranks' var", var.shape)
+        out[0][...], out[1][...] = mean, var
+        return out
+
+    def _backward_over_ranks(self, dy, dx, dgamma, dbeta):
+        """The eval-mode backward gives dx = gamma invstd g and this rank's sums of g and g x_hat; dgamma and dbeta
+        take those (the trainer averages parameter gradients over the ranks), and dx the batch terms over every
+        rank's rows: dx -= gamma invstd (S1 + x_hat S2) / M, S1 and S2 the ranks' sums, M their values a channel."""
+        c, x = self.num_features, self._x
+        sum_g, sum_g_xhat = self._buffer("sum g", (c,)), self._buffer("sum g x_hat", (c,))
+        sum_g.fill(0)
+        sum_g_xhat.fill(0)
+        dx = self.backend.batchnorm_backward(x, self.params["gamma"], self._y, dy, self._mean, self._invstd, False,
+                                             self.activation, self.alpha, dgamma=sum_g_xhat, dbeta=sum_g, dx=dx)
+        if dgamma is not None:
+            dgamma += sum_g_xhat
+            dbeta += sum_g
+        if dx is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            sums = np.concatenate([sum_g, sum_g_xhat]).astype(np.float64)
+            self.comm.sum(sums)
+            sums /= x.size // c * self.comm.size
+            x_hat = (x - self._mean.reshape(shape)) * self._invstd.reshape(shape)
+            gain = (self.params["gamma"] * self._invstd).reshape(shape)
+            dx -= (gain * (sums[:c].reshape(shape) + x_hat * sums[c:].reshape(shape))).astype(dx.dtype)
+        return dx
 
 
 class Activation(Layer):
@@ -538,6 +589,13 @@ class Sequential:
     def statistics(self):
         """name -> running statistic array (a view into `flat_stats`), e.g. "1.running_mean"."""
         return dict(self._stats)
+
+    def synchronize(self, comm):
+        """Make the layers that mix the rows of a batch (batch norm) take their train-mode statistics over the rows
+        of every rank of `comm` (gan_engine.distributed), each rank holding an equal share of the batch."""
+        for layer in self.layers:
+            if layer.mixes_rows:
+                layer.comm = comm
 
     @property
     def rows_independent(self):

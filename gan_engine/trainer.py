@@ -75,7 +75,7 @@ class Trainer:
         self.z_dim = G.in_features
         self.comm, ranks, rank = comm, getattr(comm, "size", 1), getattr(comm, "rank", 0)
         if ranks > 1:
-            check_ranks(G, D, self.batch_size, comm)
+            split_over_ranks(G, D, self.batch_size, comm)
         self.local_batch = self.batch_size // ranks  # this rank's rows of every global batch
         be, xp, B, m = self.backend, self.backend.xp, self.local_batch, self.pac
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
@@ -278,22 +278,19 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
     return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
 
 
-def check_ranks(G, D, batch_size, comm):
-    """Raise GanEngineError unless G and D can train over the `comm.size` ranks of `comm`: a global batch that the
-    ranks share evenly, host arrays, no batch norm (its statistics would be each rank's, not the global batch's),
-    and the same initial parameters on every rank."""
+def split_over_ranks(G, D, batch_size, comm):
+    """Make G and D train over the `comm.size` ranks of `comm`, or raise GanEngineError: a global batch that the
+    ranks share evenly, host arrays and the same initial parameters on every rank; batch norm takes its statistics
+    over every rank's rows."""
     if batch_size % comm.size:
         raise GanEngineError(f"the batch of {batch_size} does not split evenly over {comm.size} ranks: give a batch "
                              f"size that is a multiple of {comm.size}")
     if G.backend.xp is not np:
         raise GanEngineError(f"training over ranks runs on the CPU backends (numpy, numba) for now, not "
                              f"{G.backend.name}: its NCCL allreduce is not written yet")
-    with_norm = [name for name, model in (("G", G), ("D", D)) if not model.rows_independent]
-    if with_norm:
-        raise GanEngineError(f"{' and '.join(with_norm)} use batch norm, whose statistics over several ranks would "
-                             "be each rank's share of the batch: a synchronized batch norm is not written yet; train "
-                             "such models on one rank")
     comm.check_same([G.flat_params, D.flat_params], "initial parameters (build the models with the same seeds)")
+    G.synchronize(comm)
+    D.synchronize(comm)
 
 
 def warn_unusual(n, batch_size, optimizers):

@@ -1,5 +1,5 @@
 """A rank of the distributed tests (tests/test_distributed.py), run as `mpiexec -n P python -m
-tests.distributed_worker OUT BACKEND MODE`: trains the tests' MLP GAN over the ranks and rank 0 saves what it saw."""
+tests.distributed_worker OUT BACKEND MODEL MODE`: trains the tests' MLP GAN over the ranks and rank 0 saves what it saw."""
 import sys
 
 import numpy as np
@@ -10,9 +10,9 @@ from gan_engine.distributed import world
 from .test_distributed import STEPS, make_trainer
 
 
-def main(out, backend, mode):
+def main(out, backend, model, mode):
     comm = world()
-    trainer = make_trainer(backend, comm)
+    trainer = make_trainer(backend, comm, model)
     losses = []
     try:
         for step in range(STEPS):
@@ -24,7 +24,8 @@ def main(out, backend, mode):
         error = str(exc)
     if comm.rank == 0:
         np.savez(out, d_loss=[v["d_loss"] for v in losses], g_loss=[v["g_loss"] for v in losses],
-                 G=trainer.G.flat_params, D=trainer.D.flat_params, ranks=comm.size, error=error)
+                 G=trainer.G.flat_params, D=trainer.D.flat_params, ranks=comm.size, error=error,
+                 **{"G stats": trainer.G.flat_stats, "D stats": trainer.D.flat_stats})
 
 
 if __name__ == "__main__":
