@@ -1,6 +1,7 @@
 """Synchronous data-parallel training over MPI: P ranks train one model, each on its share of every global batch.
 
     mpiexec -n 2 python train.py          # with Trainer(..., comm=world()) inside
+    mpiexec -n 2 gan-engine train ...     # the command line: rank 0 alone writes the run folder
 
 Every rank draws the whole global batch's indices and noise from the same random stream (the trainer's seed) and
 keeps its own rows, B / P of them, so the P ranks together see exactly the batch one process would. After each
@@ -12,11 +13,17 @@ the run with an error instead of training P different models.
 The transport is mpi4py (`pip install -e ".[mpi]"`: mpi4py and the MPICH wheel, no system MPI needed), on host
 arrays (the numpy and numba backends).
 """
+import contextlib
 import hashlib
+import os
+import sys
 
 import numpy as np
 
 from .errors import GanEngineError
+
+# the variables an MPI launcher sets in each rank's environment: MPICH's Hydra (and Slurm's PMI), Open MPI
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 class Communicator:
     """The ranks of an MPI communicator (mpi4py's), as the trainer uses them: rank, size and in-place averages."""
@@ -45,6 +52,16 @@ class Communicator:
         self.average(means)
         return dict(zip(names, means.tolist()))
 
+    def any(self, flag):
+        """True on every rank when `flag` is true on any rank (so that all ranks take the same branch)."""
+        from mpi4py import MPI
+
+        return bool(self.comm.allreduce(int(bool(flag)), op=MPI.MAX))
+
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object), on every rank."""
+        return self.comm.bcast(value, root=0)
+
     def check_same(self, arrays, what):
         """Raise GanEngineError unless every rank holds the same bytes in `arrays` (host arrays): the digests of
         all ranks are compared."""
@@ -65,3 +82,36 @@ def world():
     except ImportError as exc:
         raise GanEngineError(f"training on several ranks needs mpi4py ({exc}); pip install -e '.[mpi]'") from exc
     return Communicator(MPI.COMM_WORLD)
+
+
+def launched_ranks():
+    """How many ranks the MPI launcher (mpiexec) started this process among; 1 when no launcher started it."""
+    for name in LAUNCHER_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def launched_world():
+    """world() when mpiexec started this process as one of several ranks, else None (training in one process)."""
+    return world() if launched_ranks() > 1 else None
+
+
+def stop_together(comm, flag):
+    """Whether to stop now: `flag` alone for one process; over ranks, true on all of them when true on any, so that
+    every rank stops at the same step (one small allreduce)."""
+    return bool(flag) if comm is None else comm.any(flag)
+
+
+@contextlib.contextmanager
+def errors_end_every_rank(comm, command):
+    """Over several ranks an error on one of them (a bad option, a full disk, divergence) prints its message and
+    ends every rank of the job (MPI Abort), where the others would otherwise wait for it in a collective forever.
+    In one process errors pass on as they are."""
+    try:
+        yield
+    except (GanEngineError, OSError, MemoryError) as exc:
+        if comm is None or comm.size == 1:
+            raise
+        print(f"gan-engine {command}: error on rank {comm.rank} of {comm.size}: {exc}", file=sys.stderr, flush=True)
+        comm.comm.Abort(2)

@@ -15,6 +15,7 @@ from .checkpoint import (CHECKPOINT_DIR, checkpoint_name, latest_checkpoint, loa
                          save_checkpoint)
 from .config import RESUMABLE, TrainConfig, from_record, record
 from .data import load_dataset
+from .distributed import stop_together
 from .errors import GanEngineError, check_choice
 from .estimate import StepClock, warm_up
 from .interpolate import METHODS, interpolation_grid
@@ -30,15 +31,15 @@ FIXED_POINTS = 2500  # the scatter plot's fixed noise batch (the VEEGAN / PacGAN
 SCATTER_REAL = 5000
 
 
-def build_trainer(config, dataset):
-    """A Trainer for a TrainConfig on a Dataset (models seeded from config.seed)."""
+def build_trainer(config, dataset, comm=None):
+    """A Trainer for a TrainConfig on a Dataset (models seeded from config.seed), over the ranks of `comm` if given."""
     info = data_info(dataset)
     G = build_generator(config, info)
     D = build_discriminator(config, info)
     hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
     return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
                    prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed, pac=config.pac,
-                   opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
+                   comm=comm, opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
                    opt_d=make_optimizer(config.optimizer, D, config.lr_d, **hyper))
 
 
@@ -59,40 +60,50 @@ def save_samples(samples, info, path, real=None, title=None):
 class Run:
     """A run folder. `Run(out, config).train()` starts one; `Run.resume(out, overrides).train()` continues one."""
 
-    def __init__(self, out, config, state=None, progress=True, restart=False):
-        self.out, self.config, self.progress = out, config, progress
+    def __init__(self, out, config, state=None, progress=True, restart=False, comm=None):
+        self.out, self.config, self.comm = out, config, comm
+        self.writes = comm is None or comm.rank == 0  # over MPI ranks, rank 0 alone writes the folder and reports
+        self.progress = progress and self.writes
         self.dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
-        self.trainer = build_trainer(config, self.dataset)
+        self.trainer = build_trainer(config, self.dataset, comm)
         self.info = data_info(self.dataset)
         self.history = {"step": [], **{k: [] for k in METRICS}}
         self.evaluator = Evaluator(self.dataset) if config.metrics_every else None
         self.columns = ("step",) + METRICS + (self.evaluator.names if self.evaluator else ())  # metrics.csv
         self.best = None  # best.json's contents: the best checkpoint so far by Evaluator.score
         self.bar = None   # the progress bar while train() runs
-        if state is None:
+        if state is not None:
+            self.trainer.load_state_dict(state)
+        if self.writes:
+            self._open_folder(state is not None, restart)
+        n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
+        self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
+        if self.evaluator:
+            self.eval_noise = evaluation_noise(config, self.evaluator.size)
+
+    def _open_folder(self, resumed, restart):
+        """A new run's folder and metrics.csv header, or a resumed run's history and best; then config.json."""
+        out = self.out
+        if not resumed:
             if not restart and (os.path.exists(os.path.join(out, "config.json")) or latest_checkpoint(out)):
                 raise GanEngineError(f"{out} already holds a run; continue it with `gan-engine train --resume {out}` "
                                      "or choose another --out")
             os.makedirs(out, exist_ok=True)
             write_text(self.metrics_path, ",".join(self.columns) + "\n")
         else:
-            self.trainer.load_state_dict(state)
             self._load_history()
             self._load_best()
-        write_json(os.path.join(out, "config.json"), record(config, self.resolved()))
-        n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
-        self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
-        if self.evaluator:
-            self.eval_noise = evaluation_noise(config, self.evaluator.size)
+        write_json(os.path.join(out, "config.json"), record(self.config, self.resolved()))
 
     @classmethod
-    def resume(cls, out, overrides=None, progress=True):
+    def resume(cls, out, overrides=None, progress=True, comm=None):
         """Continue the run in `out` from its newest checkpoint that loads and is finite (newer damaged ones are
         skipped with a warning and left on disk); a run stopped before its first checkpoint starts again from
         step 0 with its recorded config.json. `overrides` may change only RESUMABLE options."""
         if not os.path.isdir(out):
             raise GanEngineError(f"nothing to resume: {out} is not a folder")
-        remove_temporary_files(out)
+        if comm is None or comm.rank == 0:
+            remove_temporary_files(out)
         good, skipped = newest_good_checkpoint(out)
         for path, why in skipped:
             warnings.warn(f"skipped {path}: {why}", RuntimeWarning, stacklevel=2)
@@ -115,7 +126,7 @@ class Run:
         if state is not None and config.steps <= state["step"]:
             raise GanEngineError(f"the run is already at step {state['step']}; pass --steps N with N > "
                                  f"{state['step']} to train further")
-        return cls(out, config, state, progress, restart=state is None)
+        return cls(out, config, state, progress, restart=state is None, comm=comm)
 
     def resolved(self):
         """The config with what the run resolved in place of "auto" and the defaults left as null."""
@@ -169,7 +180,7 @@ class Run:
                               unit="step", dynamic_ncols=True, file=sys.stderr)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # NaN and inf are detected and reported below
-                self._loop(bar, interrupted)
+                stopped = self._loop(bar, interrupted)
         except TrainingDiverged as exc:
             good, _ = newest_good_checkpoint(self.out)
             where = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written"
@@ -184,7 +195,7 @@ class Run:
             bar.close()
             self.bar = None
             signal.signal(signal.SIGINT, previous)
-        if interrupted:
+        if stopped:
             self.checkpoint()
             self.save_pictures(self.trainer.step_count)  # a run stopped before its first sample step has one too
             return "interrupted"
@@ -192,15 +203,20 @@ class Run:
 
     def say(self, line):
         """Print a line of news (a compile notice, the time estimate) without breaking the progress bar."""
+        if not self.writes:
+            return
         if self.bar is not None and self.progress:
             self.bar.write(line)
         else:
             print(line, flush=True)
 
     def _loop(self, bar, interrupted):
+        """Step to config.steps; True when Ctrl-C stopped it first (every rank at the same step)."""
         cfg, trainer = self.config, self.trainer
         clock = StepClock(cfg.steps)
-        while trainer.step_count < cfg.steps and not interrupted:
+        while trainer.step_count < cfg.steps:
+            if stop_together(self.comm, interrupted):
+                return True
             metrics = trainer.step()
             step = trainer.step_count
             bar.update(1)
@@ -208,16 +224,20 @@ class Run:
             if estimate:
                 self.say(estimate)
             last = step == cfg.steps
-            quality = self.evaluate(step) if cfg.metrics_every and (step % cfg.metrics_every == 0 or last) else None
-            if step % cfg.log_every == 0 or last or quality:
-                self._log(step, metrics, bar, quality)
+            measure = cfg.metrics_every and (step % cfg.metrics_every == 0 or last)
+            quality = self.evaluate(step) if measure and self.writes else None
+            if step % cfg.log_every == 0 or last or measure:
+                self._log(step, metrics, bar, quality)  # every rank: the losses are averaged over them
             if step % cfg.sample_every == 0 or last:
                 self.save_pictures(step)
             if step % cfg.checkpoint_every == 0 or last:
                 self.checkpoint()
+        return False
 
     def _log(self, step, metrics, bar, quality=None):
         values = self.trainer.read_metrics(metrics)
+        if not self.writes:
+            return
         self.history["step"].append(step)
         for k in METRICS:
             self.history[k].append(values[k])
@@ -241,7 +261,9 @@ class Run:
         return result["generated"]
 
     def save_pictures(self, step):
-        """samples/step_N.png from the fixed noise batch, and loss.png."""
+        """samples/step_N.png from the fixed noise batch, and loss.png (rank 0's job over several ranks)."""
+        if not self.writes:
+            return
         samples = self.trainer.generate(self.fixed_noise)
         real = self.dataset.x[:SCATTER_REAL] if self.info["image_shape"] is None else None
         save_samples(samples, self.info, os.path.join(self.out, "samples", f"step_{step:08d}.png"), real,
@@ -252,7 +274,9 @@ class Run:
                                   f"{self.dataset.name}, {self.trainer.backend.name}")
 
     def checkpoint(self):
-        """Write checkpoints/step_N.npz for the current step (atomically)."""
+        """Write checkpoints/step_N.npz for the current step (atomically; rank 0's job over several ranks)."""
+        if not self.writes:
+            return None
         state = self.trainer.state_dict()
         path = os.path.join(self.out, checkpoint_name(state["step"]))
         save_checkpoint(path, state, self.config.to_dict(), self.info)

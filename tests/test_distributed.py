@@ -89,3 +89,97 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     with pytest.raises(GanEngineError, match=r"needs mpi4py .*pip install -e '\.\[mpi\]'"):
         world()
+
+
+# ---- gan-engine train under mpiexec -------------------------------------------------------------------------
+
+TRAIN = ["--dataset", "ring8", "--model", "mlp", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "30",
+         "--sample-every", "1000", "--metrics-every", "1000", "--backend", "numpy", "--quiet"]
+
+
+def _train_on_ranks(ranks, *argv, cwd, timeout=300):
+    return subprocess.run([mpiexec(), "-n", str(ranks), sys.executable, "-m", "gan_engine.cli", "train", *argv],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def _checkpoint(folder, step):
+    from gan_engine.checkpoint import load_checkpoint
+
+    state, _, _ = load_checkpoint(str(folder / "checkpoints" / f"step_{step:08d}.npz"))
+    return state
+
+
+def _losses(folder):
+    import csv
+
+    with open(folder / "metrics.csv", newline="") as f:
+        return [(int(r["step"]), float(r["d_loss"]), float(r["g_loss"])) for r in csv.DictReader(f)]
+
+
+def test_train_under_mpiexec_writes_one_run_that_follows_one_process(tmp_path):
+    from gan_engine.cli import main
+
+    done = _train_on_ranks(2, *TRAIN, "--steps", "60", "--out", "two", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("on 2 ranks into two (step 0 of 60)") == 1 and done.stdout.count("done: 60 steps") == 1
+    assert main(["train", *TRAIN, "--steps", "60", "--out", str(tmp_path / "one")]) == 0
+    two, one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+    assert [s for s, _, _ in two] == [s for s, _, _ in one] == [10, 20, 30, 40, 50, 60]  # rank 0 alone wrote rows
+    np.testing.assert_allclose([v for _, *v in two], [v for _, *v in one], rtol=1e-5)
+    for model in ("G", "D"):
+        for name, value in _checkpoint(tmp_path / "two", 60)[model].items():
+            np.testing.assert_allclose(value, _checkpoint(tmp_path / "one", 60)[model][name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_two_rank_run_resumes_to_the_same_bits(tmp_path):
+    straight = _train_on_ranks(2, *TRAIN, "--steps", "60", "--out", "straight", cwd=tmp_path)
+    first = _train_on_ranks(2, *TRAIN, "--steps", "30", "--out", "resumed", cwd=tmp_path)
+    then = _train_on_ranks(2, "--resume", "resumed", "--steps", "60", "--quiet", cwd=tmp_path)
+    assert straight.returncode == first.returncode == then.returncode == 0, then.stderr
+    a, b = _checkpoint(tmp_path / "straight", 60), _checkpoint(tmp_path / "resumed", 60)
+    for model in ("G", "D"):
+        assert all(np.array_equal(a[model][k], b[model][k]) for k in a[model])
+
+
+def test_an_error_on_one_rank_ends_every_rank_with_its_message(tmp_path):
+    assert _train_on_ranks(2, *TRAIN, "--steps", "30", "--out", "run", cwd=tmp_path).returncode == 0
+    again = _train_on_ranks(2, *TRAIN, "--steps", "30", "--out", "run", cwd=tmp_path, timeout=120)
+    assert again.returncode != 0
+    assert "gan-engine train: error on rank 0 of 2: run already holds a run" in again.stderr
+
+
+def _start_long_run(tmp_path):
+    import time
+
+    p = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "gan_engine.cli", "train",
+                          *[a if a != "30" else "200" for a in TRAIN], "--steps", "1000000", "--out", "long"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "long" / "checkpoints").glob("*.npz")):
+        time.sleep(0.1)
+    assert p.poll() is None, p.communicate()
+    return p
+
+
+def test_ctrl_c_stops_every_rank_at_one_step_and_a_killed_rank_ends_the_job(tmp_path):
+    import os
+    import re
+    import signal
+
+    p = _start_long_run(tmp_path)
+    p.send_signal(signal.SIGINT)  # Ctrl-C to mpiexec, which passes it on to every rank
+    stdout, stderr = p.communicate(timeout=60)
+    step = int(re.search(r"interrupted at step (\d+): checkpoint written", stdout).group(1))
+    assert (tmp_path / "long" / "checkpoints" / f"step_{step:08d}.npz").exists()
+    assert stdout.count("interrupted at step") == 1  # rank 0 alone reports, all ranks stopped at that step
+
+    (tmp_path / "k").mkdir()
+    p = _start_long_run(tmp_path / "k")
+    ranks = subprocess.run(["pgrep", "-f", "gan_engine.cli train .*--out long"], capture_output=True, text=True)
+    rank_pids = [int(x) for x in ranks.stdout.split() if int(x) != p.pid]
+    os.kill(max(rank_pids), signal.SIGKILL)  # one rank dies without a word
+    stdout, stderr = p.communicate(timeout=60)  # the job ends: mpiexec cleans up the other rank
+    assert p.returncode != 0 and "Killed" in stdout + stderr
+    last = max(int(c.stem.split("_")[1]) for c in (tmp_path / "k" / "long" / "checkpoints").glob("step_*.npz"))
+    resumed = _train_on_ranks(2, "--resume", "long", "--steps", str(last + 20), "--quiet", cwd=tmp_path / "k")
+    assert resumed.returncode == 0, resumed.stderr  # the run stays resumable from its last checkpoint
