@@ -183,3 +183,17 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_a_killed_rank_ends_the_job(tmp_
     last = max(int(c.stem.split("_")[1]) for c in (tmp_path / "k" / "long" / "checkpoints").glob("step_*.npz"))
     resumed = _train_on_ranks(2, "--resume", "long", "--steps", str(last + 20), "--quiet", cwd=tmp_path / "k")
     assert resumed.returncode == 0, resumed.stderr  # the run stays resumable from its last checkpoint
+
+
+def test_the_scaling_model_counts_bytes_and_latency():
+    from benchmarks.scaling import LATENCY_S, allreduce_s, model
+
+    assert allreduce_s(8e9, 2, 10e9) == pytest.approx(0.8 + 2 * LATENCY_S)  # half sent, half received, each way
+    assert allreduce_s(0, 512, 10e9) == pytest.approx(18 * LATENCY_S)      # log2(512) rounds of halving, doubling
+    one = {"step_ms": 10.0, "batch": 64, "parameters": {"G": 10 ** 6, "D": 10 ** 6}, "batch_norm_channels": 0}
+    rows = {(r["network"], r["ranks"]): r for r in model(one)}
+    for ranks in (8, 64, 512):
+        slow, fast = rows[("10 GB/s", ranks)], rows[("100 GB/s", ranks)]
+        assert fast["speedup"] > slow["speedup"] and slow["speedup"] < ranks
+        assert slow["step_ms"] == pytest.approx(10 + 1e3 * 2 * allreduce_s(4e6, ranks, 10e9))
+    assert rows[("10 GB/s", 512)]["comm_share"] > rows[("10 GB/s", 8)]["comm_share"]
