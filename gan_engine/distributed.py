@@ -10,8 +10,9 @@ and every rank applies the same optimizer step: a P-rank run follows the one-pro
 up to float rounding. `Communicator.check_same` compares a digest of the parameters across ranks, so a drift stops
 the run with an error instead of training P different models.
 
-The transport is mpi4py (`pip install -e ".[mpi]"`: mpi4py and the MPICH wheel, no system MPI needed), on host
-arrays (the numpy and numba backends).
+The transport is mpi4py (`pip install -e ".[mpi]"`: mpi4py and the MPICH wheel, no system MPI needed) for host
+arrays (the numpy and numba backends) and NCCL for the CUDA backend's device arrays (bootstrapped over MPI, one GPU
+a rank, the allreduce on the step's stream so that the captured CUDA graph holds it).
 """
 import contextlib
 import hashlib
@@ -30,14 +31,23 @@ class Communicator:
 
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
+        self.device_sum = None  # set by use_backend for a GPU backend: NCCL's in-place sum of a device array
+
+    def use_backend(self, backend):
+        """Reduce `backend`'s arrays over the ranks: host arrays over MPI, a GPU backend's through NCCL."""
+        if backend.xp is not np and self.device_sum is None:
+            self.device_sum = backend.nccl_sum(self.comm)
 
     def sum(self, buffer):
-        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its sum over the ranks."""
+        """Replace `buffer` (every rank's of the same shape and dtype) by its sum over the ranks: a host array
+        over MPI, a device array through NCCL (use_backend)."""
         from mpi4py import MPI
 
-        if not isinstance(buffer, np.ndarray):
-            raise GanEngineError(f"training over MPI reduces host arrays (the numpy and numba backends); got "
-                                 f"{type(buffer).__module__}.{type(buffer).__name__}")
+        if type(buffer) is not np.ndarray:
+            if self.device_sum is None:
+                raise GanEngineError(f"cannot reduce a {type(buffer).__name__} over the ranks before use_backend")
+            self.device_sum(buffer)
+            return
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
 
     def average(self, buffer):
@@ -67,7 +77,7 @@ class Communicator:
         all ranks are compared."""
         digest = hashlib.blake2b(digest_size=16)
         for a in arrays:
-            digest.update(np.ascontiguousarray(a).tobytes())
+            digest.update(np.ascontiguousarray(a.get() if hasattr(a, "get") else a).tobytes())
         digests = self.comm.allgather(digest.hexdigest())
         if len(set(digests)) > 1:
             differing = [r for r, d in enumerate(digests) if d != digests[0]]
@@ -76,11 +86,17 @@ class Communicator:
 
 
 def world():
-    """A Communicator over every rank of this MPI job (mpi4py's COMM_WORLD); mpi4py must be installed."""
+    """A Communicator over every rank of this MPI job (mpi4py's COMM_WORLD); mpi4py must be installed. Where the
+    CUDA backend is available, each rank of a node takes its own GPU (the rank's index on its node): call this
+    before building models."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
         raise GanEngineError(f"training on several ranks needs mpi4py ({exc}); pip install -e '.[mpi]'") from exc
+    from .backends import backend_status, get_backend
+
+    if dict((name, ok) for name, ok, _ in backend_status()).get("cuda"):
+        get_backend("cuda").use_local_device(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_rank())
     return Communicator(MPI.COMM_WORLD)
 
 

@@ -376,8 +376,8 @@ class BatchNorm(Layer):
                                                self._train, self.activation, self.alpha, dgamma=dgamma,
                                                dbeta=dbeta, dx=dx)
 
-    # Synchronized batch norm (host arrays): every rank holds an equal share of the batch's rows, and the statistics
-    # are those of all of them, as one process of the whole batch would take them.
+    # Synchronized batch norm: every rank holds an equal share of the batch's rows, and the statistics are those of
+    # all of them, as one process of the whole batch would take them (array expressions: host or device arrays).
 
     def _channel_sums_over_ranks(self, v):
         """Per-channel sums of v (N, C) or (N, C, H, W) over its values and every rank's: float64 (C,)."""
@@ -414,12 +414,13 @@ class BatchNorm(Layer):
             dbeta += sum_g
         if dx is not None:
             shape = (1, -1) + (1,) * (x.ndim - 2)
-            sums = np.concatenate([sum_g, sum_g_xhat]).astype(np.float64)
+            sums = self._buffer("ranks' sums", (2 * c,), np.float64)
+            sums[:c], sums[c:] = sum_g, sum_g_xhat
             self.comm.sum(sums)
-            sums /= x.size // c * self.comm.size
+            means = sums / (x.size // c * self.comm.size)
             x_hat = (x - self._mean.reshape(shape)) * self._invstd.reshape(shape)
             gain = (self.params["gamma"] * self._invstd).reshape(shape)
-            dx -= (gain * (sums[:c].reshape(shape) + x_hat * sums[c:].reshape(shape))).astype(dx.dtype)
+            dx[...] = dx - gain * (means[:c].reshape(shape) + x_hat * means[c:].reshape(shape))
         return dx
 
 

@@ -280,14 +280,12 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
 
 def split_over_ranks(G, D, batch_size, comm):
     """Make G and D train over the `comm.size` ranks of `comm`, or raise GanEngineError: a global batch that the
-    ranks share evenly, host arrays and the same initial parameters on every rank; batch norm takes its statistics
-    over every rank's rows."""
+    ranks share evenly and the same initial parameters on every rank; reductions go over MPI (host arrays) or NCCL
+    (the CUDA backend); batch norm takes its statistics over every rank's rows."""
     if batch_size % comm.size:
         raise GanEngineError(f"the batch of {batch_size} does not split evenly over {comm.size} ranks: give a batch "
                              f"size that is a multiple of {comm.size}")
-    if G.backend.xp is not np:
-        raise GanEngineError(f"training over ranks runs on the CPU backends (numpy, numba) for now, not "
-                             f"{G.backend.name}: its NCCL allreduce is not written yet")
+    comm.use_backend(G.backend)
     comm.check_same([G.flat_params, D.flat_params], "initial parameters (build the models with the same seeds)")
     G.synchronize(comm)
     D.synchronize(comm)

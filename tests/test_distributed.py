@@ -12,6 +12,7 @@ from gan_engine.models import batchnorm_generator, dcgan_discriminator, dcgan_ge
 from .util import mpiexec
 
 STEPS = 50
+EMULATED_STEPS = 6  # the CUDA backend on the CPU emulator: slower
 BATCH = 16
 
 
@@ -52,6 +53,28 @@ def test_two_ranks_follow_one_process_of_the_same_global_batch(tmp_path, backend
     assert not np.allclose(got["G"], make_trainer(backend, model=model).G.flat_params)  # it trained
     for name, model_one in (("G stats", one.G), ("D stats", one.D)):  # batch norm's running statistics
         np.testing.assert_allclose(got[name], model_one.flat_stats, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_the_cuda_backend_reduces_through_nccl_over_two_ranks(tmp_path, model, monkeypatch):
+    """On the CPU emulator, NCCL stood in for over MPI (tests/cuda_emulator.fake_nccl): the gradients, the
+    synchronized batch norm's sums and the captured graph's allreduce go through the backend's NCCL path, and two
+    ranks follow one emulated process of the same global batch."""
+    from gan_engine.backends import cupy_cuda
+
+    from . import cuda_emulator
+
+    if cuda_emulator.available():
+        pytest.skip(f"cannot emulate the CUDA kernels: {cuda_emulator.available()}")
+    got = _run_ranks(tmp_path, 2, "cuda-emulated", model)
+    cuda_emulator.install(monkeypatch)
+    one = make_trainer("cuda", model=model)
+    want = [one.read_metrics(one.step()) for _ in range(EMULATED_STEPS)]
+    assert str(got["error"]) == "" and len(got["d_loss"]) == EMULATED_STEPS
+    for key in ("d_loss", "g_loss"):
+        np.testing.assert_allclose(got[key], [v[key] for v in want], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["G"], cupy_cuda.to_numpy(one.G.flat_params), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["D stats"], cupy_cuda.to_numpy(one.D.flat_stats), rtol=1e-4, atol=1e-5)
 
 
 def test_one_rank_is_the_trainer_bit_for_bit():

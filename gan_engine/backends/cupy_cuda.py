@@ -658,3 +658,36 @@ def capture(body):
 
     replay.keep_alive = (graph, pool, stream)
     return replay, result
+
+
+# ---- several GPUs: NCCL (gan_engine/distributed.py) ------------------------------------------------------------
+
+def use_local_device(local_rank):
+    """Make GPU local_rank (modulo the GPUs this process sees) current: one GPU a rank of a node."""
+    cp.cuda.Device(local_rank % cp.cuda.runtime.getDeviceCount()).use()
+
+
+def nccl_sum(mpi_comm):
+    """A function sum_(buffer) that replaces the device array `buffer` by its sum over the ranks of the mpi4py
+    communicator, through NCCL (its unique id broadcast over MPI) on the current stream, so that a CUDA graph
+    captures it with the step. Call it first outside a capture: this builds the NCCL communicator."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError as exc:
+        raise GanEngineError(f"training over ranks on the GPU needs CuPy's NCCL ({exc}); install the NCCL wheel "
+                             "for your CUDA (nvidia-nccl-cu12 or -cu13)") from exc
+    return _nccl_sum(nccl, mpi_comm)
+
+
+def _nccl_sum(nccl, mpi_comm):
+    rank, size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+    uid = mpi_comm.bcast(nccl.get_unique_id() if rank == 0 else None, root=0)
+    communicator = nccl.NcclCommunicator(size, uid, rank)
+    kinds = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+
+    def sum_(buffer):
+        check_array("buffer", buffer, dtype=buffer.dtype)
+        communicator.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size, kinds[buffer.dtype], nccl.NCCL_SUM,
+                               cp.cuda.get_current_stream().ptr)
+
+    return sum_

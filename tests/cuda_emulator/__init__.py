@@ -226,6 +226,12 @@ class DeviceArray(np.ndarray):
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         plain = [np.asarray(a).view(np.ndarray) if isinstance(a, DeviceArray) else a for a in inputs]
+        if "out" in kwargs:  # in place (a /= n): run or recorded like a kernel that writes its output
+            out = kwargs.pop("out")
+            if method != "__call__" or kwargs or ufunc.nout != 1:
+                raise RuntimeError(f"the emulator runs {ufunc.__name__}.{method} into an output only as a call")
+            _run_or_record(lambda: ufunc(*plain, out=np.asarray(out[0]).view(np.ndarray)))
+            return out[0]
         if _recording is None:
             out = getattr(ufunc, method)(*plain, **kwargs)
             return out.view(DeviceArray) if isinstance(out, np.ndarray) else out
@@ -438,10 +444,33 @@ def fake_cupy():
         zeros_like=lambda a: zeros(a.shape, a.dtype),
         RawModule=RawModule,
         cuda=types.SimpleNamespace(
-            Device=lambda: types.SimpleNamespace(id=0, synchronize=lambda: None,
-                                                 attributes={"MultiProcessorCount": 132}),
-            runtime=runtime, Stream=_Stream,
+            Device=lambda index=0: types.SimpleNamespace(id=index, synchronize=lambda: None, use=lambda: None,
+                                                         attributes={"MultiProcessorCount": 132}),
+            runtime=runtime, Stream=_Stream, get_current_stream=lambda: types.SimpleNamespace(ptr=0),
             MemoryPool=lambda: types.SimpleNamespace(malloc=None), using_allocator=lambda _: contextlib.nullcontext()))
+
+
+def fake_nccl():
+    """A stand-in for `cupy.cuda.nccl` between the ranks of an MPI job (mpi4py's COMM_WORLD): allReduce sums the
+    memory at a device pointer over the ranks, and obeys stream capture as a kernel does."""
+    kinds = {7: ctypes.c_float, 8: ctypes.c_double}
+
+    class NcclCommunicator:
+        def __init__(self, ranks, uid, rank):
+            from mpi4py import MPI
+
+            assert uid == b"one id for the job" and MPI.COMM_WORLD.Get_size() == ranks
+            self.rank = rank
+
+        def allReduce(self, send, recv, count, kind, op, stream):  # noqa: N802 (NCCL's name)
+            from mpi4py import MPI
+
+            assert send == recv and op == 0 and stream == 0, "in place, a sum, on the current stream"
+            values = np.ctypeslib.as_array((kinds[kind] * count).from_address(recv))
+            _run_or_record(lambda: MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM))
+
+    return types.SimpleNamespace(NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0, NcclCommunicator=NcclCommunicator,
+                                 get_unique_id=lambda: b"one id for the job")
 
 
 def emulating(backend):
