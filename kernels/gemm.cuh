@@ -1,11 +1,11 @@
 // gemm.cuh: the tiled fp32 GEMM every matrix-product kernel is built on (dense.cu, conv.cu).
 //
 // gemm(A, B, M, Nc, K, split, epilogue) computes C (M, Nc) = A (M, K) @ B (K, Nc) and hands each value of C to the
-// kernel's epilogue(r, c, value), once (gemm_grouped, at the end: a group of neighbouring values at once). A and B are operand readers: `(r, c)` returns element (r, c) of the
-// operand wherever and however it is stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it
-// is read, a window of an image for a convolution); it is called only inside the operand. ROW_CONTIGUOUS says
-// whether neighbouring columns are neighbours in memory, which orders the loads so that neighbouring threads
-// read neighbouring addresses.
+// kernel's epilogue(r, c, value), once (gemm_grouped, at the end of this file: a group of neighbouring values at
+// once). A and B are operand readers: `(r, c)` returns element (r, c) of the operand wherever and however it is
+// stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it is read, a window of an image for a
+// convolution); it is called only inside the operand. ROW_CONTIGUOUS says whether neighbouring columns are
+// neighbours in memory, which orders the loads so that neighbouring threads read neighbouring addresses.
 //
 // Tile. A block of GEMM_THREADS = 16 x 16 threads computes a TILE_M x TILE_N tile of C, THREAD_M x THREAD_N =
 // (TILE_M / 16) x (TILE_N / 16) values a thread, in registers. TILE_M and TILE_N (16, 32, 64 or 128) are fixed
