@@ -26,8 +26,10 @@ from .errors import GanEngineError
 # the variables an MPI launcher sets in each rank's environment: MPICH's Hydra (and Slurm's PMI), Open MPI
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
+
 class Communicator:
-    """The ranks of an MPI communicator (mpi4py's), as the trainer uses them: rank, size and in-place averages."""
+    """The ranks of an MPI communicator (mpi4py's), as the trainer uses them: rank, size, in-place sums and
+    averages, agreement (any), rank 0's values (broadcast) and the check that the ranks hold the same arrays."""
 
     def __init__(self, comm):
         self.comm, self.rank, self.size = comm, comm.Get_rank(), comm.Get_size()
@@ -51,7 +53,7 @@ class Communicator:
         self.comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
 
     def average(self, buffer):
-        """Replace the host array `buffer` (every rank's of the same shape and dtype) by its mean over the ranks."""
+        """Replace `buffer` (every rank's of the same shape and dtype; host or device) by its mean over the ranks."""
         self.sum(buffer)
         buffer /= self.size
 
