@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from .test_bench_step import CASES, parse_cases
+from .test_bench_step import parse_cases
 
 LATENCY_S = 5e-6                    # one message on a fast cluster network
 BANDWIDTHS = {"10 GB/s": 10e9, "100 GB/s": 100e9}
@@ -37,10 +37,9 @@ BACKWARD_SHARE = 2 / 3              # a step's compute that is backward (its GEM
 
 def worker(case, steps, backend):
     """One rank: time `steps` steps of `case` over the job's ranks; rank 0 prints the JSON figures."""
-    import numpy as np
-
-    from gan_engine import Adam, Trainer
     from gan_engine.distributed import Communicator, world
+
+    from .test_bench_step import make_trainer
 
     spent = [0.0]
     reduce_sum = Communicator.sum
@@ -52,11 +51,8 @@ def worker(case, steps, backend):
 
     Communicator.sum = timed_sum
     comm = world()
-    batch, dim, pac, models = CASES[case]
-    data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
-    G, D = models(backend)
-    trainer = Trainer(G, D, data, batch_size=batch, seed=0, pac=pac, comm=comm,
-                      opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
+    trainer = make_trainer(backend, case, comm=comm)
+    G, D, batch = trainer.G, trainer.D, trainer.batch_size
     for _ in range(5):
         trainer.read_metrics(trainer.step())
     comm.comm.Barrier()

@@ -63,11 +63,11 @@ def parse_cases(parser, argv=None):
     return args
 
 
-def make_trainer(backend, case, graph=True):
+def make_trainer(backend, case, graph=True, comm=None):
     batch, dim, pac, models = CASES[case]
     data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
     G, D = models(backend)
-    return Trainer(G, D, data, batch_size=batch, seed=0, graph=graph, pac=pac,
+    return Trainer(G, D, data, batch_size=batch, seed=0, graph=graph, pac=pac, comm=comm,
                    opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
 
 

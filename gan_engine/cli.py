@@ -26,8 +26,9 @@ from .metrics import BETTER, format_metric
 from .plots import save_image_grid, save_metric_curves
 from .presets import PRESETS, with_preset
 from .distributed import errors_end_every_rank, launched_world
+from .ranks import run_for_rank
 from .study import load_plan, parse_assignments, report_study, run_study, saved_plan
-from .run import Run, evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
+from .run import evaluate_checkpoints, generate_from_checkpoint, interpolate_from_checkpoint, save_samples
 
 
 def _sizes(text):
@@ -203,6 +204,7 @@ def cmd_train(args):
 
 
 def _train(args, comm):
+    run_type, progress = run_for_rank(comm, not args.quiet)
     given = _train_options(args)
     if args.preset:
         if args.resume:
@@ -213,26 +215,24 @@ def _train(args, comm):
     if args.resume:
         if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise GanEngineError("--resume continues the run in its own folder; drop --out")
-        run = Run.resume(args.resume, given, progress=not args.quiet, comm=comm)
+        run = run_type.resume(args.resume, given, progress=progress, comm=comm)
     else:
         config = TrainConfig.with_defaults(**given)
-        if comm is None or comm.rank == 0:
-            _say_dataset_defaults(config, given)
+        _say_dataset_defaults(config, given)
         out = args.out or os.path.join("runs", f"{config.dataset}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-        run = Run(out if comm is None else comm.broadcast(out), config, progress=not args.quiet, comm=comm)
-    ranks = f" on {comm.size} ranks" if comm is not None else ""
-    report = print if run.writes else (lambda *a, **k: None)
-    report(f"training {run.config.model} GAN on {run.config.dataset} with backend {run.trainer.backend.name}{ranks} "
-           f"into {run.out} (step {run.trainer.step_count} of {run.config.steps})", flush=True)
+        run = run_type(comm.broadcast(out), config, progress=progress, comm=comm)  # rank 0's name on every rank
+    ranks = f" on {comm.size} ranks" if comm.size > 1 else ""
+    print(f"training {run.config.model} GAN on {run.config.dataset} with backend {run.trainer.backend.name}{ranks} "
+          f"into {run.out} (step {run.trainer.step_count} of {run.config.steps})", flush=True)
     start = time.perf_counter()
     status = run.train()
     step, took = run.trainer.step_count, duration(time.perf_counter() - start)
     if status == "interrupted":
-        report(f"interrupted at step {step}: checkpoint written; resume with: gan-engine train --resume {run.out}",
-               flush=True)
+        print(f"interrupted at step {step}: checkpoint written; resume with: gan-engine train --resume {run.out}",
+              flush=True)
         return 130
-    report(f"done: {step} steps in {took}. samples: {os.path.join(run.out, 'samples')}, metrics: {run.metrics_path}, "
-           f"checkpoints: {os.path.join(run.out, 'checkpoints')}")
+    print(f"done: {step} steps in {took}. samples: {os.path.join(run.out, 'samples')}, metrics: {run.metrics_path}, "
+          f"checkpoints: {os.path.join(run.out, 'checkpoints')}")
     return 0
 
 

@@ -87,6 +87,36 @@ class Communicator:
                                  "one model; restart from the last checkpoint")
 
 
+class OneProcess:
+    """The communicator of training in one process, which the trainer calls like any other: every reduction is the
+    value itself, and nothing can differ between ranks."""
+    rank, size = 0, 1
+
+    def use_backend(self, backend):
+        pass
+
+    def sum(self, buffer):
+        pass
+
+    def average(self, buffer):
+        pass
+
+    def average_values(self, values):
+        return values
+
+    def any(self, flag):
+        return bool(flag)
+
+    def broadcast(self, value):
+        return value
+
+    def check_same(self, arrays, what):
+        pass
+
+
+ONE_PROCESS = OneProcess()
+
+
 def world():
     """A Communicator over every rank of this MPI job (mpi4py's COMM_WORLD); mpi4py must be installed. Where the
     CUDA backend is available, each rank of a node takes its own GPU (the rank's index on its node): call this
@@ -111,14 +141,8 @@ def launched_ranks():
 
 
 def launched_world():
-    """world() when mpiexec started this process as one of several ranks, else None (training in one process)."""
-    return world() if launched_ranks() > 1 else None
-
-
-def stop_together(comm, flag):
-    """Whether to stop now: `flag` alone for one process; over ranks, true on all of them when true on any, so that
-    every rank stops at the same step (one small allreduce)."""
-    return bool(flag) if comm is None else comm.any(flag)
+    """world() when mpiexec started this process as one of several ranks, else ONE_PROCESS."""
+    return world() if launched_ranks() > 1 else ONE_PROCESS
 
 
 @contextlib.contextmanager
@@ -129,7 +153,7 @@ def errors_end_every_rank(comm, command):
     try:
         yield
     except (GanEngineError, OSError, MemoryError) as exc:
-        if comm is None or comm.size == 1:
+        if comm.size == 1:
             raise
         print(f"gan-engine {command}: error on rank {comm.rank} of {comm.size}: {exc}", file=sys.stderr, flush=True)
         comm.comm.Abort(2)

@@ -1,6 +1,7 @@
 """A training run in a folder: config.json, metrics.csv, loss.png, samples/, checkpoints/; resumable and
 interruptible (Ctrl-C finishes the current step, writes a checkpoint and says how to resume).
 """
+import contextlib
 import csv
 import dataclasses
 import json
@@ -15,7 +16,6 @@ from .checkpoint import (CHECKPOINT_DIR, checkpoint_name, latest_checkpoint, loa
                          save_checkpoint)
 from .config import RESUMABLE, TrainConfig, from_record, record
 from .data import load_dataset
-from .distributed import stop_together
 from .errors import GanEngineError, check_choice
 from .estimate import StepClock, warm_up
 from .interpolate import METHODS, interpolation_grid
@@ -61,9 +61,7 @@ class Run:
     """A run folder. `Run(out, config).train()` starts one; `Run.resume(out, overrides).train()` continues one."""
 
     def __init__(self, out, config, state=None, progress=True, restart=False, comm=None):
-        self.out, self.config, self.comm = out, config, comm
-        self.writes = comm is None or comm.rank == 0  # over MPI ranks, rank 0 alone writes the folder and reports
-        self.progress = progress and self.writes
+        self.out, self.config, self.progress = out, config, progress
         self.dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
         self.trainer = build_trainer(config, self.dataset, comm)
         self.info = data_info(self.dataset)
@@ -74,8 +72,7 @@ class Run:
         self.bar = None   # the progress bar while train() runs
         if state is not None:
             self.trainer.load_state_dict(state)
-        if self.writes:
-            self._open_folder(state is not None, restart)
+        self._open_folder(state is not None, restart)
         n = FIXED_IMAGES if self.info["image_shape"] else FIXED_POINTS
         self.fixed_noise = sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 1])
         if self.evaluator:
@@ -102,8 +99,7 @@ class Run:
         step 0 with its recorded config.json. `overrides` may change only RESUMABLE options."""
         if not os.path.isdir(out):
             raise GanEngineError(f"nothing to resume: {out} is not a folder")
-        if comm is None or comm.rank == 0:
-            remove_temporary_files(out)
+        remove_temporary_files(out)
         good, skipped = newest_good_checkpoint(out)
         for path, why in skipped:
             warnings.warn(f"skipped {path}: {why}", RuntimeWarning, stacklevel=2)
@@ -203,8 +199,6 @@ class Run:
 
     def say(self, line):
         """Print a line of news (a compile notice, the time estimate) without breaking the progress bar."""
-        if not self.writes:
-            return
         if self.bar is not None and self.progress:
             self.bar.write(line)
         else:
@@ -215,7 +209,7 @@ class Run:
         cfg, trainer = self.config, self.trainer
         clock = StepClock(cfg.steps)
         while trainer.step_count < cfg.steps:
-            if stop_together(self.comm, interrupted):
+            if trainer.comm.any(interrupted):  # over several ranks: all stop at the same step
                 return True
             metrics = trainer.step()
             step = trainer.step_count
@@ -225,9 +219,9 @@ class Run:
                 self.say(estimate)
             last = step == cfg.steps
             measure = cfg.metrics_every and (step % cfg.metrics_every == 0 or last)
-            quality = self.evaluate(step) if measure and self.writes else None
+            quality = self.evaluate(step) if measure else None
             if step % cfg.log_every == 0 or last or measure:
-                self._log(step, metrics, bar, quality)  # every rank: the losses are averaged over them
+                self._log(step, metrics, bar, quality)
             if step % cfg.sample_every == 0 or last:
                 self.save_pictures(step)
             if step % cfg.checkpoint_every == 0 or last:
@@ -236,8 +230,6 @@ class Run:
 
     def _log(self, step, metrics, bar, quality=None):
         values = self.trainer.read_metrics(metrics)
-        if not self.writes:
-            return
         self.history["step"].append(step)
         for k in METRICS:
             self.history[k].append(values[k])
@@ -261,9 +253,7 @@ class Run:
         return result["generated"]
 
     def save_pictures(self, step):
-        """samples/step_N.png from the fixed noise batch, and loss.png (rank 0's job over several ranks)."""
-        if not self.writes:
-            return
+        """samples/step_N.png from the fixed noise batch, and loss.png."""
         samples = self.trainer.generate(self.fixed_noise)
         real = self.dataset.x[:SCATTER_REAL] if self.info["image_shape"] is None else None
         save_samples(samples, self.info, os.path.join(self.out, "samples", f"step_{step:08d}.png"), real,
@@ -274,9 +264,7 @@ class Run:
                                   f"{self.dataset.name}, {self.trainer.backend.name}")
 
     def checkpoint(self):
-        """Write checkpoints/step_N.npz for the current step (atomically; rank 0's job over several ranks)."""
-        if not self.writes:
-            return None
+        """Write checkpoints/step_N.npz for the current step (atomically)."""
         state = self.trainer.state_dict()
         path = os.path.join(self.out, checkpoint_name(state["step"]))
         save_checkpoint(path, state, self.config.to_dict(), self.info)
@@ -305,7 +293,8 @@ def remove_temporary_files(out):
         if os.path.isdir(folder):
             for name in os.listdir(folder):
                 if name.startswith(".") and name.endswith(".tmp"):
-                    os.remove(os.path.join(folder, name))
+                    with contextlib.suppress(FileNotFoundError):  # another rank of the run removed it first
+                        os.remove(os.path.join(folder, name))
 
 
 def load_generator(path, backend="auto"):

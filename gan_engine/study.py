@@ -293,25 +293,22 @@ def save_study_plot(runs, path):
 
 
 def saved_plan(out):
-    """The Plan of the study in folder `out`, from its plan.json."""
+    """The Plan of the study in folder `out`, from its plan.json (a plan from before --first-seed began at 0)."""
     path = os.path.join(out, "plan.json")
     if not os.path.exists(path):
         raise GanEngineError(f"{out} holds no study ({path} is missing): give the folder a study wrote")
-    with open(path) as f:
-        saved = json.load(f)
-    return Plan(out, saved["base"], saved["grid"], saved["seeds"], saved.get("first_seed", 0))
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        return Plan(out, saved["base"], saved["grid"], saved["seeds"], saved.get("first_seed", 0))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise GanEngineError(f"{path} is damaged ({type(exc).__name__}: {exc}); give another --out") from exc
 
 
 def load_plan(out, base, grid, seeds, first_seed=0):
     """The Plan of a study folder: the options given now, which must match those a study already there used."""
     plan = Plan(out, base, grid, seeds, first_seed)
-    path = os.path.join(out, "plan.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if isinstance(old, dict):
-            old.setdefault("first_seed", 0)  # studies from before --first-seed began at seed 0
-        if old != plan.to_json():
-            raise GanEngineError(f"{out} holds a study with other options ({path}); give the same options to go on "
-                                 "with it, or another --out")
+    if os.path.exists(os.path.join(out, "plan.json")) and saved_plan(out).to_json() != plan.to_json():
+        raise GanEngineError(f"{out} holds a study with other options ({os.path.join(out, 'plan.json')}); give the "
+                             "same options to go on with it, or another --out")
     return plan

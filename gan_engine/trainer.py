@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from .backends.numpy_ref import PRIORS, noise
+from .distributed import ONE_PROCESS
 from .errors import GanEngineError, check_choice
 from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
 from .memory import check_memory
@@ -73,9 +74,10 @@ class Trainer:
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
-        self.comm, ranks, rank = comm, getattr(comm, "size", 1), getattr(comm, "rank", 0)
+        self.comm = comm or ONE_PROCESS
+        ranks, rank = self.comm.size, self.comm.rank
         if ranks > 1:
-            split_over_ranks(G, D, self.batch_size, comm)
+            split_over_ranks(G, D, self.batch_size, self.comm)
         self.local_batch = self.batch_size // ranks  # this rank's rows of every global batch
         be, xp, B, m = self.backend, self.backend.xp, self.local_batch, self.pac
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
@@ -103,11 +105,6 @@ class Trainer:
         self.backend.noise(self.rng, self.prior, self._all_z)
         return self._z
 
-    def _average_gradients(self, model):
-        """Over several ranks: the model's gradients become their mean over the ranks (one allreduce)."""
-        if self.comm is not None and self.comm.size > 1:
-            self.comm.average(model.flat_grads)
-
     def d_step(self):
         """One discriminator update on a fresh real batch and fresh fakes; G gets no gradient.
 
@@ -129,7 +126,7 @@ class Trainer:
             D.backward(self._dlogits)
             loss_fake, d_fake = d_loss_fake(be, D.forward(self.pack(fake)), self._dlogits)
             D.backward(self._dlogits)
-        self._average_gradients(D)
+        self.comm.average(D.flat_grads)  # over several ranks: their mean (one allreduce)
         self.opt_d.step()
         return loss_real + loss_fake, d_real, d_fake
 
@@ -141,7 +138,7 @@ class Trainer:
         loss, _ = g_loss(be, D.forward(self.pack(G.forward(self._noise()))), dlogits, self.loss)
         dfake = D.backward(dlogits, need_dx=True, param_grads=False)          # (B, m F)
         G.backward(dfake.reshape(self._z.shape[0], -1))                      # (B m, F)
-        self._average_gradients(G)
+        self.comm.average(G.flat_grads)
         self.opt_g.step()
         return loss
 
@@ -198,9 +195,8 @@ class Trainer:
         """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite, or a loss is beyond
         LOSS_BOUND (a BCE that large means D's logits are in the thousands: the run has blown up)."""
         values = {k: float(self.backend.to_numpy(v)) for k, v in metrics.items()}
-        if self.comm is not None and self.comm.size > 1:  # every rank calls this at the same steps
-            values = self.comm.average_values(values)
-            self.comm.check_same([self.G.flat_params, self.D.flat_params], "parameters")
+        values = self.comm.average_values(values)  # over several ranks (every rank calls this at the same steps)
+        self.comm.check_same([self.G.flat_params, self.D.flat_params], "parameters")
         if not all(math.isfinite(v) for v in values.values()):
             raise TrainingDiverged(f"training diverged at step {self.step_count}: {values}")
         if max(abs(values["d_loss"]), abs(values["g_loss"])) > LOSS_BOUND:
