@@ -84,8 +84,10 @@ class Plan:
                                       "first_seed": self.first_seed}))
 
     def configurations(self):
-        """[(label, options)] for every point of the grid ("base" when there is no grid)."""
-        names = list(self.grid)
+        """[(label, options)] for every point of the grid ("base" when there is no grid). The axes go in name
+        order, whatever order they were given in, so a run's folder is the same for `--grid pac=1,2 --grid lr=..`,
+        its reverse and plan.json (which keeps its keys sorted)."""
+        names = sorted(self.grid)
         points = itertools.product(*(self.grid[n] for n in names)) if names else [()]
         out = []
         for values in points:

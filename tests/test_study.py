@@ -220,3 +220,15 @@ def test_report_refuses_a_folder_without_a_study_unstarted_runs_and_plan_options
     assert "give --out alone, without --grid, --seeds" in error("--grid", "pac=1,2", "--seeds", "2")
     shutil.rmtree(tmp_path / "s" / "base" / "seed-1")
     assert "1 of the 2 runs have not started" in error()
+
+
+def test_a_grid_of_two_axes_keeps_its_run_folders_whatever_order_the_axes_come_in(tmp_path, capsys):
+    """plan.json keeps its keys sorted: --report and a resumed study find the runs the first command made."""
+    out = tmp_path / "s"
+    run_study(Plan(str(out), TINY, {"pac": [1], "lr_g": [1e-4]}, seeds=1), workers=1, say=lambda line: None)
+    assert os.listdir(out / "lr-g=0.0001,pac=1") == ["seed-0"]
+    assert main(["study", "--out", str(out), "--report"]) == 0
+    assert "| lr-g=0.0001,pac=1 | 1 | 6 |" in capsys.readouterr().out
+    said = []
+    run_study(load_plan(str(out), TINY, {"lr_g": [1e-4], "pac": [1]}, seeds=1), workers=1, say=said.append)
+    assert said[1:] == ["  lr-g=0.0001,pac=1/seed-0: skipped"], said
