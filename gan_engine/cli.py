@@ -193,7 +193,8 @@ def _say_dataset_defaults(config, given):
     """One line naming the options the dataset's defaults set, when any of them was not given."""
     used = {k: v for k, v in DATASET_DEFAULTS.get(config.dataset, {}).items() if k not in given}
     if used:
-        options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in used.items())
+        options = " ".join(f"--{k.replace('_', '-')} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                           for k, v in used.items())
         print(f"{config.dataset}'s defaults: {options} (options you give win over them)", flush=True)
 
 

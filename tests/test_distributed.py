@@ -116,8 +116,9 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
 
 # ---- gan-engine train under mpiexec -------------------------------------------------------------------------
 
-TRAIN = ["--dataset", "ring8", "--model", "mlp", "--batch-size", "16", "--log-every", "10", "--checkpoint-every", "30",
-         "--sample-every", "1000", "--metrics-every", "1000", "--backend", "numpy", "--quiet"]
+TRAIN = ["--dataset", "ring8", "--model", "mlp", "--hidden", "512", "--beta1", "0.8", "--batch-size", "16",
+         "--log-every", "10", "--checkpoint-every", "30", "--sample-every", "1000", "--metrics-every", "1000",
+         "--backend", "numpy", "--quiet"]
 
 
 def _train_on_ranks(ranks, *argv, cwd, timeout=300):

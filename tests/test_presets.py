@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from gan_engine.cli import main
+from gan_engine.cli import _say_dataset_defaults, main
 from gan_engine.config import DATASET_DEFAULTS, TrainConfig
 from gan_engine.data import load_dataset
 from gan_engine.layers import BatchNorm, Dense, Maxout
@@ -37,7 +37,7 @@ def test_a_preset_run_records_every_option_and_the_users_win(tmp_path, capsys):
                  "--d-hidden", "8", "--out", str(out), "--quiet"]) == 0
     record = json.loads((out / "config.json").read_text())
     for key, value in PRESETS["pacgan-ring8"].items():
-        if key not in ("steps", "batch_size"):
+        if key not in ("steps", "batch_size", "g_hidden", "d_hidden"):
             assert record[key] == value, key
     assert (record["steps"], record["batch_size"], record["g_hidden"], record["d_hidden"]) == (3, 16, [8, 8], [8])
     capsys.readouterr()
@@ -65,9 +65,13 @@ def test_ring8_and_grid25_train_with_their_own_defaults_and_the_options_given_wi
     assert "--steps" not in said.splitlines()[0]  # given: not a default
     record = json.loads((out / "config.json").read_text())
     for key, value in DATASET_DEFAULTS["grid25"].items():
-        if key != "steps":
+        if key not in ("steps", "g_hidden", "d_hidden"):
             assert record[key] == value, key
-    assert record["steps"] == 2 and record["g_hidden"] == [8]
+    assert record["steps"] == 2 and record["g_hidden"] == [8] and record["d_hidden"] == [8]
+    assert TrainConfig.with_defaults(dataset="ring8").d_hidden == DATASET_DEFAULTS["ring8"]["d_hidden"]
+    _say_dataset_defaults(TrainConfig.with_defaults(dataset="ring8"), {"dataset": "ring8"})
+    said = capsys.readouterr().out
+    assert "--g-hidden 128,128,128 --d-hidden 64,64,64" in said and "(128" not in said
     # digits keeps TrainConfig's own defaults
     assert TrainConfig.with_defaults(dataset="digits") == TrainConfig()
     assert TrainConfig.with_defaults(dataset="ring8", model="mlp").model == "mlp"
