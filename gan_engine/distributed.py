@@ -40,6 +40,18 @@ class Communicator:
         if backend.xp is not np and self.device_sum is None:
             self.device_sum = backend.nccl_sum(self.comm)
 
+    def share_training(self, G, D, batch_size):
+        """Make G and D train over the ranks, or raise GanEngineError: a global batch that the ranks share evenly
+        and the same initial parameters on every rank; reductions of G's backend's arrays over MPI or NCCL; batch
+        norm taking its statistics over every rank's rows."""
+        if batch_size % self.size:
+            raise GanEngineError(f"the batch of {batch_size} does not split evenly over {self.size} ranks: give a "
+                                 f"batch size that is a multiple of {self.size}")
+        self.use_backend(G.backend)
+        self.check_same([G.flat_params, D.flat_params], "initial parameters (build the models with the same seeds)")
+        G.synchronize(self)
+        D.synchronize(self)
+
     def sum(self, buffer):
         """Replace `buffer` (every rank's of the same shape and dtype) by its sum over the ranks: a host array
         over MPI, a device array through NCCL (use_backend)."""
@@ -92,7 +104,7 @@ class OneProcess:
     value itself, and nothing can differ between ranks."""
     rank, size = 0, 1
 
-    def use_backend(self, backend):
+    def share_training(self, G, D, batch_size):
         pass
 
     def sum(self, buffer):

@@ -377,7 +377,8 @@ class BatchNorm(Layer):
                                                dbeta=dbeta, dx=dx)
 
     # Synchronized batch norm: every rank holds an equal share of the batch's rows, and the statistics are those of
-    # all of them, as one process of the whole batch would take them (array expressions: host or device arrays).
+    # all of them, as one process of the whole batch would take them (in-place array operations in float64
+    # scratch of the input's shape: host or device arrays, nothing allocated a step but (C,) vectors).
 
     def _channel_sums_over_ranks(self, v):
         """Per-channel sums of v (N, C) or (N, C, H, W) over its values and every rank's: float64 (C,)."""
@@ -391,7 +392,11 @@ class BatchNorm(Layer):
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1] * self.comm.size
         mean = self._channel_sums_over_ranks(x) / count
-        var = self._channel_sums_over_ranks((x - mean.reshape(shape)) ** 2) / count
+        deviations = self._buffer("ranks' deviations", tuple(x.shape), np.float64)
+        deviations[...] = x
+        deviations -= mean.reshape(shape)
+        deviations **= 2
+        var = self._channel_sums_over_ranks(deviations) / count
         running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
         running_mean[...] = (1 - self.momentum) * running_mean + self.momentum * mean
         running_var[...] = (1 - self.momentum) * running_var + self.momentum * var * (count / (count - 1))
@@ -418,9 +423,13 @@ class BatchNorm(Layer):
             sums[:c], sums[c:] = sum_g, sum_g_xhat
             self.comm.sum(sums)
             means = sums / (x.size // c * self.comm.size)
-            x_hat = (x - self._mean.reshape(shape)) * self._invstd.reshape(shape)
-            gain = (self.params["gamma"] * self._invstd).reshape(shape)
-            dx[...] = dx - gain * (means[:c].reshape(shape) + x_hat * means[c:].reshape(shape))
+            terms = self._buffer("ranks' dx terms", tuple(x.shape), np.float64)  # gain (S1 / M + x_hat S2 / M)
+            terms[...] = x
+            terms -= self._mean.reshape(shape)
+            terms *= (self._invstd * means[c:]).reshape(shape)
+            terms += means[:c].reshape(shape)
+            terms *= (self.params["gamma"] * self._invstd).reshape(shape)
+            dx -= terms
         return dx
 
 

@@ -75,9 +75,8 @@ class Trainer:
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
         self.comm = comm or ONE_PROCESS
+        self.comm.share_training(G, D, self.batch_size)  # over several ranks: checks, NCCL, synchronized batch norm
         ranks, rank = self.comm.size, self.comm.rank
-        if ranks > 1:
-            split_over_ranks(G, D, self.batch_size, self.comm)
         self.local_batch = self.batch_size // ranks  # this rank's rows of every global batch
         be, xp, B, m = self.backend, self.backend.xp, self.local_batch, self.pac
         self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
@@ -272,19 +271,6 @@ def sample_noise(n, z_dim, prior="normal", seed=None):
         raise GanEngineError(f"the number of samples must be a positive integer, got {n}")
     check_choice("noise prior", prior, PRIORS)
     return noise(np.random.default_rng(seed), prior, np.empty((int(n), z_dim), dtype=np.float32))
-
-
-def split_over_ranks(G, D, batch_size, comm):
-    """Make G and D train over the `comm.size` ranks of `comm`, or raise GanEngineError: a global batch that the
-    ranks share evenly and the same initial parameters on every rank; reductions go over MPI (host arrays) or NCCL
-    (the CUDA backend); batch norm takes its statistics over every rank's rows."""
-    if batch_size % comm.size:
-        raise GanEngineError(f"the batch of {batch_size} does not split evenly over {comm.size} ranks: give a batch "
-                             f"size that is a multiple of {comm.size}")
-    comm.use_backend(G.backend)
-    comm.check_same([G.flat_params, D.flat_params], "initial parameters (build the models with the same seeds)")
-    G.synchronize(comm)
-    D.synchronize(comm)
 
 
 def warn_unusual(n, batch_size, optimizers):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gan_engine import Adam, GanEngineError, Trainer, mlp_discriminator, mlp_generator
+from gan_engine.distributed import Communicator
 from gan_engine.models import batchnorm_generator, dcgan_discriminator, dcgan_generator
 
 from .util import mpiexec
@@ -93,17 +94,16 @@ def test_a_rank_whose_parameters_drift_stops_every_rank(tmp_path):
     assert len(got["d_loss"]) == 20  # the check at the first read after the drift
 
 
-class _Ranks:
-    """Two ranks as the trainer's checks see them, without MPI (this process plays rank 0)."""
-    rank, size = 0, 2
+class _ThreeRanks(Communicator):
+    """Three ranks as the trainer's checks see them, without MPI (this process plays rank 0)."""
 
-    def check_same(self, arrays, what):
-        pass
+    def __init__(self):
+        self.comm, self.rank, self.size, self.device_sum = None, 0, 3, None
 
 
 def test_a_batch_that_does_not_split_evenly_over_the_ranks_is_refused():
     with pytest.raises(GanEngineError, match="batch of 16 does not split evenly over 3 ranks"):
-        make_trainer("numpy", type("Three", (_Ranks,), {"size": 3})())
+        make_trainer("numpy", _ThreeRanks())
 
 
 def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
