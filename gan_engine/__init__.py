@@ -15,7 +15,7 @@ from .errors import GanEngineError
 from .layers import (Activation, BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, LeakyReLU, Maxout, ReLU,
                      Reshape, Sequential)
 from .models import dcgan_discriminator, dcgan_generator, mlp_discriminator, mlp_generator
-from .optim import SGD, Adam
+from .optim import SGD, Adam, WeightAverage
 from .trainer import Trainer, TrainingDiverged, sample_noise
 
 __version__ = "0.1.0"
@@ -24,5 +24,5 @@ __all__ = [
     "Activation", "Adam", "BatchNorm", "Conv2d", "ConvTranspose2d", "Dataset", "Dense", "Flatten", "GanEngineError",
     "LeakyReLU", "Maxout", "ReLU", "Reshape", "SGD", "Sequential", "Trainer", "TrainingDiverged", "backend_status",
     "dcgan_discriminator", "dcgan_generator", "get_backend", "load_dataset", "mlp_discriminator", "mlp_generator",
-    "sample_noise",
+    "sample_noise", "WeightAverage",
 ]

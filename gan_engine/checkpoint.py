@@ -1,7 +1,7 @@
 """Checkpoints: one .npz holding both models, both optimizers, the step, the random state and the config.
 
-Arrays are stored under "G/<param>", "D/<param>", "opt_g/<buffer>", "opt_d/<buffer>"; everything else is JSON in
-the 0-d string array "meta". Files are written atomically (temporary file + rename), so a crash or Ctrl-C
+Arrays are stored under "G/<param>", "D/<param>", "opt_g/<buffer>", "opt_d/<buffer>" and, for a run that averages
+its generator, "G_average/<buffer>"; everything else is JSON in the 0-d string array "meta". Files are written atomically (temporary file + rename), so a crash or Ctrl-C
 during a write never damages the previous checkpoint.
 """
 import glob
@@ -19,6 +19,8 @@ from .trainer import TrainingDiverged
 FORMAT = "gan-engine-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+PARTS = ("G", "D", "opt_g", "opt_d")  # every checkpoint has them
+OPTIONAL_PARTS = ("G_average",)       # empty or absent (checkpoints from before it) when the run has none
 
 
 def checkpoint_name(step):
@@ -28,9 +30,9 @@ def checkpoint_name(step):
 def save_checkpoint(path, state, config, data_info):
     """Atomically write a Trainer.state_dict() with the run's config (dict) and data_info (dim, output, shape)."""
     arrays, scalars = {}, {}
-    for part in ("G", "D", "opt_g", "opt_d"):
+    for part in PARTS + OPTIONAL_PARTS:
         scalars[part] = {}
-        for key, value in state[part].items():
+        for key, value in state.get(part, {}).items():
             if isinstance(value, np.ndarray):
                 if not np.isfinite(value).all():
                     raise TrainingDiverged(f"refusing to checkpoint non-finite values in {part}/{key} at step "
@@ -80,8 +82,8 @@ def load_checkpoint(path):
     if meta["version"] > VERSION:
         raise GanEngineError(f"{path} was written by a newer gan-engine (checkpoint version {meta['version']})")
     state = {"step": meta["step"], "rng": meta["rng"]}
-    for part in ("G", "D", "opt_g", "opt_d"):
-        state[part] = dict(meta["scalars"][part])
+    for part in PARTS + OPTIONAL_PARTS:
+        state[part] = dict(meta["scalars"].get(part, {}))
         prefix = part + "/"
         state[part].update({k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)})
         for key, value in state[part].items():
@@ -106,8 +108,8 @@ def _check_meta(meta):
             raise ValueError(f"has {key!r} = {meta[key]!r}, not a{'n' if kind is int else ''} {kind.__name__}")
     if meta["step"] < 0 or meta["version"] < 1:
         raise ValueError(f"has step {meta['step']} and version {meta['version']}")
-    for part in ("G", "D", "opt_g", "opt_d"):
-        if not isinstance(meta["scalars"].get(part), dict):
+    for part in PARTS + OPTIONAL_PARTS:
+        if not isinstance(meta["scalars"].get(part, None if part in PARTS else {}), dict):
             raise ValueError(f"lacks the scalars of {part}")
     return meta
 

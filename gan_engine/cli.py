@@ -96,6 +96,9 @@ def _parser():
     t.add_argument("--label-smoothing", type=float, help=f"one-sided smoothing of D's real labels [{d.label_smoothing}]")
     t.add_argument("--pac", type=int, help=f"PacGAN packing: D judges this many samples at once, real or generated "
                                            f"[{d.pac}: a plain GAN]")
+    t.add_argument("--ema", type=float, help="keep a moving average of G's weights with this decay (0.999: about "
+                                             "the last 1,000 steps) and draw samples, metrics and checkpoints' "
+                                             f"generator from it [{d.ema}: G as it is]")
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")

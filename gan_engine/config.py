@@ -13,7 +13,7 @@ from .optim import OPTIMIZERS
 
 # Options added after runs were first saved, with the value that gives those runs' behaviour: a saved config
 # without one gets it (any other missing option is refused).
-ADDED = {"pac": 1}
+ADDED = {"pac": 1, "ema": 0.0}
 
 # What `gan-engine train --dataset NAME` trains where TrainConfig's own defaults (made for images) fail: on the 2-D
 # mixtures, the PacGAN protocol's maxout GAN (presets.py) made narrower (G 3 x 128, D 3 maxout layers of 64 units;
@@ -66,6 +66,7 @@ class TrainConfig:
     momentum: float = 0.9
     label_smoothing: float = 0.0
     pac: int = 1                   # PacGAN packing: samples D judges at once
+    ema: float = 0.0               # decay of the moving average of G's weights that samples come from; 0: none
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
@@ -129,7 +130,7 @@ class TrainConfig:
         for name in ("lr_g", "lr_d"):
             if not getattr(self, name) > 0:
                 raise GanEngineError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("alpha", "beta1", "beta2", "momentum", "label_smoothing"):
+        for name in ("alpha", "beta1", "beta2", "momentum", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise GanEngineError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
 

@@ -22,7 +22,7 @@ from .interpolate import METHODS, interpolation_grid
 from .io import write_json, write_text
 from .metrics import Evaluator
 from .models import build_discriminator, build_generator, hidden_sizes
-from .optim import make_optimizer
+from .optim import WeightAverage, make_optimizer
 from .plots import save_image_grid, save_loss_curve, save_scatter
 from .trainer import METRICS, Trainer, TrainingDiverged, generate, sample_noise
 
@@ -39,7 +39,7 @@ def build_trainer(config, dataset, comm=None):
     hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
     return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
                    prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed, pac=config.pac,
-                   comm=comm, opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
+                   ema=config.ema, comm=comm, opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
                    opt_d=make_optimizer(config.optimizer, D, config.lr_d, **hyper))
 
 
@@ -298,11 +298,15 @@ def remove_temporary_files(out):
 
 
 def load_generator(path, backend="auto"):
-    """(G with the checkpoint's weights, its TrainConfig, its data_info, its step) from a checkpoint file."""
+    """(G with the checkpoint's weights, its TrainConfig, its data_info, its step) from a checkpoint file; a run
+    that averaged its generator (--ema) gives the averaged weights, the ones its samples and metrics came from."""
     state, saved, info = load_checkpoint(path)
     config = TrainConfig.from_dict({**saved, "backend": backend})
     G = build_generator(config, info)
     G.load_state_dict(state["G"])
+    average = WeightAverage(G, config.ema)
+    average.load_state_dict(state["G_average"])
+    average.apply()
     return G, config, info, state["step"]
 
 

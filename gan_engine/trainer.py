@@ -13,7 +13,7 @@ from .distributed import ONE_PROCESS
 from .errors import GanEngineError, check_choice
 from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
 from .memory import check_memory
-from .optim import Adam
+from .optim import Adam, WeightAverage
 
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 GENERATE_BATCH = 256  # rows per forward pass in generate()
@@ -40,10 +40,12 @@ class Trainer:
     `comm` (gan_engine.distributed.world(), under mpiexec) trains over its ranks: each computes B / P rows of every
     global batch of B and the gradients are averaged over the ranks before each update, so P ranks follow one
     process of batch B (every rank builds the same models and data and passes the same seed).
+    `ema` > 0 keeps an exponential moving average of G's weights with that decay (optim.WeightAverage, updated
+    after every G step), and `generate`/`sample` draw from it; 0 (the default) draws from G as it is.
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
-                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None):
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None, ema=0.0):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -71,6 +73,7 @@ class Trainer:
         if self.opt_g.model is not G or self.opt_d.model is not D:
             raise GanEngineError("opt_g must be built on the generator and opt_d on the discriminator")
         warn_unusual(len(data), int(batch_size) * pac, {"G": self.opt_g, "D": self.opt_d})
+        self.g_average = WeightAverage(G, ema)
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
         self.z_dim = G.in_features
@@ -139,6 +142,7 @@ class Trainer:
         G.backward(dfake.reshape(self._z.shape[0], -1))                      # (B m, F)
         self.comm.average(G.flat_grads)
         self.opt_g.step()
+        self.g_average.update()
         return loss
 
     def pack(self, x):
@@ -164,7 +168,7 @@ class Trainer:
 
     def _capture_step(self):
         """Capture one step as a graph, then run it. If capture fails: warn, and stay eager for good."""
-        counted = [(opt, opt.t) for opt in (self.opt_d, self.opt_g) if hasattr(opt, "t")]
+        counted = [(opt, opt.t) for opt in (self.opt_d, self.opt_g, self.g_average) if hasattr(opt, "t")]
         step_count = self.step_count
         try:
             replay, metrics = self.backend.capture(self._eager_step)
@@ -219,8 +223,10 @@ class Trainer:
         return values
 
     def generate(self, z):
-        """Host noise z (n, Z) -> host samples (n, D) float32: G in eval mode, a copy safe to keep."""
-        return generate(self.G, z)
+        """Host noise z (n, Z) -> host samples (n, D) float32: G (its weight average, with `ema`) in eval mode, a
+        copy safe to keep."""
+        with self.g_average.applied():
+            return generate(self.G, z)
 
     def sample(self, n=64, seed=None):
         """n host samples (n, D) from fresh prior noise drawn by its own generator (the training stream is
@@ -228,10 +234,12 @@ class Trainer:
         return self.generate(sample_noise(n, self.z_dim, self.prior, seed))
 
     def state_dict(self):
-        """Everything a resumed run needs: step, random state, both models and both optimizers (host arrays)."""
+        """Everything a resumed run needs: step, random state, both models, both optimizers and G's weight average
+        (host arrays; the average empty without `ema`)."""
         return {"step": self.step_count, "rng": self.backend.rng_state(self.rng),
                 "G": self.G.state_dict(), "D": self.D.state_dict(),
-                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "G_average": self.g_average.state_dict()}
 
     def load_state_dict(self, state):
         """Restore a `state_dict`; the next step continues exactly as the saved run would have."""
@@ -239,6 +247,7 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        self.g_average.load_state_dict(state.get("G_average", {}))  # none in checkpoints from before `ema`
         try:
             self.backend.set_rng_state(self.rng, state["rng"])
         except (TypeError, ValueError, KeyError, AttributeError) as exc:

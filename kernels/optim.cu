@@ -8,6 +8,8 @@
 //                        m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //                        param -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 //   The bias corrections are computed in double from double betas, as the reference does.
+//   average_update_kernel  average, value (P,): average = decay average + rest value (rest = 1 - decay, rounded
+//                        on the host): an exponential moving average of a model's parameters
 //
 // Elementwise kernels: grid (ceil(P / 256),), block (256,).
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
@@ -40,4 +42,11 @@ adam_update_kernel(float* __restrict__ param, const float* __restrict__ grad, fl
         param[i] -= lr * (mi * c1) / (sqrtf(vi * c2) + eps);
     }
     if (last_to_arrive(arrivals, gridDim.x) && threadIdx.x == 0) *step = t;  // every block has read the old count
+}
+
+extern "C" __global__ void average_update_kernel(float* __restrict__ average, const float* __restrict__ value,
+                                                 long long n, float decay, float rest) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    average[i] = decay * average[i] + rest * value[i];
 }

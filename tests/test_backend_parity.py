@@ -243,6 +243,12 @@ def run_adam_update(be, a):
     return {"param": param, "m": m, "v": v}
 
 
+def run_average_update(be, a):
+    average = a["m"].copy()
+    be.average_update(average, a["param"], 0.999)
+    return {"average": average}
+
+
 CASES = {
     "dense_forward": (dense_cases, lambda rng, c: _with_dense_outputs(rng, _dense_inputs(rng, c))),
     "dense_backward": (dense_cases, lambda rng, c: _with_dense_outputs(rng, _dense_inputs(rng, c))),
@@ -259,6 +265,7 @@ CASES = {
     "bce_with_logits": (bce_cases, _bce_inputs),
     "sgd_update": (optim_cases, _optim_inputs),
     "adam_update": (optim_cases, _optim_inputs),
+    "average_update": (optim_cases, _optim_inputs),
 }
 RANDOM_OPS = ("noise", "batch_indices", "gather_rows")  # exact: the same stream and the same rows
 

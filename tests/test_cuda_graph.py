@@ -11,7 +11,7 @@ from gan_engine.backends import numpy_ref as R
 from gan_engine.models import dcgan_discriminator, dcgan_generator
 
 
-def make(backend, model, graph=True, seed=0):
+def make(backend, model, graph=True, seed=0, ema=0.0):
     rng = np.random.default_rng(0)
     if model == "mlp":
         G = mlp_generator(4, (16,), 6, backend=backend, seed=seed)
@@ -21,7 +21,7 @@ def make(backend, model, graph=True, seed=0):
         G = dcgan_generator(4, (1, 8, 8), (8, 4), backend=backend, seed=seed)
         D = dcgan_discriminator((1, 8, 8), (4, 8), backend=backend, seed=seed + 1)
         data = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
-    return Trainer(G, D, data, batch_size=5, k_disc=2, seed=seed, graph=graph,
+    return Trainer(G, D, data, batch_size=5, k_disc=2, seed=seed, graph=graph, ema=ema,
                    opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5))
 
 
@@ -48,6 +48,18 @@ def test_graph_replays_equal_eager_launches(cuda_backend, model):
     assert graphed._graph is not None and eager._graph is None
     assert graphed.opt_d.t == 12 and graphed.opt_g.t == 6 and graphed.step_count == 6
     assert_same_state(state(graphed), state(eager))
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_the_graphed_step_averages_g_as_eager_launches_do(cuda_backend, model):
+    graphed, eager = make(cuda_backend, model, ema=0.9), make(cuda_backend, model, graph=False, ema=0.9)
+    losses(graphed, 6)
+    losses(eager, 6)
+    assert graphed._graph is not None and graphed.g_average.t == eager.g_average.t == 6
+    for key in ("params", "stats"):
+        np.testing.assert_array_equal(graphed.state_dict()["G_average"][key], eager.state_dict()["G_average"][key])
+    z = np.random.default_rng(1).standard_normal((7, 4)).astype(np.float32)
+    np.testing.assert_array_equal(graphed.generate(z), eager.generate(z))
 
 
 def test_a_restored_state_resumes_the_graphed_run_exactly(cuda_backend):

@@ -138,6 +138,15 @@ def test_adam_first_step_moves_each_parameter_by_lr():
     assert_close("step", p, -0.01 * np.sign(g), atol=1e-7)
 
 
+def test_average_update_weights_past_values_by_powers_of_the_decay():
+    values = [np.array([1.0, -2.0]), np.array([4.0, 0.5]), np.array([-3.0, 8.0])]
+    average, d = np.zeros(2), 0.9
+    for value in values:
+        R.average_update(average, value, d)
+    # from zero, after values v1, v2, v3: (1 - d) (d^2 v1 + d v2 + v3)
+    assert_close("average", average, 0.1 * (0.81 * values[0] + 0.9 * values[1] + values[2]), atol=1e-15)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_noise_priors(dtype):
     out = np.empty((20000, 4), dtype=dtype)

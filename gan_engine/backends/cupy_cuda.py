@@ -592,6 +592,13 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
         np.float64(beta2), np.float32(eps), _arrivals(1)))
 
 
+def average_update(average, value, decay):
+    """One step of an exponential moving average over flat buffers (P,), in place, one kernel."""
+    n = check_array("average", average).size
+    check_array("value", value, average.shape)
+    _function("optim", "average_update_kernel")(elementwise_grid(n), (THREADS,), (
+        average, value, np.int64(n), np.float32(decay), np.float32(1 - decay)))
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 
 def noise(rng, prior, out):

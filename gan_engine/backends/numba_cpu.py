@@ -361,6 +361,14 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     over(param.size, param.size, block)  # a block per 100k parameters: below that a thread's wake-up costs more
 
 
+def average_update(average, value, decay):
+    """One step of an exponential moving average over flat buffers (P,), in place, one pass."""
+    t = average.dtype.type
+
+    def block(lo, hi):
+        k.average_update(average[lo:hi], value[lo:hi], t(decay), t(1 - decay))
+    over(average.size, average.size, block)
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 
 def noise(rng, prior, out):
@@ -413,6 +421,7 @@ def warm_up(dtypes=(np.float32,)):
         p = np.ones(5, dtype)
         sgd_update(p, p.copy(), p.copy(), 0.1, 0.9)
         adam_update(p, p.copy(), p.copy(), p.copy(), 1, 0.1)
+        average_update(p, p.copy(), 0.9)
         gather_rows(z, batch_indices(rng, 2, np.empty(2, np.int64)), np.empty_like(z))
     threads.policy().pin_blas()  # compiling loaded SciPy's BLAS too
     return time.perf_counter() - start

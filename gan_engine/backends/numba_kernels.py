@@ -494,6 +494,12 @@ def adam_update(param, grad, m, v, lr, beta1, beta2, eps, c1, c2):
         param[i] -= lr * (mi * c1) / (np.sqrt(vi * c2) + eps)
 
 
+@jit
+def average_update(average, value, decay, rest):
+    """average, value (P,): average = decay average + rest value, rest = 1 - decay (scalars of the arrays' dtype)."""
+    for i in range(average.size):
+        average[i] = decay * average[i] + rest * value[i]
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 
 @jit

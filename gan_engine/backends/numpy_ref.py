@@ -35,6 +35,7 @@ OPS = (
     "bce_with_logits",
     "sgd_update",
     "adam_update",
+    "average_update",
     "noise",
     "batch_indices",
     "gather_rows",
@@ -445,6 +446,14 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     v_hat = v / (1 - beta2 ** step)
     param -= lr * m_hat / (np.sqrt(v_hat) + eps)
 
+
+def average_update(average, value, decay):
+    """One step of an exponential moving average, in place over flat buffers.
+
+    average, value (P,): average = decay * average + (1 - decay) * value
+    """
+    average *= decay
+    average += (1 - decay) * value
 
 # ---- sampling ------------------------------------------------------------------------------------------------
 
