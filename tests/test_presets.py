@@ -61,7 +61,8 @@ def test_ring8_and_grid25_train_with_their_own_defaults_and_the_options_given_wi
     assert main(["train", "--dataset", "grid25", "--steps", "2", "--g-hidden", "8", "--d-hidden", "8",
                  "--backend", "numpy", "--out", str(out), "--quiet"]) == 0
     said = capsys.readouterr().out
-    assert "grid25's defaults: --model maxout --z-dim 2 --init normal --lr-g 0.0001" in said
+    assert "grid25's defaults: --model maxout --z-dim 2 --init normal --lr-g 0.0002 --lr-d 0.0002 --beta1 0.5 " \
+           "--batch-size 100 --pac 2 --ema 0.999" in said
     assert "--steps" not in said.splitlines()[0]  # given: not a default
     record = json.loads((out / "config.json").read_text())
     for key, value in DATASET_DEFAULTS["grid25"].items():
