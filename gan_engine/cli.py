@@ -138,6 +138,8 @@ def _parser():
     e.add_argument("--seed", type=int, help="noise seed [the run's own evaluation noise, which --metrics-every "
                                            "used: best.npz then gives best.json's numbers]")
     e.add_argument("--backend", default="auto", help="backend to run G on [auto]")
+    e.add_argument("--live", action="store_true", help="for a run trained with --ema: measure G's own weights at "
+                                                       "that step, not their moving average [the average]")
     _threads_option(e)
 
     st = sub.add_parser("study", allow_abbrev=False,
@@ -268,7 +270,7 @@ def cmd_evaluate(args):
     else:
         paths = [resolve_checkpoint(args.checkpoint)]
     results = []
-    for result in evaluate_checkpoints(paths, args.seed, args.backend):
+    for result in evaluate_checkpoints(paths, args.seed, args.backend, average=not args.live):
         results.append(result)
         print(_metrics_table(result), flush=True)
     if len(results) > 1:

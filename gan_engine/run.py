@@ -297,16 +297,18 @@ def remove_temporary_files(out):
                         os.remove(os.path.join(folder, name))
 
 
-def load_generator(path, backend="auto"):
+def load_generator(path, backend="auto", average=True):
     """(G with the checkpoint's weights, its TrainConfig, its data_info, its step) from a checkpoint file; a run
-    that averaged its generator (--ema) gives the averaged weights, the ones its samples and metrics came from."""
+    that averaged its generator (--ema) gives the averaged weights, the ones its samples and metrics came from
+    (average=False: G's own weights at that step)."""
     state, saved, info = load_checkpoint(path)
     config = TrainConfig.from_dict({**saved, "backend": backend})
     G = build_generator(config, info)
     G.load_state_dict(state["G"])
-    average = WeightAverage(G, config.ema)
-    average.load_state_dict(state["G_average"])
-    average.apply()
+    if average:
+        weights = WeightAverage(G, config.ema)
+        weights.load_state_dict(state["G_average"])
+        weights.apply()
     return G, config, info, state["step"]
 
 
@@ -322,13 +324,13 @@ def evaluation_noise(config, n, seed=None):
     return sample_noise(n, config.z_dim, config.prior, seed=[config.seed, 2] if seed is None else seed)
 
 
-def evaluate_checkpoints(paths, seed=None, backend="auto", cache_dir=None):
-    """For each checkpoint path in turn, yield the sample-quality metrics of its generator and their real-data
-    calibration (metrics.Evaluator) with "step" and "checkpoint", on evaluation_noise(config, size, seed). The
-    run's data is loaded and prepared once."""
+def evaluate_checkpoints(paths, seed=None, backend="auto", cache_dir=None, average=True):
+    """For each checkpoint path in turn, yield the sample-quality metrics of its generator (its weight average, if
+    the run kept one and `average`) and their real-data calibration (metrics.Evaluator) with "step" and
+    "checkpoint", on evaluation_noise(config, size, seed). The run's data is loaded and prepared once."""
     evaluator = None
     for path in paths:
-        G, config, _, step = load_generator(path, backend)
+        G, config, _, step = load_generator(path, backend, average)
         if evaluator is None:
             dataset = load_dataset(config.dataset, config.data, config.image_size, config.channels)
             evaluator = Evaluator(dataset, cache_dir)

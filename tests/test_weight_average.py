@@ -110,3 +110,25 @@ def test_a_checkpoints_generator_is_the_average_and_an_old_checkpoint_has_none(t
     assert state["G_average"] == {} and "ema" not in saved
     G, config, *_ = load_generator(old, backend="numpy")
     assert config.ema == 0.0 and np.array_equal(generate(G, z), generate(run.trainer.G, z))
+
+
+def test_evaluate_measures_the_average_the_run_measured_and_live_the_weights_of_the_step(tmp_path, capsys):
+    import csv
+    import json
+    from gan_engine.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "ring8", "--ema", "0.9", "--steps", "40", "--g-hidden", "8", "--d-hidden", "8",
+                 "--metrics-every", "40", "--backend", "numpy", "--out", str(out), "--quiet"]) == 0
+    checkpoint = str(out / "checkpoints" / "step_00000040.npz")
+    for extra, name in (([], "average.json"), (["--live"], "live.json")):
+        assert main(["evaluate", "--checkpoint", checkpoint, "--backend", "numpy", "--json", str(tmp_path / name),
+                     *extra]) == 0
+    capsys.readouterr()
+    averaged, live = (json.loads((tmp_path / name).read_text())["generated"] for name in ("average.json", "live.json"))
+    with open(out / "metrics.csv", newline="") as f:
+        logged = list(csv.DictReader(f))[-1]
+    assert averaged == pytest.approx({k: float(logged[k]) for k in averaged}, rel=1e-12)
+    state, saved, info = load_checkpoint(checkpoint)
+    G, *_ = load_generator(checkpoint, backend="numpy", average=False)
+    assert all(np.array_equal(G.state_dict()[k], v) for k, v in state["G"].items())
+    assert live != averaged
