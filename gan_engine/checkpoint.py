@@ -1,8 +1,8 @@
 """Checkpoints: one .npz holding both models, both optimizers, the step, the random state and the config.
 
 Arrays are stored under "G/<param>", "D/<param>", "opt_g/<buffer>", "opt_d/<buffer>" and, for a run that averages
-its generator, "G_average/<buffer>"; everything else is JSON in the 0-d string array "meta". Files are written atomically (temporary file + rename), so a crash or Ctrl-C
-during a write never damages the previous checkpoint.
+its generator, "G_average/<buffer>"; everything else is JSON in the 0-d string array "meta". Files are written
+atomically (temporary file + rename), so a crash or Ctrl-C during a write never damages the previous checkpoint.
 """
 import glob
 import json

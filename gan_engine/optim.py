@@ -59,9 +59,7 @@ class Adam:
     def load_state_dict(self, state):
         """Restore a state_dict; GanEngineError if a buffer is missing or has the wrong shape, or t is not a count."""
         be = self.model.backend
-        t = state.get("t")
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise GanEngineError(f"Adam's step count must be a non-negative integer, got {t!r}")
+        t = _count(state, "Adam's step count")
         self.m[...] = be.asarray(_buffer(state, "m", self.m), self.m.dtype)
         self.v[...] = be.asarray(_buffer(state, "v", self.v), self.v.dtype)
         self.t = t
@@ -84,9 +82,9 @@ class WeightAverage:
         if not 0 <= decay < 1:
             raise GanEngineError(f"the weight average's decay must be in [0, 1), got {decay}")
         self.model, self.decay, self.t = model, float(decay), 0
-        xp, size = model.backend.xp, (lambda a: a.size if decay else 0)
-        self.params = xp.zeros(size(model.flat_params), dtype=model.dtype)  # (P,), empty when decay is 0
-        self.stats = xp.zeros(size(model.flat_stats), dtype=model.dtype)    # (S,)
+        xp, kept = model.backend.xp, bool(decay)  # decay 0 keeps no buffers
+        self.params = xp.zeros(model.flat_params.size * kept, dtype=model.dtype)  # (P,)
+        self.stats = xp.zeros(model.flat_stats.size * kept, dtype=model.dtype)    # (S,)
         self._own = (xp.empty(self.params.shape, model.dtype), xp.empty(self.stats.shape, model.dtype))  # G's own
 
     def update(self):
@@ -137,13 +135,19 @@ class WeightAverage:
         if not state:
             raise GanEngineError("the saved state has no weight average, but this one has decay "
                                  f"{self.decay:g}; it was saved by a run that did not average its generator")
-        t = state.get("t")
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise GanEngineError(f"the weight average's update count must be a non-negative integer, got {t!r}")
+        t = _count(state, "the weight average's update count")
         be = self.model.backend
         self.params[...] = be.asarray(_buffer(state, "params", self.params), self.params.dtype)
         self.stats[...] = be.asarray(_buffer(state, "stats", self.stats), self.stats.dtype)
         self.t = t
+
+
+def _count(state, what):
+    """state["t"], checked to be a count of updates (a non-negative integer)."""
+    t = state.get("t")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise GanEngineError(f"{what} must be a non-negative integer, got {t!r}")
+    return t
 
 
 def _buffer(state, name, own):

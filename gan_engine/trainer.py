@@ -45,7 +45,8 @@ class Trainer:
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
-                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None, ema=0.0):
+                 loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None,
+                 ema=0.0):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "

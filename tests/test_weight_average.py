@@ -1,12 +1,17 @@
 """The moving average of G's weights (--ema): its arithmetic on every backend, the trainer sampling from it, and
 checkpoints keeping it."""
+import csv
+import json
+
 import numpy as np
 import pytest
 
 from gan_engine import GanEngineError, Trainer, WeightAverage
 from gan_engine.checkpoint import load_checkpoint, save_checkpoint
+from gan_engine.cli import main
+from gan_engine.config import TrainConfig
 from gan_engine.models import batchnorm_generator, maxout_discriminator
-from gan_engine.run import load_generator
+from gan_engine.run import Run, load_generator
 from gan_engine.trainer import generate, sample_noise
 
 from .util import assert_close
@@ -89,14 +94,11 @@ def test_a_resumed_run_continues_the_average_bit_for_bit(tmp_path):
 
 
 def test_a_checkpoints_generator_is_the_average_and_an_old_checkpoint_has_none(tmp_path):
-    import os
-    from gan_engine.config import TrainConfig
-    from gan_engine.run import Run
     config = TrainConfig.with_defaults(dataset="ring8", steps=20, ema=0.9, g_hidden=(8,), d_hidden=(8,),
                                        checkpoint_every=20, sample_every=20, backend="numpy")
     run = Run(str(tmp_path / "run"), config, progress=False)
     run.train()
-    path = os.path.join(tmp_path, "run", "checkpoints", "step_00000020.npz")
+    path = str(tmp_path / "run" / "checkpoints" / "step_00000020.npz")
     G, *_ = load_generator(path, backend="numpy")
     z = sample_noise(40, 2, seed=1)
     assert np.array_equal(generate(G, z), run.trainer.generate(z))
@@ -113,9 +115,6 @@ def test_a_checkpoints_generator_is_the_average_and_an_old_checkpoint_has_none(t
 
 
 def test_evaluate_measures_the_average_the_run_measured_and_live_the_weights_of_the_step(tmp_path, capsys):
-    import csv
-    import json
-    from gan_engine.cli import main
     out = tmp_path / "run"
     assert main(["train", "--dataset", "ring8", "--ema", "0.9", "--steps", "40", "--g-hidden", "8", "--d-hidden", "8",
                  "--metrics-every", "40", "--backend", "numpy", "--out", str(out), "--quiet"]) == 0
