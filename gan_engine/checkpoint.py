@@ -126,11 +126,16 @@ def newest_good_checkpoint(run_dir):
     return None, skipped
 
 
+def checkpoint_step(path):
+    """The step in a step checkpoint's name (.../step_00002000.npz -> 2000), or None for another file."""
+    m = re.search(r"step_(\d+)\.npz$", path)
+    return int(m.group(1)) if m else None
+
+
 def all_checkpoints(run_dir):
     """Paths of the step checkpoints in run_dir/checkpoints, in step order."""
     paths = glob.glob(os.path.join(run_dir, CHECKPOINT_DIR, "step_*.npz"))
-    steps = [(int(m.group(1)), p) for p in paths if (m := re.search(r"step_(\d+)\.npz$", p))]
-    return [p for _, p in sorted(steps)]
+    return sorted((p for p in paths if checkpoint_step(p) is not None), key=checkpoint_step)
 
 
 def latest_checkpoint(run_dir):

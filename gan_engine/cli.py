@@ -162,6 +162,9 @@ def _parser():
     st.add_argument("--report", action="store_true",
                     help="train nothing: write the table and plot from the runs as they stand (an interrupted study: "
                          "each configuration at the last step all its seeds measured); give --out alone")
+    st.add_argument("--live", action="store_true",
+                    help="with --report, for runs trained with --ema: the table of G's own weights at each "
+                         "checkpoint, not their moving average (study-live.md / .csv / .json and study-live.png)")
 
     sub.add_parser("info", allow_abbrev=False,
                    help="version, which backends are available here, the thread policy and the BLAS")
@@ -301,8 +304,10 @@ def cmd_study(args):
         if given:
             raise GanEngineError(f"--report reads the study's options from its plan.json: give --out alone, "
                                  f"without {', '.join(g if g.startswith('--') else '--' + g for g in given)}")
-        report_study(saved_plan(args.out))
-        return _print_study_table(args.out)
+        report_study(saved_plan(args.out), live=args.live)
+        return _print_study_table(args.out, "study-live" if args.live else "study")
+    if args.live:
+        raise GanEngineError("--live goes with --report: gan-engine study --out OUT --report --live")
     base = parse_assignments(args.set, grid=False)
     if args.preset:
         base = with_preset(args.preset, base)
@@ -320,9 +325,9 @@ def cmd_study(args):
     return _print_study_table(args.out)
 
 
-def _print_study_table(out):
-    print(f"table: {os.path.join(out, 'study.md')} (and .csv, .json); plot: {os.path.join(out, 'study.png')}")
-    with open(os.path.join(out, "study.md")) as f:
+def _print_study_table(out, stem="study"):
+    print(f"table: {os.path.join(out, stem + '.md')} (and .csv, .json); plot: {os.path.join(out, stem + '.png')}")
+    with open(os.path.join(out, f"{stem}.md")) as f:
         print(f.read(), end="")
     return 0
 

@@ -7,7 +7,9 @@ Layout: OUT/<configuration>/seed-<s>/ is an ordinary run folder (config.json, me
 OUT/study.md, study.csv and study.json hold the table of the runs' last sample-quality metrics, and study.png the
 metrics over the steps, a line per configuration (means over the seeds). Running the same command again skips
 the finished runs and resumes the interrupted ones; `--report` writes the table of an interrupted study as it
-stands (each configuration at the last step all its seeds measured). With `--mpi` the runs go to mpi4py.futures' MPIPoolExecutor
+stands (each configuration at the last step all its seeds measured), and `--report --live` the table of G's own
+weights at each checkpoint of runs that averaged them (--ema): study-live.md / .csv / .json and study-live.png,
+from each run's metrics-live.csv. With `--mpi` the runs go to mpi4py.futures' MPIPoolExecutor
 (`mpiexec -n N python -m mpi4py.futures -m gan_engine.cli study ... --mpi`), so they spread over the machines of
 an MPI job.
 """
@@ -25,13 +27,14 @@ import time
 
 import numpy as np
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import all_checkpoints, checkpoint_step, latest_checkpoint
 from .config import TrainConfig
 from .errors import GanEngineError
 from .io import write_json, write_text
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 NOT_STUDIED = ("seed",)  # the study's own axis: --seeds
+LIVE = "metrics-live.csv"  # a run's sample-quality metrics of G's own weights at each checkpoint (--report --live)
 
 
 def parse_value(name, text):
@@ -196,43 +199,71 @@ def run_study(plan, workers=None, mpi=False, say=print):
     return report_study(plan)
 
 
-def report_study(plan):
+def report_study(plan, live=False):
     """Write study.md / .csv / .json and study.png from the runs as they stand, training nothing: a finished study's
     final table, or an interrupted one's so far (each configuration at the last step all its seeds measured).
-    Returns the summary rows."""
+    live: the same from G's own weights at each checkpoint (measure_live), not their moving average, into
+    study-live.md / .csv / .json and study-live.png. Returns the summary rows."""
     runs = plan.runs()
     missing = [folder for _, _, folder, _ in runs if not os.path.exists(os.path.join(folder, "metrics.csv"))]
     if missing:
         raise GanEngineError(f"{len(missing)} of the {len(runs)} runs have not started (the first: {missing[0]}): "
                              "run the study further before its table")
-    rows = summarise(runs)
-    write_tables(plan.out, rows)
-    save_study_plot(runs, os.path.join(plan.out, "study.png"))
+    if live:
+        if not any(config.ema for *_, config in runs):
+            raise GanEngineError("--live measures G's own weights in runs that average them (--ema); this study's "
+                                 "runs average nothing, so its study.md already measures G's own weights")
+        for _, _, folder, _ in runs:
+            measure_live(folder)
+    source, stem = (LIVE, "study-live") if live else ("metrics.csv", "study")
+    rows = summarise(runs, source)
+    write_tables(plan.out, rows, stem)
+    save_study_plot(runs, os.path.join(plan.out, f"{stem}.png"), source)
     return rows
 
 
-def quality_rows(folder):
-    """(the sample-quality metrics' names, the metrics.csv rows of a run that have them)."""
-    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
+def measure_live(folder):
+    """Write folder/metrics-live.csv: the sample-quality metrics of G's own weights, not their moving average, at
+    each of the run's checkpoints, on the noise its metrics.csv was measured on. Averaging changes no training step,
+    so these are the metrics of the same run trained without --ema. Checkpoints already in the file are not
+    measured again."""
+    from .run import evaluate_checkpoints
+
+    path = os.path.join(folder, LIVE)
+    rows = {}
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = {int(r["step"]): r for r in csv.DictReader(f)}
+    new = [p for p in all_checkpoints(folder) if checkpoint_step(p) not in rows]
+    for result in evaluate_checkpoints(new, average=False):
+        rows[result["step"]] = {"step": result["step"], **result["generated"]}
+    if not rows:
+        raise GanEngineError(f"{folder} has no checkpoints yet to measure G's own weights on: train it further")
+    write_csv(path, [rows[step] for step in sorted(rows)])
+
+
+def quality_rows(folder, source="metrics.csv"):
+    """(the sample-quality metrics' names, the rows of a run's metrics file `source` that have them)."""
+    with open(os.path.join(folder, source), newline="") as f:
         rows = list(csv.DictReader(f))
     names = [name for name in rows[0] if name not in ("step", "d_loss", "g_loss", "d_real", "d_fake")] if rows else []
     measured = [r for r in rows if names and r[names[0]]]
     if not measured:
-        raise GanEngineError(f"{folder}/metrics.csv has no sample-quality metrics yet: train it further (they come "
+        raise GanEngineError(f"{folder}/{source} has no sample-quality metrics yet: train it further (they come "
                              "every metrics-every steps)")
     return names, measured
 
 
-def metrics_at(folder, step):
-    """The sample-quality metrics {name: float} of a run's last metrics.csv row that has them, at or before `step`."""
-    names, measured = quality_rows(folder)
+def metrics_at(folder, step, source="metrics.csv"):
+    """The sample-quality metrics {name: float} of a run's last row of `source` that has them, at or before `step`."""
+    names, measured = quality_rows(folder, source)
     row = [r for r in measured if int(r["step"]) <= step][-1]
     return {name: float(row[name]) for name in names}
 
 
-def last_common_step(folders):
-    """The last step at which every one of the runs in `folders` has measured its samples."""
-    return min(int(quality_rows(folder)[1][-1]["step"]) for folder in folders)
+def last_common_step(folders, source="metrics.csv"):
+    """The last step at which every one of the runs in `folders` has measured its samples (in `source`)."""
+    return min(int(quality_rows(folder, source)[1][-1]["step"]) for folder in folders)
 
 
 def by_configuration(runs):
@@ -243,13 +274,13 @@ def by_configuration(runs):
     return folders
 
 
-def summarise(runs):
+def summarise(runs, source="metrics.csv"):
     """One row per configuration: {"configuration", "runs", "step", metric: mean, metric_se: standard error}, at
-    the last step all its runs measured (their end, once finished)."""
+    the last step all its runs measured in their metrics file `source` (their end, once finished)."""
     rows = []
     for label, folders in by_configuration(runs).items():
-        step = last_common_step(folders)
-        results = [metrics_at(folder, step) for folder in folders]
+        step = last_common_step(folders, source)
+        results = [metrics_at(folder, step, source) for folder in folders]
         row = {"configuration": label, "runs": len(results), "step": step}
         for name in results[0]:
             values = np.array([metrics[name] for metrics in results])
@@ -259,33 +290,38 @@ def summarise(runs):
     return rows
 
 
-def write_tables(out, rows):
-    """study.md (mean +- standard error), study.csv and study.json, each written whole or not at all."""
+def write_tables(out, rows, stem="study"):
+    """OUT/<stem>.md (mean +- standard error), .csv and .json, each written whole or not at all."""
     metrics = [k for k in rows[0] if k not in ("configuration", "runs", "step") and not k.endswith("_se")]
     lines = ["| configuration | runs | step | " + " | ".join(metrics) + " |", "|---" * (3 + len(metrics)) + "|"]
     for row in rows:
         cells = [f"{row[m]:.3g} ± {row[m + '_se']:.2g}" if row[m + "_se"] is not None else f"{row[m]:.3g}"
                  for m in metrics]
         lines.append(f"| {row['configuration']} | {row['runs']} | {row['step']} | " + " | ".join(cells) + " |")
-    write_text(os.path.join(out, "study.md"), "\n".join(lines) + "\n")
+    write_text(os.path.join(out, f"{stem}.md"), "\n".join(lines) + "\n")
+    write_csv(os.path.join(out, f"{stem}.csv"), rows)
+    write_json(os.path.join(out, f"{stem}.json"), rows)
+
+
+def write_csv(path, rows):
+    """rows (dicts with the first one's keys) as a CSV file with a header, written whole or not at all."""
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    write_text(os.path.join(out, "study.csv"), text.getvalue())
-    write_json(os.path.join(out, "study.json"), rows)
+    write_text(path, text.getvalue())
 
 
-def save_study_plot(runs, path):
+def save_study_plot(runs, path, source="metrics.csv"):
     """Each sample-quality metric over the steps, a line per configuration: the mean over its seeds, up to the last
-    step all of them measured."""
+    step all of them measured (in their metrics file `source`)."""
     from .plots import save_curves
 
     curves = {}
     for label, folders in by_configuration(runs).items():
-        step = last_common_step(folders)
+        step = last_common_step(folders, source)
         for folder in folders:
-            names, measured = quality_rows(folder)
+            names, measured = quality_rows(folder, source)
             measured = [r for r in measured if int(r["step"]) <= step]
             for name in names:
                 curves.setdefault(name, {}).setdefault(label, []).append(

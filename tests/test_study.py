@@ -15,8 +15,12 @@ from gan_engine import GanEngineError
 from gan_engine.checkpoint import latest_checkpoint, load_checkpoint
 from gan_engine.cli import main
 from gan_engine.config import TrainConfig
-from gan_engine.run import Run
-from gan_engine.study import Plan, load_plan, parse_assignments, run_study
+from gan_engine.data import load_dataset
+from gan_engine.metrics import Evaluator
+from gan_engine.models import build_generator
+from gan_engine.run import Run, evaluation_noise
+from gan_engine.study import Plan, load_plan, parse_assignments, report_study, run_study, saved_plan
+from gan_engine.trainer import generate
 
 TINY = {"dataset": "ring8", "model": "maxout", "g_hidden": (8, 8), "d_hidden": (8,), "z_dim": 2, "batch_size": 16,
         "steps": 6, "metrics_every": 3, "log_every": 3, "checkpoint_every": 3, "sample_every": 100,
@@ -232,3 +236,47 @@ def test_a_grid_of_two_axes_keeps_its_run_folders_whatever_order_the_axes_come_i
     said = []
     run_study(load_plan(str(out), TINY, {"lr_g": [1e-4], "pac": [1]}, seeds=1), workers=1, say=said.append)
     assert said[1:] == ["  lr-g=0.0001,pac=1/seed-0: skipped"], said
+
+
+def test_report_live_tables_g_own_weights_at_each_checkpoint_of_runs_that_average_them(tmp_path, capsys):
+    out = tmp_path / "s"
+    run_study(Plan(str(out), {**TINY, "ema": 0.9}, {}, seeds=2), workers=2, say=lambda line: None)
+    assert main(["study", "--out", str(out), "--report", "--live"]) == 0
+    assert "study-live.md" in capsys.readouterr().out
+    rows = json.loads((out / "study-live.json").read_text())
+    # G's own weights, not the average, from each seed's last checkpoint, on the noise its metrics.csv used
+    evaluator = Evaluator(load_dataset("ring8"))
+    own = []
+    for seed in (0, 1):
+        state, saved, info = load_checkpoint(str(out / "base" / f"seed-{seed}" / "checkpoints/step_00000006.npz"))
+        config = TrainConfig.from_dict(saved)
+        G = build_generator(config, info)
+        G.load_state_dict(state["G"])
+        own.append(evaluator.evaluate(generate(G, evaluation_noise(config, evaluator.size)))["generated"])
+        with open(out / "base" / f"seed-{seed}" / "metrics-live.csv", newline="") as f:
+            assert [r["step"] for r in csv.DictReader(f)] == ["3", "6"]  # every checkpoint
+    assert rows[0]["step"] == 6 and rows[0]["runs"] == 2
+    for name in own[0]:
+        assert rows[0][name] == pytest.approx(np.mean([o[name] for o in own]))
+    averaged = json.loads((out / "study.json").read_text())[0]
+    assert rows[0]["reverse_kl"] != averaged["reverse_kl"]
+    assert os.path.getsize(out / "study-live.png") > 1000
+
+    live = out / "base" / "seed-0" / "metrics-live.csv"  # measured checkpoints are read back, not measured again
+    lines = live.read_text().splitlines()
+    fields = lines[2].split(",")
+    fields[lines[0].split(",").index("high_quality")] = "1234.0"
+    live.write_text("\n".join(lines[:2] + [",".join(fields)]) + "\n")
+    report_study(saved_plan(str(out)), live=True)
+    assert json.loads((out / "study-live.json").read_text())[0]["high_quality"] == pytest.approx(
+        (1234.0 + own[1]["high_quality"]) / 2)
+
+
+def test_report_live_refuses_runs_that_average_nothing_and_goes_with_report_only(tmp_path, capsys):
+    out = tmp_path / "s"
+    run_study(Plan(str(out), {**TINY, "ema": 0.0}, {}, seeds=1), workers=1, say=lambda line: None)
+    assert main(["study", "--out", str(out), "--report", "--live"]) == 2
+    assert "runs average nothing" in capsys.readouterr().err
+    assert main(["study", "--out", str(out), "--set", "steps=6", "--live"]) == 2
+    assert "--live goes with --report" in capsys.readouterr().err
+    assert not (out / "study-live.md").exists()
