@@ -306,28 +306,31 @@ def write_tables(out, rows, stem="study"):
 def write_csv(path, rows):
     """rows (dicts with the first one's keys) as a CSV file with a header, written whole or not at all."""
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, text.getvalue())
 
 
-def save_study_plot(runs, path, source="metrics.csv"):
-    """Each sample-quality metric over the steps, a line per configuration: the mean over its seeds, up to the last
-    step all of them measured (in their metrics file `source`)."""
-    from .plots import save_curves
-
+def study_curves(runs, source="metrics.csv"):
+    """{metric: {configuration: (steps, means over its seeds)}} at the steps every seed of the configuration
+    measured in its metrics file `source` (a run stopped and resumed may have measured at a step of its own)."""
     curves = {}
     for label, folders in by_configuration(runs).items():
-        step = last_common_step(folders, source)
-        for folder in folders:
-            names, measured = quality_rows(folder, source)
-            measured = [r for r in measured if int(r["step"]) <= step]
-            for name in names:
-                curves.setdefault(name, {}).setdefault(label, []).append(
-                    ([int(r["step"]) for r in measured], [float(r[name]) for r in measured]))
-    save_curves({name: {label: (runs_[0][0], np.mean([values for _, values in runs_], axis=0).tolist())
-                        for label, runs_ in by_label.items()} for name, by_label in curves.items()}, path)
+        names = quality_rows(folders[0], source)[0]
+        series = [{int(r["step"]): r for r in quality_rows(folder, source)[1]} for folder in folders]
+        steps = sorted(set.intersection(*(set(rows) for rows in series)))
+        for name in names:
+            curves.setdefault(name, {})[label] = (steps, [float(np.mean([float(rows[step][name]) for rows in series]))
+                                                          for step in steps])
+    return curves
+
+
+def save_study_plot(runs, path, source="metrics.csv"):
+    """Each sample-quality metric over the steps, a line per configuration (study_curves)."""
+    from .plots import save_curves
+
+    save_curves(study_curves(runs, source), path)
 
 
 def saved_plan(out):

@@ -1,6 +1,7 @@
 """gan-engine study: a grid of configurations x seeds in worker processes, the table of mean ± standard error, and
 resuming an interrupted study (finished runs skipped, interrupted ones continued to the same weights)."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from gan_engine.data import load_dataset
 from gan_engine.metrics import Evaluator
 from gan_engine.models import build_generator
 from gan_engine.run import Run, evaluation_noise
-from gan_engine.study import Plan, load_plan, parse_assignments, report_study, run_study, saved_plan
+from gan_engine.study import Plan, load_plan, parse_assignments, report_study, run_study, saved_plan, study_curves
 from gan_engine.trainer import generate
 
 TINY = {"dataset": "ring8", "model": "maxout", "g_hidden": (8, 8), "d_hidden": (8,), "z_dim": 2, "batch_size": 16,
@@ -280,3 +281,26 @@ def test_report_live_refuses_runs_that_average_nothing_and_goes_with_report_only
     assert main(["study", "--out", str(out), "--set", "steps=6", "--live"]) == 2
     assert "--live goes with --report" in capsys.readouterr().err
     assert not (out / "study-live.md").exists()
+
+
+def test_the_curves_take_the_steps_every_seed_measured(tmp_path):
+    """A run stopped at a step of its own (here trained to 4 steps, then on to 6) measured there and checkpointed
+    there; the curves of its configuration keep to the steps all its seeds share, in both metrics files."""
+    out = tmp_path / "s"
+    plan = Plan(str(out), TINY, {}, seeds=2)
+    run_study(plan, workers=2, say=lambda line: None)
+    _, _, folder, config = plan.runs()[1]
+    shutil.rmtree(folder)
+    Run(folder, dataclasses.replace(config, steps=4), progress=False).train()
+    Run.resume(folder, {"steps": 6}, progress=False).train()
+    for source in ("metrics.csv", "metrics-live.csv"):
+        report_study(plan, live=source != "metrics.csv")
+        with open(os.path.join(folder, source), newline="") as f:
+            assert "4" in [r["step"] for r in csv.DictReader(f) if r["high_quality"]]
+        measured = []
+        for seed in (0, 1):
+            with open(out / "base" / f"seed-{seed}" / source, newline="") as f:
+                measured.append({r["step"]: float(r["high_quality"]) for r in csv.DictReader(f) if r["high_quality"]})
+        steps, values = study_curves(plan.runs(), source)["high_quality"]["base"]
+        assert steps == [3, 6]
+        assert values == pytest.approx([np.mean([m[str(step)] for m in measured]) for step in steps])
