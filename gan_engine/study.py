@@ -34,6 +34,7 @@ from .io import write_json, write_text
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 NOT_STUDIED = ("seed",)  # the study's own axis: --seeds
+LOGGED = "metrics.csv"     # a run's losses and, every metrics-every steps, its sample-quality metrics
 LIVE = "metrics-live.csv"  # a run's sample-quality metrics of G's own weights at each checkpoint (--report --live)
 
 
@@ -205,7 +206,7 @@ def report_study(plan, live=False):
     live: the same from G's own weights at each checkpoint (measure_live), not their moving average, into
     study-live.md / .csv / .json and study-live.png. Returns the summary rows."""
     runs = plan.runs()
-    missing = [folder for _, _, folder, _ in runs if not os.path.exists(os.path.join(folder, "metrics.csv"))]
+    missing = [folder for _, _, folder, _ in runs if not os.path.exists(os.path.join(folder, LOGGED))]
     if missing:
         raise GanEngineError(f"{len(missing)} of the {len(runs)} runs have not started (the first: {missing[0]}): "
                              "run the study further before its table")
@@ -215,7 +216,7 @@ def report_study(plan, live=False):
                                  "runs average nothing, so its study.md already measures G's own weights")
         for _, _, folder, _ in runs:
             measure_live(folder)
-    source, stem = (LIVE, "study-live") if live else ("metrics.csv", "study")
+    source, stem = (LIVE, "study-live") if live else (LOGGED, "study")
     rows = summarise(runs, source)
     write_tables(plan.out, rows, stem)
     save_study_plot(runs, os.path.join(plan.out, f"{stem}.png"), source)
@@ -242,7 +243,7 @@ def measure_live(folder):
     write_csv(path, [rows[step] for step in sorted(rows)])
 
 
-def quality_rows(folder, source="metrics.csv"):
+def quality_rows(folder, source=LOGGED):
     """(the sample-quality metrics' names, the rows of a run's metrics file `source` that have them)."""
     with open(os.path.join(folder, source), newline="") as f:
         rows = list(csv.DictReader(f))
@@ -254,14 +255,14 @@ def quality_rows(folder, source="metrics.csv"):
     return names, measured
 
 
-def metrics_at(folder, step, source="metrics.csv"):
+def metrics_at(folder, step, source=LOGGED):
     """The sample-quality metrics {name: float} of a run's last row of `source` that has them, at or before `step`."""
     names, measured = quality_rows(folder, source)
     row = [r for r in measured if int(r["step"]) <= step][-1]
     return {name: float(row[name]) for name in names}
 
 
-def last_common_step(folders, source="metrics.csv"):
+def last_common_step(folders, source=LOGGED):
     """The last step at which every one of the runs in `folders` has measured its samples (in `source`)."""
     return min(int(quality_rows(folder, source)[1][-1]["step"]) for folder in folders)
 
@@ -274,7 +275,7 @@ def by_configuration(runs):
     return folders
 
 
-def summarise(runs, source="metrics.csv"):
+def summarise(runs, source=LOGGED):
     """One row per configuration: {"configuration", "runs", "step", metric: mean, metric_se: standard error}, at
     the last step all its runs measured in their metrics file `source` (their end, once finished)."""
     rows = []
@@ -312,13 +313,14 @@ def write_csv(path, rows):
     write_text(path, text.getvalue())
 
 
-def study_curves(runs, source="metrics.csv"):
+def study_curves(runs, source=LOGGED):
     """{metric: {configuration: (steps, means over its seeds)}} at the steps every seed of the configuration
     measured in its metrics file `source` (a run stopped and resumed may have measured at a step of its own)."""
     curves = {}
     for label, folders in by_configuration(runs).items():
-        names = quality_rows(folders[0], source)[0]
-        series = [{int(r["step"]): r for r in quality_rows(folder, source)[1]} for folder in folders]
+        measured = [quality_rows(folder, source) for folder in folders]
+        names = measured[0][0]
+        series = [{int(r["step"]): r for r in rows} for _, rows in measured]
         steps = sorted(set.intersection(*(set(rows) for rows in series)))
         for name in names:
             curves.setdefault(name, {})[label] = (steps, [float(np.mean([float(rows[step][name]) for rows in series]))
@@ -326,7 +328,7 @@ def study_curves(runs, source="metrics.csv"):
     return curves
 
 
-def save_study_plot(runs, path, source="metrics.csv"):
+def save_study_plot(runs, path, source=LOGGED):
     """Each sample-quality metric over the steps, a line per configuration (study_curves)."""
     from .plots import save_curves
 
