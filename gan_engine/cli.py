@@ -99,6 +99,9 @@ def _parser():
     t.add_argument("--ema", type=float, help="keep a moving average of G's weights with this decay (0.999: about "
                                              "the last 1,000 steps) and draw samples, metrics and checkpoints' "
                                              f"generator from it [{d.ema}: G as it is]")
+    t.add_argument("--update", help="the step's rule: alternating (k D steps, then a G step through the updated D) "
+                                    "or simultaneous (both players' gradients from one batch, then both updates: the "
+                                    f"PacGAN authors' code) [{d.update}]")
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")

@@ -10,10 +10,11 @@ from .layers import INITS
 from .losses import GENERATOR_LOSSES
 from .models import MODELS
 from .optim import OPTIMIZERS
+from .trainer import UPDATES
 
 # Options added after runs were first saved, with the value that gives those runs' behaviour: a saved config
 # without one gets it (any other missing option is refused).
-ADDED = {"pac": 1, "ema": 0.0}
+ADDED = {"pac": 1, "ema": 0.0, "update": "alternating"}
 
 # What `gan-engine train --dataset NAME` trains where TrainConfig's own defaults (made for images) fail: on the 2-D
 # mixtures, the PacGAN protocol's maxout GAN (presets.py) made narrower (G 3 x 128, D 3 maxout layers of 64 units;
@@ -72,6 +73,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     pac: int = 1                   # PacGAN packing: samples D judges at once
     ema: float = 0.0               # decay of the moving average of G's weights that samples come from; 0: none
+    update: str = "alternating"    # the step's rule: alternating (k D steps, then G) or simultaneous (trainer.py)
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
@@ -111,7 +113,7 @@ class TrainConfig:
     def validate(self):
         """Raise GanEngineError naming the first bad option."""
         choices = {"dataset": DATASETS, "model": MODELS, "dtype": ("float32", "float64"), "loss": GENERATOR_LOSSES,
-                   "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS}
+                   "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS, "update": UPDATES}
         for name, allowed in choices.items():
             check_choice(name, getattr(self, name), allowed)
         for name in ("steps", "batch_size", "k_disc", "z_dim", "pac", "log_every", "sample_every", "checkpoint_every",
@@ -135,6 +137,9 @@ class TrainConfig:
         for name in ("lr_g", "lr_d"):
             if not getattr(self, name) > 0:
                 raise GanEngineError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.update == "simultaneous" and self.k_disc != 1:
+            raise GanEngineError(f"--update simultaneous makes one D and one G update a step: k-disc must be 1, got "
+                                 f"{self.k_disc}")
         for name in ("alpha", "beta1", "beta2", "momentum", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise GanEngineError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")

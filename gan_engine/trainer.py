@@ -1,4 +1,5 @@
-"""The seeds' Algorithm 1 (Goodfellow et al. 2014): k discriminator steps, then one generator step.
+"""The seeds' Algorithm 1 (Goodfellow et al. 2014): k discriminator steps, then one generator step; or, with
+update="simultaneous", both players' gradients from one batch at the same weights, then both updates.
 
 Every step draws a fresh real batch (indices uniform with replacement) and fresh noise from the trainer's own
 random state, so the same seed gives bit-identical losses and a restored state continues the same sequence.
@@ -20,6 +21,7 @@ GENERATE_BATCH = 256  # rows per forward pass in generate()
 LOSS_BOUND = 1e4        # |loss| beyond this counts as divergence, like NaN
 GRAPH_WARMUP_STEPS = 2  # eager steps before a step is captured: kernels compiled, buffers allocated, Adam counting
 FEW_SAMPLES = 100       # less training data than this draws a warning: D memorises it and G copies it
+UPDATES = ("alternating", "simultaneous")  # the step's rule: Trainer.alternating_step, Trainer.simultaneous_step
 
 
 class TrainingDiverged(GanEngineError):
@@ -42,11 +44,13 @@ class Trainer:
     process of batch B (every rank builds the same models and data and passes the same seed).
     `ema` > 0 keeps an exponential moving average of G's weights with that decay (optim.WeightAverage, updated
     after every G step), and `generate`/`sample` draw from it; 0 (the default) draws from G as it is.
+    `update` is the step's rule: "alternating" (the default: `alternating_step`, Algorithm 1) or "simultaneous"
+    (`simultaneous_step`, the rule of the PacGAN authors' code; k_disc must be 1).
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
                  loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None,
-                 ema=0.0):
+                 ema=0.0, update="alternating"):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -57,6 +61,10 @@ class Trainer:
             raise GanEngineError(f"batch size must be a positive integer, got {batch_size}")
         if int(k_disc) != k_disc or k_disc < 1:
             raise GanEngineError(f"k_disc (D steps per G step) must be a positive integer, got {k_disc}")
+        check_choice("update rule", update, UPDATES)
+        if update == "simultaneous" and k_disc != 1:
+            raise GanEngineError(f"the simultaneous update makes one D and one G update a step: k_disc must be 1, "
+                                 f"got {k_disc}")
         if not 0.0 <= label_smoothing < 1.0:
             raise GanEngineError(f"label smoothing must be in [0, 1), got {label_smoothing}")
         if isinstance(pac, bool) or int(pac) != pac or pac < 1:
@@ -77,6 +85,7 @@ class Trainer:
         self.g_average = WeightAverage(G, ema)
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
+        self.update = update
         self.z_dim = G.in_features
         self.comm = comm or ONE_PROCESS
         self.comm.share_training(G, D, self.batch_size)  # over several ranks: checks, NCCL, synchronized batch norm
@@ -103,6 +112,8 @@ class Trainer:
         self._all_z = xp.zeros((ranks * B * m, self.z_dim), dtype=G.dtype)         # (P B m, Z), zeros until drawn
         self._z = self._all_z[mine]                                                 # (B m, Z)
         self._dlogits = xp.empty((passes * B, 1), dtype=G.dtype)                   # (B | 2 B, 1)
+        self._g_dlogits = xp.zeros((passes * B, 1), dtype=G.dtype)  # simultaneous: G's loss on the fakes (the last
+                                                                    # B rows); reals' rows stay 0
 
     def _noise(self):
         self.backend.noise(self.rng, self.prior, self._all_z)
@@ -146,6 +157,51 @@ class Trainer:
         self.g_average.update()
         return loss
 
+    def simultaneous_step(self):
+        """One step of the rule in the PacGAN authors' code (the ALI algorithm of Dumoulin et al.): one real batch
+        and one batch of fakes, D's loss and G's loss on the same logits, both players' gradients at the weights
+        they had before the step, then both updates. G's batch norm sees one batch a step. Returns the step's
+        metrics like `step`; d_fake is the fakes' mean D, before either update."""
+        be, G, D, B = self.backend, self.G, self.D, self.local_batch
+        G.zero_grad()
+        D.zero_grad()
+        be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
+        real = be.gather_rows(self.data, self._idx, self._real)
+        fake = G.forward(self._noise())                                                   # (B m, F)
+        g_dlogits = self._g_dlogits[-B:]                                                 # (B, 1)
+        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, D's backward, then G's through D
+            self._samples[len(real):] = fake
+            logits = D.forward(self.pack(self._samples))                                   # (2 B, 1)
+            loss_real, d_real = d_loss_real(be, logits[:B], self._dlogits[:B], self.label_smoothing)
+            loss_fake, d_fake = d_loss_fake(be, logits[B:], self._dlogits[B:])
+            loss_g, _ = g_loss(be, logits[B:], g_dlogits, self.loss)
+            D.backward(self._dlogits)
+            dfake = D.backward(self._g_dlogits, need_dx=True, param_grads=False)[B:]   # (B, m F)
+        else:
+            loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
+            D.backward(self._dlogits)
+            logits = D.forward(self.pack(fake))                                            # (B, 1)
+            loss_fake, d_fake = d_loss_fake(be, logits, self._dlogits)
+            loss_g, _ = g_loss(be, logits, g_dlogits, self.loss)
+            D.backward(self._dlogits)
+            dfake = D.backward(g_dlogits, need_dx=True, param_grads=False)                # (B, m F)
+        G.backward(dfake.reshape(self._z.shape[0], -1))                                  # (B m, F)
+        self.comm.average(D.flat_grads)
+        self.comm.average(G.flat_grads)
+        self.opt_d.step()
+        self.opt_g.step()
+        self.g_average.update()
+        self.step_count += 1
+        return {"d_loss": loss_real + loss_fake, "g_loss": loss_g, "d_real": d_real, "d_fake": d_fake}
+
+    def alternating_step(self):
+        """k_disc D steps, then one G step on fresh noise through the updated D (Algorithm 1)."""
+        for _ in range(self.k_disc):
+            d_loss, d_real, d_fake = self.d_step()
+        g = self.g_step()
+        self.step_count += 1
+        return {"d_loss": d_loss, "g_loss": g, "d_real": d_real, "d_fake": d_fake}
+
     def pack(self, x):
         """Samples (B m, F) -> D's packed input (B, m F): each row the features of m consecutive samples side by
         side (for flat images (C, H, W): m images stacked along the channels). Reals and fakes both go through
@@ -153,7 +209,7 @@ class Trainer:
         return x.reshape(x.shape[0] // self.pac, -1)
 
     def step(self):
-        """k_disc D steps, then one G step. Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake
+        """One step of the trainer's update rule (`alternating_step` or `simultaneous_step`). Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake
         (D's figures are from the last D step, before its update). Replays the captured graph once there is one."""
         if self._graph is not None:
             replay, metrics, counts = self._graph
@@ -189,11 +245,7 @@ class Trainer:
 
     def _eager_step(self):
         """The step's launches, one by one; host counters move as it goes."""
-        for _ in range(self.k_disc):
-            d_loss, d_real, d_fake = self.d_step()
-        g = self.g_step()
-        self.step_count += 1
-        return {"d_loss": d_loss, "g_loss": g, "d_real": d_real, "d_fake": d_fake}
+        return self.simultaneous_step() if self.update == "simultaneous" else self.alternating_step()
 
     def read_metrics(self, metrics):
         """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite, or a loss is beyond

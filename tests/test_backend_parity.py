@@ -359,7 +359,7 @@ def _trainer(backend, model, dtype, optimizer):
     elif model == "dcgan-pac2":  # two images stacked along the channels
         G, pac = dcgan_generator(8, (1, 8, 8), (17, 3), backend=backend, dtype=dtype, seed=0), 2
         D = dcgan_discriminator((2, 8, 8), (3, 17), backend=backend, dtype=dtype, seed=1)
-    else:  # "pacgan-pac3": the PacGAN protocol's layers, small
+    else:  # "pacgan-pac3": the PacGAN protocol's layers, small (with its update rule: "pacgan-pac3-simultaneous")
         G = Sequential([Dense(8, 17, init="normal", bias=False), BatchNorm(17, momentum=0.05, activation="relu"),
                         Dense(17, 3, init="normal")], backend=backend, dtype=dtype, seed=0)
         D = Sequential([Maxout(9, 5, 5, init="normal"), Maxout(5, 4, 3, init="normal"), Dense(4, 1, init="normal")],
@@ -367,7 +367,8 @@ def _trainer(backend, model, dtype, optimizer):
         pac = 3
     make = (lambda m: Adam(m, lr=1e-3, beta1=0.5)) if optimizer == "adam" else (lambda m: SGD(m, lr=0.1))
     data = np.random.default_rng(2).uniform(-1, 1, (50, G.out_features))
-    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D), pac=pac)
+    update = "simultaneous" if model.endswith("-simultaneous") else "alternating"
+    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D), pac=pac, update=update)
 
 
 def _draw_like_the_reference(monkeypatch, backend, seed):
@@ -387,11 +388,11 @@ def _draw_like_the_reference(monkeypatch, backend, seed):
     monkeypatch.setattr(backend, "batch_indices", batch_indices)
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3"])
+@pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3", "pacgan-pac3-simultaneous"])
 @pytest.mark.parametrize("dtype, optimizer", [(np.float32, "sgd"), (np.float64, "adam")], ids=["float32-sgd",
                                                                                               "float64-adam"])
 def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch):
-    """One D step and one G step from identical weights, noise and batch give the same weights on both backends.
+    """One step (a D step and a G step, or one simultaneous update) from identical weights, noise and batch give the same weights on both backends.
 
     Adam runs in float64: its first update is lr * sign(g) for every |g| >> eps, so a float32 rounding of a
     near-zero gradient could flip a weight by 2 lr on either backend; SGD shows float32 agreement."""

@@ -11,7 +11,7 @@ from gan_engine.backends import numpy_ref as R
 from gan_engine.models import dcgan_discriminator, dcgan_generator
 
 
-def make(backend, model, graph=True, seed=0, ema=0.0):
+def make(backend, model, graph=True, seed=0, ema=0.0, update="alternating"):
     rng = np.random.default_rng(0)
     if model == "mlp":
         G = mlp_generator(4, (16,), 6, backend=backend, seed=seed)
@@ -21,7 +21,8 @@ def make(backend, model, graph=True, seed=0, ema=0.0):
         G = dcgan_generator(4, (1, 8, 8), (8, 4), backend=backend, seed=seed)
         D = dcgan_discriminator((1, 8, 8), (4, 8), backend=backend, seed=seed + 1)
         data = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
-    return Trainer(G, D, data, batch_size=5, k_disc=2, seed=seed, graph=graph, ema=ema,
+    k_disc = 2 if update == "alternating" else 1
+    return Trainer(G, D, data, batch_size=5, k_disc=k_disc, seed=seed, graph=graph, ema=ema, update=update,
                    opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5))
 
 
@@ -47,6 +48,14 @@ def test_graph_replays_equal_eager_launches(cuda_backend, model):
     assert losses(graphed, 6) == losses(eager, 6)
     assert graphed._graph is not None and eager._graph is None
     assert graphed.opt_d.t == 12 and graphed.opt_g.t == 6 and graphed.step_count == 6
+    assert_same_state(state(graphed), state(eager))
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_the_graphed_simultaneous_step_equals_eager_launches(cuda_backend, model):
+    graphed, eager = (make(cuda_backend, model, graph=g, update="simultaneous") for g in (True, False))
+    assert losses(graphed, 6) == losses(eager, 6)
+    assert graphed._graph is not None and graphed.opt_d.t == graphed.opt_g.t == 6
     assert_same_state(state(graphed), state(eager))
 
 
