@@ -26,18 +26,23 @@ def layer_flops(model, batch):
     return flops
 
 
-def step_flops(G, D, batch, k_disc=1, pac=1):
-    """FLOPs of one training step (k D steps + 1 G step); with packing G makes batch x pac samples for D's batch.
+def step_flops(G, D, batch, k_disc=1, pac=1, update="alternating"):
+    """FLOPs of one training step (k D steps + 1 G step, or one simultaneous update); with packing G makes batch x
+    pac samples for D's batch.
 
     A D step: G forward, then D forward and backward (weight gradients; input gradients below all but the first
     weighted layer) on reals and on fakes. A G step: G forward, D forward, D backward (input gradients only, all
-    the way), G backward (weight gradients; input gradients below all but its first weighted layer).
+    the way), G backward (weight gradients; input gradients below all but its first weighted layer). A
+    simultaneous update: a D step, then D's input gradients on reals and fakes (the reals' are zero, as computed)
+    and G's backward, without the G step's own G and D forwards.
     """
     g_layers, d_layers = layer_flops(G, batch * pac), layer_flops(D, batch)
     g, d = sum(g_layers), sum(d_layers)
     g_inner = g - next(f for f in g_layers if f)  # input gradients a model's own backward computes
     d_inner = d - next(f for f in d_layers if f)
     d_step = g + 2 * (d + d + d_inner)
+    if update == "simultaneous":
+        return d_step + 2 * d + g + g_inner
     g_step = g + d + d + g + g_inner
     return k_disc * d_step + g_step
 

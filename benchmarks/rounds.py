@@ -112,7 +112,7 @@ def run_case(case, names, rounds, contend):
                     p.kill()
                     p.wait()
     reference = make_trainer("numpy", case)
-    flops = step_flops(reference.G, reference.D, reference.batch_size, pac=reference.pac)
+    flops = step_flops(reference.G, reference.D, reference.batch_size, pac=reference.pac, update=reference.update)
     return summarise(case, blocks, flops, rounds, contend, steps)
 
 

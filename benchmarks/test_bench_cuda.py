@@ -234,4 +234,5 @@ def test_training_step(benchmark, runner, case):
     values = trainer.read_metrics(trainer.step())
     assert all(np.isfinite(v) for v in values.values()), values
     _time(benchmark, trainer.step, case, runner, flops=step_flops(reference.G, reference.D, reference.batch_size,
-                                                                                  pac=reference.pac))
+                                                                                  pac=reference.pac,
+                                                                                  update=reference.update))

@@ -1,4 +1,4 @@
-"""One full training step (1 D step + 1 G step) of the seeds' MLP GAN and of DCGANs, on every available backend
+"""One full training step (1 D step + 1 G step, or one simultaneous update) of the seeds' MLP GAN and of DCGANs, on every available backend
 and on PyTorch CPU eager as a peer (same models, weights, batches, noise and Adam) when torch is installed.
 
     pytest benchmarks --benchmark-json benchmarks/results/<machine>.json
@@ -22,24 +22,25 @@ from .torch_peer import TorchTrainer, torch_version
 
 def mlp(batch, z_dim, hidden, dim):
     return batch, dim, 1, lambda backend: (mlp_generator(z_dim, (hidden,), dim, backend=backend, seed=0),
-                                           mlp_discriminator(dim, (hidden,), backend=backend, seed=1))
+                                           mlp_discriminator(dim, (hidden,), backend=backend, seed=1)), "alternating"
 
 
 def dcgan(batch, z_dim, image_shape):
     dim = int(np.prod(image_shape))
     return batch, dim, 1, lambda backend: (dcgan_generator(z_dim, image_shape, backend=backend, seed=0),
-                                           dcgan_discriminator(image_shape, backend=backend, seed=1))
+                                           dcgan_discriminator(image_shape, backend=backend, seed=1)), "alternating"
 
 
-def pacgan(pac):
+def pacgan(pac, update="alternating"):
     """The PacGAN 2-D mixture protocol's maxout GAN (presets.py) at batch 100, packing `pac` samples."""
     return 100, 2, pac, lambda backend: (batchnorm_generator(backend=backend, seed=0),
-                                         maxout_discriminator(2 * pac, backend=backend, seed=1))
+                                         maxout_discriminator(2 * pac, backend=backend, seed=1)), update
 
 
-# name -> (batch, data dim, backend -> (G, D)): the seeds' 100-128-784 / 784-128-1 GAN, a wider MLP, and the
-# default DCGANs for 8x8 digits (G 128-64 channels, D 64-128) and 28x28 MNIST (the same channels), and the PacGAN
-# protocol's maxout GAN (G 2-400x4-2 with batch norm, D 3 maxout layers of 200 x 5) unpacked and packing 4.
+# name -> (batch, data dim, pac, backend -> (G, D), update rule): the seeds' 100-128-784 / 784-128-1 GAN, a wider
+# MLP, and the default DCGANs for 8x8 digits (G 128-64 channels, D 64-128) and 28x28 MNIST (the same channels), and
+# the PacGAN protocol's maxout GAN (G 2-400x4-2 with batch norm, D 3 maxout layers of 200 x 5) unpacked and packing
+# 4, alternating and (-sim) with the protocol's simultaneous update.
 CASES = {
     "seed-mlp-b64": mlp(64, 100, 128, 784),
     "mlp-h512-b256": mlp(256, 100, 512, 784),
@@ -47,6 +48,8 @@ CASES = {
     "dcgan-28x28-b64": dcgan(64, 100, (1, 28, 28)),
     "pacgan-ring8-b100": pacgan(1),
     "pacgan4-ring8-b100": pacgan(4),
+    "pacgan-ring8-b100-sim": pacgan(1, "simultaneous"),
+    "pacgan4-ring8-b100-sim": pacgan(4, "simultaneous"),
 }
 AVAILABLE = [name for name, ok, _ in backend_status() if ok and name != "cuda"]  # CPU; the GPU: test_bench_cuda
 PEERS = ["torch"] if torch_version() else []
@@ -64,10 +67,10 @@ def parse_cases(parser, argv=None):
 
 
 def make_trainer(backend, case, graph=True, comm=None):
-    batch, dim, pac, models = CASES[case]
+    batch, dim, pac, models, update = CASES[case]
     data = np.random.default_rng(0).uniform(-1, 1, (4096, dim)).astype(np.float32)
     G, D = models(backend)
-    return Trainer(G, D, data, batch_size=batch, seed=0, graph=graph, pac=pac, comm=comm,
+    return Trainer(G, D, data, batch_size=batch, seed=0, graph=graph, pac=pac, comm=comm, update=update,
                    opt_g=Adam(G, lr=2e-4, beta1=0.5), opt_d=Adam(D, lr=2e-4, beta1=0.5))
 
 
@@ -99,7 +102,7 @@ def test_training_step(benchmark, backend, case):
     benchmark.pedantic(step, rounds=20, iterations=5 if "mlp" in case else 1, warmup_rounds=1)
     if benchmark.stats is None:  # --benchmark-disable: the check ran, nothing was timed
         return
-    flops = step_flops(reference.G, reference.D, reference.batch_size, pac=reference.pac)
+    flops = step_flops(reference.G, reference.D, reference.batch_size, pac=reference.pac, update=reference.update)
     peak, how = cpu_peak_gflops()
     benchmark.extra_info.update(backend=backend, case=case, flops=flops, peak_gflops=peak, peak=how,
                                 torch=torch_version(), gflops_per_s=flops / benchmark.stats.stats.median / 1e9)

@@ -90,6 +90,7 @@ class TorchTrainer:
         data = np.asarray(trainer.backend.to_numpy(trainer.data), dtype=np.float32)
         self.data = torch.from_numpy(data).to(self.device)
         self.batch_size, self.k_disc, self.z_dim = trainer.batch_size, trainer.k_disc, trainer.z_dim
+        self._step = self._simultaneous_step if trainer.update == "simultaneous" else self._alternating_step
         self.pac, self.draws = trainer.pac, trainer.batch_size * trainer.pac  # samples drawn a batch (PacGAN)
         self.rng = np.random.Generator(np.random.PCG64(seed))
         if graph:
@@ -114,7 +115,8 @@ class TorchTrainer:
         return torch.from_numpy(self.rng.integers(0, n, size=self.draws))
 
     def step(self):
-        """k D steps, then one G step; returns the last D loss, G loss, mean D(x), mean D(G(z)) as tensors."""
+        """k D steps, then one G step (or the Trainer's simultaneous update); returns the last D loss, G loss,
+        mean D(x), mean D(G(z)) as tensors."""
         if not self.graph:
             return self._step()
         if self._captured is None and self._eager_steps < self.WARMUP:
@@ -134,7 +136,26 @@ class TorchTrainer:
         graph.replay()
         return metrics
 
-    def _step(self):
+    def _simultaneous_step(self):
+        """Both players' gradients from one batch at the same weights, then both updates (Trainer.update)."""
+        B = self.batch_size
+        real = self.data[self._indices()].reshape(B, -1)
+        fake = self.G(self._noise()).reshape(B, -1)
+        logits = self.D(torch.cat([real, fake]))  # one pass: no batch norm in D
+        logits_real, logits_fake = logits[:B], logits[B:]
+        loss_real, loss_fake = self.bce(logits_real, self.ones), self.bce(logits_fake, self.zeros)
+        g_loss = self.bce(logits_fake, self.ones)
+        d_params, g_params = list(self.D.parameters()), list(self.G.parameters())
+        d_grads = torch.autograd.grad(loss_real + loss_fake, d_params, retain_graph=True)
+        g_grads = torch.autograd.grad(g_loss, g_params)
+        for p, grad in zip(d_params + g_params, d_grads + g_grads):
+            p.grad = grad
+        self.opt_d.step()
+        self.opt_g.step()
+        return {"d_loss": (loss_real + loss_fake).detach(), "g_loss": g_loss.detach(),
+                "d_real": torch.sigmoid(logits_real).mean().detach(), "d_fake": torch.sigmoid(logits_fake).mean().detach()}
+
+    def _alternating_step(self):
         for _ in range(self.k_disc):
             real = self.data[self._indices()].reshape(self.batch_size, -1)  # packed: m samples side by side
             with torch.no_grad():
