@@ -1,5 +1,6 @@
-"""One full training step (1 D step + 1 G step, or one simultaneous update) of the seeds' MLP GAN and of DCGANs, on every available backend
-and on PyTorch CPU eager as a peer (same models, weights, batches, noise and Adam) when torch is installed.
+"""One full training step (1 D step + 1 G step, or one simultaneous update) of the seeds' MLP GAN and of DCGANs,
+on every available backend and on PyTorch CPU eager as a peer (same models, weights, batches, noise and Adam) when
+torch is installed.
 
     pytest benchmarks --benchmark-json benchmarks/results/<machine>.json
     python -m benchmarks.report benchmarks/results/<machine>.json

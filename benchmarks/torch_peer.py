@@ -153,7 +153,8 @@ class TorchTrainer:
         self.opt_d.step()
         self.opt_g.step()
         return {"d_loss": (loss_real + loss_fake).detach(), "g_loss": g_loss.detach(),
-                "d_real": torch.sigmoid(logits_real).mean().detach(), "d_fake": torch.sigmoid(logits_fake).mean().detach()}
+                "d_real": torch.sigmoid(logits_real).mean().detach(),
+                "d_fake": torch.sigmoid(logits_fake).mean().detach()}
 
     def _alternating_step(self):
         for _ in range(self.k_disc):

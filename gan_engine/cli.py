@@ -68,7 +68,8 @@ def _parser():
     t.add_argument("--model", help=f"mlp, dcgan or maxout (the PacGAN paper's 2-D mixture GAN) [{d.model}]")
     t.add_argument("--backend", help=f"numpy, numba, cuda or auto [{d.backend}]")
     t.add_argument("--dtype", help=f"float32 or float64 [{d.dtype}]")
-    t.add_argument("--steps", type=int, help=f"total training steps (k D steps + 1 G step each) [{d.steps}]")
+    t.add_argument("--steps", type=int, help=f"total training steps (k D steps + 1 G step each; see --update) "
+                                             f"[{d.steps}]")
     t.add_argument("--batch-size", type=int, help=f"samples per batch [{d.batch_size}]")
     t.add_argument("--seed", type=int, help=f"seed of weights, noise and batches [{d.seed}]")
     t.add_argument("--k-disc", type=int, help=f"discriminator steps per generator step [{d.k_disc}]")

@@ -13,7 +13,8 @@ from .errors import check_choice
 _PACGAN = {"model": "maxout", "z_dim": 2, "prior": "normal", "init": "normal", "optimizer": "adam", "lr_g": 1e-4,
            "lr_d": 1e-4, "beta1": 0.8, "beta2": 0.999, "batch_size": 100, "pac": 1, "steps": 400_000,
            "loss": "non-saturating", "update": "simultaneous", "metrics_every": 20_000, "checkpoint_every": 20_000,
-           "sample_every": 20_000, "log_every": 1000, "g_hidden": None, "d_hidden": None,  # None: the protocol's sizes (the maxout model's)
+           "sample_every": 20_000, "log_every": 1000,
+           "g_hidden": None, "d_hidden": None,  # None: the protocol's sizes (the maxout model's)
            "ema": 0.0}  # samples from G as it is: the protocol averages no weights
 PRESETS = {"pacgan-ring8": {**_PACGAN, "dataset": "ring8"}, "pacgan-grid25": {**_PACGAN, "dataset": "grid25"}}
 

@@ -209,7 +209,8 @@ class Trainer:
         return x.reshape(x.shape[0] // self.pac, -1)
 
     def step(self):
-        """One step of the trainer's update rule (`alternating_step` or `simultaneous_step`). Returns backend 0-d arrays: d_loss, g_loss, d_real, d_fake
+        """One step of the trainer's update rule (`alternating_step` or `simultaneous_step`). Returns backend 0-d
+        arrays: d_loss, g_loss, d_real, d_fake
         (D's figures are from the last D step, before its update). Replays the captured graph once there is one."""
         if self._graph is not None:
             replay, metrics, counts = self._graph

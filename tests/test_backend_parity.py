@@ -392,7 +392,8 @@ def _draw_like_the_reference(monkeypatch, backend, seed):
 @pytest.mark.parametrize("dtype, optimizer", [(np.float32, "sgd"), (np.float64, "adam")], ids=["float32-sgd",
                                                                                               "float64-adam"])
 def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch):
-    """One step (a D step and a G step, or one simultaneous update) from identical weights, noise and batch give the same weights on both backends.
+    """One step (a D step and a G step, or one simultaneous update) from identical weights, noise and batch gives
+    the same weights on both backends.
 
     Adam runs in float64: its first update is lr * sign(g) for every |g| >> eps, so a float32 rounding of a
     near-zero gradient could flip a weight by 2 lr on either backend; SGD shows float32 agreement."""
