@@ -71,6 +71,14 @@ class Layer:
         """name -> host array of the initial running statistics (none by default)."""
         return {}
 
+    def _rows(self, cached, rows):
+        """A cached forward array, or its `rows` (a slice of the batch) for a backward over those rows alone."""
+        if rows is None:
+            return cached
+        if self.mixes_rows:
+            raise self._error("a backward over some rows of the batch needs layers whose rows are independent")
+        return cached[rows]
+
     def _buffer(self, key, shape, dtype=None):
         """A reusable backend array for (key, shape): allocated on first use, then handed back as it is."""
         buf = self._buffers.get((key, shape))
@@ -142,13 +150,14 @@ class Dense(Layer):
         self._y = self.backend.dense_forward(x, self.params["W"], self._b(), self.activation, self.alpha, out=y)
         return self._y
 
-    def backward(self, dy, need_dx=True, param_grads=True):
-        """dy (N, out_features) -> dx (N, in_features) (None when not needed); dW, db accumulate."""
-        x = self._x
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
+        """dy (N, out_features) -> dx (N, in_features) (None when not needed); dW, db accumulate. `rows`: dy holds
+        those rows of the forward's batch alone (Sequential.backward)."""
+        x = self._rows(self._x, rows)
         dx = self._buffer("dx", x.shape) if need_dx else None
         dW, db = (self.grads["W"], self.grads.get("b")) if param_grads else (None, None)
-        return self.backend.dense_backward(x, self.params["W"], self._y, dy, self.activation, self.alpha,
-                                           dW=dW, db=db, dx=dx)
+        return self.backend.dense_backward(x, self.params["W"], self._rows(self._y, rows), dy, self.activation,
+                                           self.alpha, dW=dW, db=db, dx=dx)
 
 
 class Maxout(Layer):
@@ -185,12 +194,13 @@ class Maxout(Layer):
         self._x = x
         return self.backend.maxout_forward(x, self.params["W"], self.params["b"], self.pieces, self._argmax, out=y)
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
         """dy (N, units) -> dx (N, in_features) (None when not needed); dW, db accumulate at the winning pieces."""
-        x = self._x
+        x = self._rows(self._x, rows)
         dx = self._buffer("dx", x.shape) if need_dx else None
         dW, db = (self.grads["W"], self.grads["b"]) if param_grads else (None, None)
-        return self.backend.maxout_backward(x, self.params["W"], dy, self._argmax, self.pieces, dW=dW, db=db, dx=dx)
+        return self.backend.maxout_backward(x, self.params["W"], dy, self._rows(self._argmax, rows), self.pieces,
+                                            dW=dW, db=db, dx=dx)
 
 
 class _Convolution(Layer):
@@ -241,12 +251,12 @@ class _Convolution(Layer):
         self._y = self._forward_op(x, self.params["W"], self.params.get("b"), out=y)
         return self._y
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
         """dy (N, C_out, OH, OW) -> dx (N, C_in, H, W) (None when not needed); dW, db accumulate."""
-        x = self._x
+        x = self._rows(self._x, rows)
         dx = self._buffer("dx", x.shape) if need_dx else None
         dW, db = (self.grads["W"], self.grads.get("b")) if param_grads else (None, None)
-        return self._backward_op(x, self.params["W"], self._y, dy, dW=dW, db=db, dx=dx)
+        return self._backward_op(x, self.params["W"], self._rows(self._y, rows), dy, dW=dW, db=db, dx=dx)
 
 
 class Conv2d(_Convolution):
@@ -365,9 +375,9 @@ class BatchNorm(Layer):
                                                  self.eps, self.activation, self.alpha, out=y)
         return self._y
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
         """dy -> dx (through the batch statistics in train mode); dgamma, dbeta accumulate."""
-        x = self._x
+        x = self._rows(self._x, rows)
         dx = self._buffer("dx", tuple(x.shape)) if need_dx else None
         dgamma, dbeta = (self.grads["gamma"], self.grads["beta"]) if param_grads else (None, None)
         if self._train and self.comm is not None:
@@ -447,10 +457,10 @@ class Activation(Layer):
                                                   out=self._buffer("y", tuple(x.shape)))
         return self._y
 
-    def backward(self, dy, need_dx=True, param_grads=True):
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
         if not need_dx:
             return None
-        return self.backend.activation_backward(self._y, dy, self.activation, self.alpha,
+        return self.backend.activation_backward(self._rows(self._y, rows), dy, self.activation, self.alpha,
                                                 dx=self._buffer("dx", tuple(dy.shape)))
 
 
@@ -489,8 +499,8 @@ class Reshape(Layer):
         self._in_shape = tuple(x.shape)
         return x.reshape((x.shape[0],) + self.shape)
 
-    def backward(self, dy, need_dx=True, param_grads=True):
-        return dy.reshape(self._in_shape) if need_dx else None
+    def backward(self, dy, need_dx=True, param_grads=True, rows=None):
+        return dy.reshape((dy.shape[0],) + self._in_shape[1:]) if need_dx else None
 
 
 class Flatten(Reshape):
@@ -633,10 +643,15 @@ class Sequential:
             x = layer.forward(x, train)
         return x
 
-    def backward(self, dy, need_dx=False, param_grads=True):
-        """dy (N, *out_shape) -> d loss / d input (or None); parameter gradients accumulate if param_grads."""
+    def backward(self, dy, need_dx=False, param_grads=True, rows=None):
+        """dy (N, *out_shape) -> d loss / d input (or None); parameter gradients accumulate if param_grads.
+
+        `rows` (a slice): dy holds only those rows of the last forward's batch, and the gradients are theirs alone,
+        as if the forward had seen those rows only (a model without batch norm: rows_independent).
+        """
         for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy, need_dx=need_dx or i > self._first_trainable, param_grads=param_grads)
+            dy = self.layers[i].backward(dy, need_dx=need_dx or i > self._first_trainable, param_grads=param_grads,
+                                         rows=rows)
         return dy
 
     def state_dict(self):

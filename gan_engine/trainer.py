@@ -112,8 +112,7 @@ class Trainer:
         self._all_z = xp.zeros((ranks * B * m, self.z_dim), dtype=G.dtype)         # (P B m, Z), zeros until drawn
         self._z = self._all_z[mine]                                                 # (B m, Z)
         self._dlogits = xp.empty((passes * B, 1), dtype=G.dtype)                   # (B | 2 B, 1)
-        self._g_dlogits = xp.zeros((passes * B, 1), dtype=G.dtype)  # simultaneous: G's loss on the fakes (the last
-                                                                    # B rows); reals' rows stay 0
+        self._g_dlogits = xp.empty((B, 1), dtype=G.dtype)                          # simultaneous: G's, on fakes
 
     def _noise(self):
         self.backend.noise(self.rng, self.prior, self._all_z)
@@ -168,15 +167,15 @@ class Trainer:
         be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
         real = be.gather_rows(self.data, self._idx, self._real)
         fake = G.forward(self._noise())                                                   # (B m, F)
-        g_dlogits = self._g_dlogits[-B:]                                                 # (B, 1)
-        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, D's backward, then G's through D
+        g_dlogits = self._g_dlogits                                                      # (B, 1)
+        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, D's backward, then G's through D's fake rows
             self._samples[len(real):] = fake
             logits = D.forward(self.pack(self._samples))                                   # (2 B, 1)
             loss_real, d_real = d_loss_real(be, logits[:B], self._dlogits[:B], self.label_smoothing)
             loss_fake, d_fake = d_loss_fake(be, logits[B:], self._dlogits[B:])
             loss_g, _ = g_loss(be, logits[B:], g_dlogits, self.loss)
             D.backward(self._dlogits)
-            dfake = D.backward(self._g_dlogits, need_dx=True, param_grads=False)[B:]   # (B, m F)
+            dfake = D.backward(g_dlogits, need_dx=True, param_grads=False, rows=slice(B, None))  # (B, m F)
         else:
             loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
             D.backward(self._dlogits)

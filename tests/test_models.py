@@ -136,3 +136,30 @@ def test_maxout_takes_the_largest_piece():
     assert layer.gradients()["0.b"].tolist() == [1.0, 0.0, 1.0, 10.0, 0.0, 10.0]
     with pytest.raises(GanEngineError, match="Maxout needs positive integer sizes"):
         Maxout(2, 0, 3)
+
+
+@pytest.mark.parametrize("model", ["maxout", "dcgan"])
+def test_a_backward_over_some_rows_is_those_rows_of_the_whole_backward(backend, model):
+    """Sequential.backward(rows=...): the input gradient and parameter gradients of those rows alone."""
+    from gan_engine.models import batchnorm_generator, dcgan_discriminator, maxout_discriminator
+
+    if model == "maxout":
+        D = maxout_discriminator(4, (6, 5), 3, backend=backend, seed=1)
+        x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    else:  # without its batch norm: strided convolutions and leaky ReLU
+        D = dcgan_discriminator((1, 8, 8), (4,), backend=backend, seed=1)
+        x = np.random.default_rng(0).normal(size=(10, 64)).astype(np.float32)
+    dy = np.random.default_rng(1).normal(size=(10, 1)).astype(np.float32)
+    dy[:6] = 0  # the whole backward with the first 6 rows' gradient 0 = the backward over rows 6 to 9
+    D.forward(D.backend.asarray(x))
+    D.zero_grad()
+    whole = D.backend.to_numpy(D.backward(D.backend.asarray(dy), need_dx=True)).copy()
+    whole_grads = D.backend.to_numpy(D.flat_grads).copy()
+    D.zero_grad()
+    part = D.backend.to_numpy(D.backward(D.backend.asarray(dy[6:]), need_dx=True, rows=slice(6, None)))
+    np.testing.assert_allclose(part, whole[6:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(D.backend.to_numpy(D.flat_grads), whole_grads, rtol=1e-5, atol=1e-6)
+    G = batchnorm_generator(3, (8,), 2, backend=backend)
+    G.forward(G.backend.asarray(np.ones((10, 3), np.float32)))
+    with pytest.raises(GanEngineError, match="rows are independent"):
+        G.backward(G.backend.asarray(np.ones((4, 2), np.float32)), rows=slice(6, None))
