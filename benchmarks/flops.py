@@ -33,8 +33,8 @@ def step_flops(G, D, batch, k_disc=1, pac=1, update="alternating"):
     A D step: G forward, then D forward and backward (weight gradients; input gradients below all but the first
     weighted layer) on reals and on fakes. A G step: G forward, D forward, D backward (input gradients only, all
     the way), G backward (weight gradients; input gradients below all but its first weighted layer). A
-    simultaneous update: a D step, then D's input gradients on reals and fakes (the reals' are zero, as computed)
-    and G's backward, without the G step's own G and D forwards.
+    simultaneous update: a D step, then D's input gradients on the fakes and G's backward, without the G step's own
+    G and D forwards.
     """
     g_layers, d_layers = layer_flops(G, batch * pac), layer_flops(D, batch)
     g, d = sum(g_layers), sum(d_layers)
@@ -42,7 +42,7 @@ def step_flops(G, D, batch, k_disc=1, pac=1, update="alternating"):
     d_inner = d - next(f for f in d_layers if f)
     d_step = g + 2 * (d + d + d_inner)
     if update == "simultaneous":
-        return d_step + 2 * d + g + g_inner
+        return d_step + d + g + g_inner
     g_step = g + d + d + g + g_inner
     return k_disc * d_step + g_step
 
