@@ -86,6 +86,7 @@ class Trainer:
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
         self.update = update
+        self._update_step = getattr(self, f"{update}_step")  # the rule's step: alternating_step, simultaneous_step
         self.z_dim = G.in_features
         self.comm = comm or ONE_PROCESS
         self.comm.share_training(G, D, self.batch_size)  # over several ranks: checks, NCCL, synchronized batch norm
@@ -123,25 +124,34 @@ class Trainer:
 
         Returns (loss, mean D(x), mean D(G(z))) as backend 0-d arrays.
         """
+        loss, d_real, d_fake, _, _ = self._d_gradients()
+        self.comm.average(self.D.flat_grads)  # over several ranks: their mean (one allreduce)
+        self.opt_d.step()
+        return loss, d_real, d_fake
+
+    def _d_gradients(self):
+        """D's gradients (zeroed first) of its loss on a fresh real batch and fresh fakes from G (whose forward
+        stays cached for a backward). Returns (loss, mean D(x), mean D(G(z))), the fakes' logits (B, 1) and the
+        fakes' rows in D's last forward (None: all of it), for a backward through D at the fakes."""
         be, D, B = self.backend, self.D, self.local_batch
         D.zero_grad()
         be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
         real = be.gather_rows(self.data, self._idx, self._real)
-        fake = self.G.forward(self._noise())
+        fake = self.G.forward(self._noise())                                                # (B m, F)
         if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses, one backward
             self._samples[len(real):] = fake
             logits = D.forward(self.pack(self._samples))                                   # (2 B, 1)
             loss_real, d_real = d_loss_real(be, logits[:B], self._dlogits[:B], self.label_smoothing)
-            loss_fake, d_fake = d_loss_fake(be, logits[B:], self._dlogits[B:])
+            fake_logits, fake_rows = logits[B:], slice(B, None)
+            loss_fake, d_fake = d_loss_fake(be, fake_logits, self._dlogits[B:])
             D.backward(self._dlogits)
         else:
             loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
             D.backward(self._dlogits)
-            loss_fake, d_fake = d_loss_fake(be, D.forward(self.pack(fake)), self._dlogits)
+            fake_logits, fake_rows = D.forward(self.pack(fake)), None                     # (B, 1)
+            loss_fake, d_fake = d_loss_fake(be, fake_logits, self._dlogits)
             D.backward(self._dlogits)
-        self.comm.average(D.flat_grads)  # over several ranks: their mean (one allreduce)
-        self.opt_d.step()
-        return loss_real + loss_fake, d_real, d_fake
+        return loss_real + loss_fake, d_real, d_fake, fake_logits, fake_rows
 
     def g_step(self):
         """One generator update through a fixed D (D's gradients are not accumulated). Returns the loss."""
@@ -161,37 +171,19 @@ class Trainer:
         and one batch of fakes, D's loss and G's loss on the same logits, both players' gradients at the weights
         they had before the step, then both updates. G's batch norm sees one batch a step. Returns the step's
         metrics like `step`; d_fake is the fakes' mean D, before either update."""
-        be, G, D, B = self.backend, self.G, self.D, self.local_batch
+        G, D = self.G, self.D
         G.zero_grad()
-        D.zero_grad()
-        be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
-        real = be.gather_rows(self.data, self._idx, self._real)
-        fake = G.forward(self._noise())                                                   # (B m, F)
-        g_dlogits = self._g_dlogits                                                      # (B, 1)
-        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, D's backward, then G's through D's fake rows
-            self._samples[len(real):] = fake
-            logits = D.forward(self.pack(self._samples))                                   # (2 B, 1)
-            loss_real, d_real = d_loss_real(be, logits[:B], self._dlogits[:B], self.label_smoothing)
-            loss_fake, d_fake = d_loss_fake(be, logits[B:], self._dlogits[B:])
-            loss_g, _ = g_loss(be, logits[B:], g_dlogits, self.loss)
-            D.backward(self._dlogits)
-            dfake = D.backward(g_dlogits, need_dx=True, param_grads=False, rows=slice(B, None))  # (B, m F)
-        else:
-            loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
-            D.backward(self._dlogits)
-            logits = D.forward(self.pack(fake))                                            # (B, 1)
-            loss_fake, d_fake = d_loss_fake(be, logits, self._dlogits)
-            loss_g, _ = g_loss(be, logits, g_dlogits, self.loss)
-            D.backward(self._dlogits)
-            dfake = D.backward(g_dlogits, need_dx=True, param_grads=False)                # (B, m F)
-        G.backward(dfake.reshape(self._z.shape[0], -1))                                  # (B m, F)
+        d_loss, d_real, d_fake, fake_logits, fake_rows = self._d_gradients()
+        loss_g, _ = g_loss(self.backend, fake_logits, self._g_dlogits, self.loss)
+        dfake = D.backward(self._g_dlogits, need_dx=True, param_grads=False, rows=fake_rows)  # (B, m F)
+        G.backward(dfake.reshape(self._z.shape[0], -1))                                      # (B m, F)
         self.comm.average(D.flat_grads)
         self.comm.average(G.flat_grads)
         self.opt_d.step()
         self.opt_g.step()
         self.g_average.update()
         self.step_count += 1
-        return {"d_loss": loss_real + loss_fake, "g_loss": loss_g, "d_real": d_real, "d_fake": d_fake}
+        return {"d_loss": d_loss, "g_loss": loss_g, "d_real": d_real, "d_fake": d_fake}
 
     def alternating_step(self):
         """k_disc D steps, then one G step on fresh noise through the updated D (Algorithm 1)."""
@@ -245,7 +237,7 @@ class Trainer:
 
     def _eager_step(self):
         """The step's launches, one by one; host counters move as it goes."""
-        return self.simultaneous_step() if self.update == "simultaneous" else self.alternating_step()
+        return self._update_step()
 
     def read_metrics(self, metrics):
         """Backend metrics -> dict of floats; raises TrainingDiverged if any is NaN or infinite, or a loss is beyond
