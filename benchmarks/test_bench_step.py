@@ -14,7 +14,10 @@ import pytest
 
 from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator
 from gan_engine.backends import backend_status
-from gan_engine.models import batchnorm_generator, dcgan_discriminator, dcgan_generator, maxout_discriminator
+from gan_engine.config import TrainConfig
+from gan_engine.models import (batchnorm_generator, dcgan_discriminator, dcgan_generator, maxout_discriminator,
+                               norm_options)
+from gan_engine.presets import with_preset
 
 from .flops import step_flops
 from .machine import cpu_peak_gflops, settle
@@ -32,16 +35,21 @@ def dcgan(batch, z_dim, image_shape):
                                            dcgan_discriminator(image_shape, backend=backend, seed=1)), "alternating"
 
 
-def pacgan(pac, update="alternating"):
-    """The PacGAN 2-D mixture protocol's maxout GAN (presets.py) at batch 100, packing `pac` samples."""
-    return 100, 2, pac, lambda backend: (batchnorm_generator(backend=backend, seed=0),
+def pacgan(pac, update="alternating", preset_norm=False):
+    """The PacGAN 2-D mixture protocol's maxout GAN (presets.py) at batch 100, packing `pac` samples; with
+    `preset_norm` G's batch norm is the preset's (per pack slot, a running standard deviation, epsilon 1e-4), else
+    the engine's default (over the whole batch)."""
+    config = TrainConfig(**(with_preset("pacgan-ring8", {"pac": pac}) if preset_norm else {"pac": pac}))
+    norm = norm_options(config, generator=True)
+    return 100, 2, pac, lambda backend: (batchnorm_generator(backend=backend, seed=0, norm=norm),
                                          maxout_discriminator(2 * pac, backend=backend, seed=1)), update
 
 
 # name -> (batch, data dim, pac, backend -> (G, D), update rule): the seeds' 100-128-784 / 784-128-1 GAN, a wider
 # MLP, and the default DCGANs for 8x8 digits (G 128-64 channels, D 64-128) and 28x28 MNIST (the same channels), and
 # the PacGAN protocol's maxout GAN (G 2-400x4-2 with batch norm, D 3 maxout layers of 200 x 5) unpacked and packing
-# 4, alternating and (-sim) with the protocol's simultaneous update.
+# 4, alternating with the engine's batch norm and (-sim) as the presets train it: the protocol's simultaneous update
+# and its batch norm.
 CASES = {
     "seed-mlp-b64": mlp(64, 100, 128, 784),
     "mlp-h512-b256": mlp(256, 100, 512, 784),
@@ -49,8 +57,8 @@ CASES = {
     "dcgan-28x28-b64": dcgan(64, 100, (1, 28, 28)),
     "pacgan-ring8-b100": pacgan(1),
     "pacgan4-ring8-b100": pacgan(4),
-    "pacgan-ring8-b100-sim": pacgan(1, "simultaneous"),
-    "pacgan4-ring8-b100-sim": pacgan(4, "simultaneous"),
+    "pacgan-ring8-b100-sim": pacgan(1, "simultaneous", preset_norm=True),
+    "pacgan4-ring8-b100-sim": pacgan(4, "simultaneous", preset_norm=True),
 }
 AVAILABLE = [name for name, ok, _ in backend_status() if ok and name != "cuda"]  # CPU; the GPU: test_bench_cuda
 PEERS = ["torch"] if torch_version() else []

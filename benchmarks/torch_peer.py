@@ -49,6 +49,8 @@ def torch_model(model):
             m.weight.data = p["W"]
             if layer.bias:
                 m.bias.data = p["b"]
+        elif isinstance(layer, BatchNorm) and layer.slots > 1:
+            m = SlotBatchNorm(p["gamma"], p["beta"], layer.slots, layer.eps, layer.momentum)
         elif isinstance(layer, BatchNorm):
             cls = nn.BatchNorm1d if len(in_shape) == 1 else nn.BatchNorm2d
             m = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum)
@@ -67,6 +69,28 @@ def torch_model(model):
         if act != "identity":
             modules.append(_activation(act, layer.alpha))
     return nn.Sequential(*modules)
+
+
+class SlotBatchNorm(nn.Module if torch else object):
+    """Batch norm per pack slot as a PyTorch user writes it: the rows (B m, C[, H, W]) viewed as (B, m C[, H, W]),
+    normalised as m C channels whose scale and shift are the C shared ones repeated. Its running statistics are
+    torch's own per slot and channel: the step's cost and losses are the engine's, not its sampling statistics."""
+
+    def __init__(self, gamma, beta, slots, eps, momentum):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(gamma), nn.Parameter(beta)
+        self.slots, self.eps, self.momentum = slots, eps, momentum
+        self.register_buffer("running_mean", torch.zeros(slots * len(gamma)))
+        self.register_buffer("running_var", torch.ones(slots * len(gamma)))
+
+    def forward(self, x):
+        m = self.slots if self.training else 1
+        mean, var = (self.running_mean, self.running_var) if m > 1 else (self.running_mean[:len(self.weight)],
+                                                                         self.running_var[:len(self.weight)])
+        y = nn.functional.batch_norm(x.reshape(x.shape[0] // m, -1, *x.shape[2:]), mean, var,
+                                     self.weight.repeat(m), self.bias.repeat(m), self.training, self.momentum,
+                                     self.eps)
+        return y.reshape(x.shape)
 
 
 class TorchTrainer:

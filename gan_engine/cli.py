@@ -103,6 +103,13 @@ def _parser():
     t.add_argument("--update", help="the step's rule: alternating (k D steps, then a G step through the updated D) "
                                     "or simultaneous (both players' gradients from one batch, then both updates: the "
                                     f"PacGAN authors' code) [{d.update}]")
+    t.add_argument("--bn-eps", type=float, help=f"batch norm's epsilon, added to the variance [{d.bn_eps:g}]")
+    t.add_argument("--bn-running", help="what batch norm's running statistics (eval mode, sampling) average: var "
+                                        "(the batches' unbiased variance, as PyTorch) or stdev (sqrt(variance + "
+                                        f"eps), as Blocks, the library of the PacGAN authors' code) [{d.bn_running}]")
+    t.add_argument("--pack-norm", help="with --pac m, G's batch-norm statistics over the whole batch of B m samples "
+                                       "(batch) or per pack slot, over each slot's B samples as if G made each slot "
+                                       f"in a batch of its own (slot: the PacGAN authors' code) [{d.pack_norm}]")
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")

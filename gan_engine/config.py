@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from .backends.numpy_ref import PRIORS
 from .data import DATASETS
 from .errors import GanEngineError, check_choice
-from .layers import INITS
+from .layers import BN_RUNNING, INITS
 from .losses import GENERATOR_LOSSES
-from .models import MODELS
+from .models import MODELS, PACK_NORMS
 from .optim import OPTIMIZERS
 from .trainer import UPDATES
 
 # Options added after runs were first saved, with the value that gives those runs' behaviour: a saved config
 # without one gets it (any other missing option is refused).
-ADDED = {"pac": 1, "ema": 0.0, "update": "alternating"}
+ADDED = {"pac": 1, "ema": 0.0, "update": "alternating", "bn_eps": 1e-5, "bn_running": "var", "pack_norm": "batch"}
 
 # What `gan-engine train --dataset NAME` trains where TrainConfig's own defaults (made for images) fail: on the 2-D
 # mixtures, the PacGAN protocol's maxout GAN (presets.py) made narrower (G 3 x 128, D 3 maxout layers of 64 units;
@@ -74,6 +74,9 @@ class TrainConfig:
     pac: int = 1                   # PacGAN packing: samples D judges at once
     ema: float = 0.0               # decay of the moving average of G's weights that samples come from; 0: none
     update: str = "alternating"    # the step's rule: alternating (k D steps, then G) or simultaneous (trainer.py)
+    bn_eps: float = 1e-5           # batch norm: added to the variance
+    bn_running: str = "var"        # batch norm: what the running statistics average, var or stdev (layers.BatchNorm)
+    pack_norm: str = "batch"       # with pac > 1, G's batch norm over the whole batch or per pack slot (models.py)
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
@@ -113,9 +116,10 @@ class TrainConfig:
     def validate(self):
         """Raise GanEngineError naming the first bad option."""
         choices = {"dataset": DATASETS, "model": MODELS, "dtype": ("float32", "float64"), "loss": GENERATOR_LOSSES,
-                   "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS, "update": UPDATES}
+                   "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS, "update": UPDATES,
+                   "bn_running": BN_RUNNING, "pack_norm": PACK_NORMS}
         for name, allowed in choices.items():
-            check_choice(name, getattr(self, name), allowed)
+            check_choice(name.replace("_", "-"), getattr(self, name), allowed)
         for name in ("steps", "batch_size", "k_disc", "z_dim", "pac", "log_every", "sample_every", "checkpoint_every",
                      "metrics_every"):
             value = getattr(self, name)
@@ -140,6 +144,8 @@ class TrainConfig:
         if self.update == "simultaneous" and self.k_disc != 1:
             raise GanEngineError(f"--update simultaneous makes one D and one G update a step: k-disc must be 1, got "
                                  f"{self.k_disc}")
+        if not 0 < self.bn_eps < 1:
+            raise GanEngineError(f"bn-eps must be in (0, 1), got {self.bn_eps}")
         for name in ("alpha", "beta1", "beta2", "momentum", "label_smoothing", "ema"):
             if not 0 <= getattr(self, name) < 1:
                 raise GanEngineError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")

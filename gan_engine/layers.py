@@ -17,6 +17,7 @@ from .backends.numpy_ref import ACTIVATIONS, conv2d_output_size, conv_transpose2
 from .errors import GanEngineError, check_choice
 
 INITS = ("xavier", "he", "normal")
+BN_RUNNING = ("var", "stdev")  # what batch norm's running statistics average (BatchNorm `running`)
 
 
 def init_weight(rng, shape, fan_in, fan_out, init, alpha=0.0):
@@ -320,23 +321,35 @@ class BatchNorm(Layer):
     train=True normalises by the batch's statistics and moves the running ones by `momentum`; train=False
     normalises by the running statistics (generation, evaluation). gamma starts at 1 (N(1, 0.02) with the
     DCGAN "normal" initialiser) and beta at 0.
+
+    `slots` m > 1 takes the train-mode statistics of m interleaved sub-batches apart: the rows r with r % m == j
+    form slot j, as if each were a batch of its own (with PacGAN's packing, trainer.pack puts m consecutive rows in
+    one pack, so slot j holds every pack's j-th sample; the PacGAN authors' G makes each slot in its own batch). The
+    running statistics then move towards the mean of the slots' statistics. `running` is what they average: "var",
+    the batch's unbiased variance (PyTorch's convention), or "stdev", sqrt(biased variance + eps) (that of Blocks,
+    the library of the PacGAN authors' code). Eval mode divides by sqrt(running_var + eps) either way: with "stdev"
+    running_var holds the running standard deviation squared, minus eps.
     """
 
     mixes_rows = True  # training normalises each row by the whole batch's statistics
     comm = None  # set by Sequential.synchronize: train-mode statistics over the rows of every rank of comm
 
-    def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal"):
-        _check_positive("BatchNorm", num_features=num_features)
-        self.num_features = int(num_features)
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, activation="identity", alpha=0.2, init="normal",
+                 slots=1, running="var"):
+        _check_positive("BatchNorm", num_features=num_features, slots=slots)
+        self.num_features, self.slots = int(num_features), int(slots)
         if not 0.0 <= momentum <= 1.0 or not eps > 0:
             raise GanEngineError(f"BatchNorm needs momentum in [0, 1] and eps > 0, got {momentum}, {eps}")
         self.momentum, self.eps = float(momentum), float(eps)
+        check_choice("batch norm running statistic", running, BN_RUNNING)
+        self.running = running
         self.activation, self.alpha = _check_activation(activation, alpha)
         check_choice("initialiser", init, INITS)
         self.init = init
 
     def __repr__(self):
-        return f"BatchNorm({self.num_features}, {self.activation})"
+        slots = f", slots={self.slots}" if self.slots > 1 else ""
+        return f"BatchNorm({self.num_features}, {self.activation}{slots})"
 
     def param_shapes(self):
         return {"gamma": (self.num_features,), "beta": (self.num_features,)}
@@ -360,31 +373,108 @@ class BatchNorm(Layer):
 
     def forward(self, x, train=True):
         """x (N, C) or (N, C, H, W) -> y (same shape); caches x, y, the mode and the statistics for backward."""
-        if train and x.size == x.shape[1]:
+        m = self.slots if train else 1
+        if train and x.size // m == x.shape[1]:
             raise self._error(f"train mode needs more than one value per channel to normalise, got input "
-                              f"{tuple(x.shape)}; use a batch size above 1")
-        c = self.num_features
-        y = self._buffer("y", tuple(x.shape))
+                              f"{tuple(x.shape)}; use a batch size above {m}")
+        if x.shape[0] % m:
+            raise self._error(f"takes the statistics of {m} slots apart, so the batch must be a multiple of {m} "
+                              f"rows, got {x.shape[0]}")
+        c = self.num_features * m
+        xs = x.reshape(x.shape[0] // m, c, *x.shape[2:])  # (N / m, m C[, H, W]): slot j in channels j C..(j+1) C
+        y = self._buffer("y", tuple(xs.shape))
         self._mean, self._invstd = self._buffer("mean", (c,)), self._buffer("invstd", (c,))
-        self._x, self._train = x, train
-        running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
+        self._x, self._train = xs, train
+        gamma, beta = self._per_slot("gamma", m), self._per_slot("beta", m)
+        running_mean, running_var, momentum = self.stats["running_mean"], self.stats["running_var"], self.momentum
+        own_update = train and (m > 1 or self.running != "var")  # the running statistics moved here, not by the op
         if train and self.comm is not None:  # normalise by the ranks' statistics, as eval mode does by given ones
-            running_mean, running_var, train = *self._statistics_over_ranks(x), False
-        self._y = self.backend.batchnorm_forward(x, self.params["gamma"], self.params["beta"], running_mean,
-                                                 running_var, self._mean, self._invstd, train, self.momentum,
-                                                 self.eps, self.activation, self.alpha, out=y)
-        return self._y
+            running_mean, running_var, count = self._statistics_over_ranks(xs)
+            self._update_running(running_mean, running_var, count)
+            train = own_update = False
+        elif own_update:  # the op's running statistics are scratch, left as they are (momentum 0)
+            running_mean, running_var, momentum = self._buffer("slots' mean", (c,)), self._buffer("slots' var", (c,)), 0
+        self._y = self.backend.batchnorm_forward(xs, gamma, beta, running_mean, running_var, self._mean, self._invstd,
+                                                 train, momentum, self.eps, self.activation, self.alpha, out=y)
+        if own_update:  # the batch's biased variance from invstd = 1 / sqrt(var + eps)
+            var = self._buffer("slots' var", (c,))
+            var[...] = self._invstd
+            var **= -2
+            var -= self.eps
+            self._update_running(self._mean, var, xs.size // c)
+        return self._y.reshape(x.shape)
+
+    def _per_slot(self, name, m):
+        """gamma or beta (C,), or with m slots in use m copies side by side (m C,), as the slots' channels."""
+        v = self.params[name]
+        if m == 1:
+            return v
+        tiled = self._buffer(f"{name} per slot", (m * self.num_features,))
+        tiled.reshape(m, -1)[...] = v
+        return tiled
+
+    def _update_running(self, mean, var, count):
+        """Move the running statistics towards the mean over the slots of mean and var (m C,), each slot's and
+        channel's statistics of `count` values (var biased): running_var by the unbiased variance, or with
+        running="stdev" the running standard deviation by sqrt(var + eps). (Array operators only: they run, or are
+        captured, on every backend.)"""
+        keep, eps = 1 - self.momentum, self.eps
+        running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
+        running_mean *= keep
+        running_mean += self._mean_over_slots(mean, self.momentum)
+        if self.running == "var":
+            running_var *= keep
+            running_var += self._mean_over_slots(var, self.momentum * count / (count - 1))
+            return
+        stdev = self._buffer("slots' stdev", tuple(var.shape))
+        stdev[...] = var
+        stdev += eps
+        stdev **= 0.5
+        running_var += eps
+        running_var **= 0.5
+        running_var *= keep
+        running_var += self._mean_over_slots(stdev, self.momentum)
+        running_var **= 2
+        running_var -= eps
+
+    def _mean_over_slots(self, v, scale):
+        """scale times the mean over the slots of v (m C,): a (C,) buffer."""
+        c = self.num_features
+        m = v.shape[0] // c
+        out = self._buffer("mean over slots", (c,))
+        out[...] = v[:c]
+        for j in range(1, m):
+            out += v[j * c:(j + 1) * c]
+        out *= scale / m
+        return out
 
     def backward(self, dy, need_dx=True, param_grads=True, rows=None):
         """dy -> dx (through the batch statistics in train mode); dgamma, dbeta accumulate."""
         x = self._rows(self._x, rows)
+        m = x.shape[1] // self.num_features
+        dy = dy.reshape(x.shape)
         dx = self._buffer("dx", tuple(x.shape)) if need_dx else None
-        dgamma, dbeta = (self.grads["gamma"], self.grads["beta"]) if param_grads else (None, None)
+        dgamma, dbeta = (self._grads_per_slot(m) if param_grads else (None, None))
         if self._train and self.comm is not None:
-            return self._backward_over_ranks(dy, dx, dgamma, dbeta)
-        return self.backend.batchnorm_backward(x, self.params["gamma"], self._y, dy, self._mean, self._invstd,
-                                               self._train, self.activation, self.alpha, dgamma=dgamma,
-                                               dbeta=dbeta, dx=dx)
+            dx = self._backward_over_ranks(dy, dx, dgamma, dbeta, m)
+        else:
+            dx = self.backend.batchnorm_backward(x, self._per_slot("gamma", m), self._y, dy, self._mean, self._invstd,
+                                                 self._train, self.activation, self.alpha, dgamma=dgamma,
+                                                 dbeta=dbeta, dx=dx)
+        if param_grads and m > 1:  # the slots share gamma and beta: their gradients add up
+            c = self.num_features
+            for j in range(m):
+                self.grads["gamma"] += dgamma[j * c:(j + 1) * c]
+                self.grads["beta"] += dbeta[j * c:(j + 1) * c]
+        return None if dx is None else dx.reshape(-1, self.num_features, *x.shape[2:])  # (N, C[, H, W])
+
+    def _grads_per_slot(self, m):
+        """Where the backward accumulates dgamma and dbeta: the gradients themselves, or with m slots (m C,) zeros."""
+        if m == 1:
+            return self.grads["gamma"], self.grads["beta"]
+        grads = self._buffer("grads per slot", (2, m * self.num_features))
+        grads.fill(0)
+        return grads[0], grads[1]
 
     # Synchronized batch norm: every rank holds an equal share of the batch's rows, and the statistics are those of
     # all of them, as one process of the whole batch would take them (in-place array operations in float64
@@ -398,7 +488,7 @@ class BatchNorm(Layer):
 
     def _statistics_over_ranks(self, x):
         """(mean, biased var) of each channel over every rank's rows, as buffers of the model's dtype (two
-        allreduces: the sums, then the squared deviations); the running statistics move towards them."""
+        allreduces: the sums, then the squared deviations), and the number of values a channel they are over."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
         count = x.size // x.shape[1] * self.comm.size
         mean = self._channel_sums_over_ranks(x) / count
@@ -407,22 +497,21 @@ class BatchNorm(Layer):
         deviations -= mean.reshape(shape)
         deviations **= 2
         var = self._channel_sums_over_ranks(deviations) / count
-        running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
-        running_mean[...] = (1 - self.momentum) * running_mean + self.momentum * mean
-        running_var[...] = (1 - self.momentum) * running_var + self.momentum * var * (count / (count - 1))
         out = self._buffer("ranks' mean", mean.shape), self._buffer("ranks' var", var.shape)
         out[0][...], out[1][...] = mean, var
-        return out
+        return *out, count
 
-    def _backward_over_ranks(self, dy, dx, dgamma, dbeta):
+    def _backward_over_ranks(self, dy, dx, dgamma, dbeta, m):
         """The eval-mode backward gives dx = gamma invstd g and this rank's sums of g and g x_hat; dgamma and dbeta
         take those (the trainer averages parameter gradients over the ranks), and dx the batch terms over every
-        rank's rows: dx -= gamma invstd (S1 + x_hat S2) / M, S1 and S2 the ranks' sums, M their values a channel."""
-        c, x = self.num_features, self._x
+        rank's rows: dx -= gamma invstd (S1 + x_hat S2) / M, S1 and S2 the ranks' sums, M their values a channel.
+        With m slots the channels are the slots' (m C)."""
+        x, gamma = self._x, self._per_slot("gamma", m)
+        c = x.shape[1]
         sum_g, sum_g_xhat = self._buffer("sum g", (c,)), self._buffer("sum g x_hat", (c,))
         sum_g.fill(0)
         sum_g_xhat.fill(0)
-        dx = self.backend.batchnorm_backward(x, self.params["gamma"], self._y, dy, self._mean, self._invstd, False,
+        dx = self.backend.batchnorm_backward(x, gamma, self._y, dy, self._mean, self._invstd, False,
                                              self.activation, self.alpha, dgamma=sum_g_xhat, dbeta=sum_g, dx=dx)
         if dgamma is not None:
             dgamma += sum_g_xhat
@@ -438,7 +527,7 @@ class BatchNorm(Layer):
             terms -= self._mean.reshape(shape)
             terms *= (self._invstd * means[c:]).reshape(shape)
             terms += means[:c].reshape(shape)
-            terms *= (self.params["gamma"] * self._invstd).reshape(shape)
+            terms *= (gamma * self._invstd).reshape(shape)
             dx -= terms
         return dx
 

@@ -11,6 +11,9 @@ from .errors import GanEngineError, check_choice
 from .layers import BatchNorm, Conv2d, ConvTranspose2d, Dense, Flatten, Maxout, Reshape, Sequential
 
 MODELS = ("mlp", "dcgan", "maxout")
+# With packing, G's batch-norm statistics over the whole batch of B m samples ("batch"), or per pack slot, over each
+# slot's B samples, as if G made every slot in a batch of its own ("slot": the PacGAN authors' code)
+PACK_NORMS = ("batch", "slot")
 MLP_HIDDEN = (512,)
 MAXOUT_G_HIDDEN, MAXOUT_D_HIDDEN = (400,) * 4, (200,) * 3  # the PacGAN 2-D mixture protocol's sizes
 MAXOUT_PIECES = 5
@@ -46,13 +49,15 @@ def mlp_discriminator(in_dim=784, hidden=(128,), alpha=0.2, init="xavier", backe
 
 
 def batchnorm_generator(z_dim=2, hidden=MAXOUT_G_HIDDEN, out_dim=2, init="normal", momentum=MAXOUT_BN_MOMENTUM,
-                        backend="auto", dtype=np.float32, seed=0, output="identity"):
+                        backend="auto", dtype=np.float32, seed=0, output="identity", norm=None):
     """G: z (N, z_dim) -> [Dense without bias + BatchNorm(momentum) + ReLU] per hidden size -> Dense + `output`
-    -> x (N, out_dim): the PacGAN protocol's generator (4 x 400 for the 2-D mixtures)."""
+    -> x (N, out_dim): the PacGAN protocol's generator (4 x 400 for the 2-D mixtures). `norm`: more BatchNorm
+    options (eps, running, slots), as norm_options gives them."""
     dims = (z_dim, *_check_hidden(hidden))
     layers = []
     for d_in, d_out in zip(dims, dims[1:]):
-        layers += [Dense(d_in, d_out, init=init, bias=False), BatchNorm(d_out, momentum, activation="relu", init=init)]
+        layers += [Dense(d_in, d_out, init=init, bias=False),
+                   BatchNorm(d_out, momentum, activation="relu", init=init, **(norm or {}))]
     layers.append(Dense(dims[-1], out_dim, output, init=init))
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
 
@@ -98,14 +103,15 @@ def _check_image_shape(image_shape):
 
 
 def dcgan_generator(z_dim=100, image_shape=(1, 28, 28), channels=None, init="normal", backend="auto",
-                    dtype=np.float32, seed=0):
+                    dtype=np.float32, seed=0, norm=None):
     """DCGAN G: z (N, z_dim) -> Dense -> (c0, s, s) -> BN + ReLU -> [ConvT(4, 2, 1) + BN + ReLU] ...
     -> ConvT(4, 2, 1) + tanh -> x (N, C*H*W).
 
     `channels` (c0, ..., c_{n-1}) gives the n hidden feature maps; every ConvT doubles the side, so the start
     side is s = H / 2^n. No batch norm on the output; convolutions before batch norm have no bias.
-    Defaults: dcgan_channels(image_shape).
+    Defaults: dcgan_channels(image_shape). `norm`: more BatchNorm options (eps, running, slots).
     """
+    norm = norm or {}
     c, h, _ = _check_image_shape(image_shape)
     channels = _check_hidden(channels or dcgan_channels(image_shape)[0])
     n = len(channels)
@@ -115,28 +121,28 @@ def dcgan_generator(z_dim=100, image_shape=(1, 28, 28), channels=None, init="nor
                              f"give {dcgan_depth(h)} channel sizes (the default for this size)")
     s = h // 2 ** n
     layers = [Dense(z_dim, channels[0] * s * s, init=init), Reshape((channels[0], s, s)),
-              BatchNorm(channels[0], activation="relu", init=init)]
+              BatchNorm(channels[0], activation="relu", init=init, **norm)]
     for c_in, c_out in zip(channels, channels[1:]):
         layers += [ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False, init=init),
-                   BatchNorm(c_out, activation="relu", init=init)]
+                   BatchNorm(c_out, activation="relu", init=init, **norm)]
     layers += [ConvTranspose2d(channels[-1], c, 4, 2, 1, activation="tanh", init=init), Flatten()]
     return Sequential(layers, backend=backend, dtype=dtype, seed=seed)
 
 
 def dcgan_discriminator(image_shape=(1, 28, 28), channels=None, alpha=0.2, init="normal", backend="auto",
-                        dtype=np.float32, seed=1):
+                        dtype=np.float32, seed=1, norm=None):
     """DCGAN D: x (N, C*H*W) -> (C, H, W) -> Conv(4, 2, 1) + LeakyReLU -> [Conv(4, 2, 1) + BN + LeakyReLU] ...
     -> Flatten -> Dense -> logits (N, 1).
 
     `channels` (c0, ..., c_{n-1}): every strided convolution halves the side. No batch norm on the input
-    layer; no pooling. Defaults: dcgan_channels(image_shape).
+    layer; no pooling. Defaults: dcgan_channels(image_shape). `norm`: more BatchNorm options (eps, running).
     """
     c, h, w = _check_image_shape(image_shape)
     channels = _check_hidden(channels or dcgan_channels(image_shape)[1])
     layers = [Reshape((c, h, w)), Conv2d(c, channels[0], 4, 2, 1, activation="leaky_relu", alpha=alpha, init=init)]
     for c_in, c_out in zip(channels, channels[1:]):
         layers += [Conv2d(c_in, c_out, 4, 2, 1, bias=False, init=init),
-                   BatchNorm(c_out, activation="leaky_relu", alpha=alpha, init=init)]
+                   BatchNorm(c_out, activation="leaky_relu", alpha=alpha, init=init, **(norm or {}))]
     side = h
     for _ in channels:
         if side < 2:
@@ -159,16 +165,24 @@ def hidden_sizes(config, info):
     return config.g_hidden or g, config.d_hidden or d
 
 
+def norm_options(config, generator):
+    """The BatchNorm options of a TrainConfig: eps and running statistic, and for G with pack_norm "slot" the pac
+    slots whose statistics it takes apart."""
+    check_choice("pack norm", config.pack_norm, PACK_NORMS)
+    slots = config.pac if generator and config.pack_norm == "slot" else 1
+    return {"eps": config.bn_eps, "running": config.bn_running, "slots": slots}
+
+
 def build_generator(config, info):
     """G for a TrainConfig and the data's info (dim, output, image_shape); seeded by config.seed."""
     check_choice("model", config.model, MODELS)
-    dtype, hidden = np.dtype(config.dtype), hidden_sizes(config, info)[0]
+    dtype, hidden, norm = np.dtype(config.dtype), hidden_sizes(config, info)[0], norm_options(config, True)
     if config.model == "dcgan":
         return dcgan_generator(config.z_dim, info["image_shape"], hidden, config.init, config.backend, dtype,
-                               seed=config.seed)
+                               seed=config.seed, norm=norm)
     if config.model == "maxout":
         return batchnorm_generator(config.z_dim, hidden, info["dim"], config.init, MAXOUT_BN_MOMENTUM, config.backend,
-                                   dtype, seed=config.seed, output=info["output"])
+                                   dtype, seed=config.seed, output=info["output"], norm=norm)
     return mlp_generator(config.z_dim, hidden, info["dim"], config.alpha, config.init, config.backend, dtype,
                          seed=config.seed, output=info["output"])
 
@@ -181,7 +195,7 @@ def build_discriminator(config, info):
     if config.model == "dcgan":
         c, h, w = _check_image_shape(info["image_shape"])
         return dcgan_discriminator((m * c, h, w), hidden, config.alpha, config.init, config.backend, dtype,
-                                   seed=config.seed + 1)
+                                   seed=config.seed + 1, norm=norm_options(config, False))
     if config.model == "maxout":
         return maxout_discriminator(m * info["dim"], hidden, MAXOUT_PIECES, config.init, config.backend, dtype,
                                     seed=config.seed + 1)

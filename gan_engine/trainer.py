@@ -46,6 +46,8 @@ class Trainer:
     after every G step), and `generate`/`sample` draw from it; 0 (the default) draws from G as it is.
     `update` is the step's rule: "alternating" (the default: `alternating_step`, Algorithm 1) or "simultaneous"
     (`simultaneous_step`, the rule of the PacGAN authors' code; k_disc must be 1).
+    G's BatchNorm layers built with slots=pac take each pack slot's statistics apart (layers.BatchNorm): G then
+    trains as if it made the m samples of every pack in m batches of B, as the PacGAN authors' code does.
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
@@ -70,6 +72,10 @@ class Trainer:
         if isinstance(pac, bool) or int(pac) != pac or pac < 1:
             raise GanEngineError(f"pac (samples D sees at once) must be a positive integer, got {pac}")
         pac = int(pac)
+        slots = {getattr(layer, "slots", 1) for layer in G.layers} - {1, pac}
+        if slots:
+            raise GanEngineError(f"G's batch norm takes the statistics of {min(slots)} pack slots apart, but pac is "
+                                 f"{pac}: build its BatchNorm layers with slots={pac} (per pack slot) or 1")
         check_memory(G, D, int(batch_size) * pac)
         data = check_data(data, G.out_features)
         if pac * G.out_features != D.in_features:

@@ -359,8 +359,11 @@ def _trainer(backend, model, dtype, optimizer):
     elif model == "dcgan-pac2":  # two images stacked along the channels
         G, pac = dcgan_generator(8, (1, 8, 8), (17, 3), backend=backend, dtype=dtype, seed=0), 2
         D = dcgan_discriminator((2, 8, 8), (3, 17), backend=backend, dtype=dtype, seed=1)
-    else:  # "pacgan-pac3": the PacGAN protocol's layers, small (with its update rule: "pacgan-pac3-simultaneous")
-        G = Sequential([Dense(8, 17, init="normal", bias=False), BatchNorm(17, momentum=0.05, activation="relu"),
+    else:  # "pacgan-pac3": the PacGAN protocol's layers, small (with its update rule: "pacgan-pac3-simultaneous";
+        # "pacgan-pac3-slots-simultaneous": and its batch norm, per pack slot with a running standard deviation)
+        norm = {"eps": 1e-4, "running": "stdev", "slots": 3} if "-slots" in model else {}
+        G = Sequential([Dense(8, 17, init="normal", bias=False),
+                        BatchNorm(17, momentum=0.05, activation="relu", **norm),
                         Dense(17, 3, init="normal")], backend=backend, dtype=dtype, seed=0)
         D = Sequential([Maxout(9, 5, 5, init="normal"), Maxout(5, 4, 3, init="normal"), Dense(4, 1, init="normal")],
                        backend=backend, dtype=dtype, seed=1)
@@ -388,7 +391,8 @@ def _draw_like_the_reference(monkeypatch, backend, seed):
     monkeypatch.setattr(backend, "batch_indices", batch_indices)
 
 
-@pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3", "pacgan-pac3-simultaneous"])
+@pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3", "pacgan-pac3-simultaneous",
+                                   "pacgan-pac3-slots-simultaneous"])
 @pytest.mark.parametrize("dtype, optimizer", [(np.float32, "sgd"), (np.float64, "adam")], ids=["float32-sgd",
                                                                                               "float64-adam"])
 def test_whole_step_matches_numpy(backend, model, dtype, optimizer, monkeypatch):
