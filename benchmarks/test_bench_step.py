@@ -49,7 +49,7 @@ def pacgan(pac, update="alternating", preset_norm=False):
 # MLP, and the default DCGANs for 8x8 digits (G 128-64 channels, D 64-128) and 28x28 MNIST (the same channels), and
 # the PacGAN protocol's maxout GAN (G 2-400x4-2 with batch norm, D 3 maxout layers of 200 x 5) unpacked and packing
 # 4, alternating with the engine's batch norm and (-sim) as the presets train it: the protocol's simultaneous update
-# and its batch norm.
+# and its batch norm (the real points drawn each step, not the presets' packs made once: the same work a step).
 CASES = {
     "seed-mlp-b64": mlp(64, 100, 128, 784),
     "mlp-h512-b256": mlp(256, 100, 512, 784),

@@ -110,6 +110,9 @@ def _parser():
     t.add_argument("--pack-norm", help="with --pac m, G's batch-norm statistics over the whole batch of B m samples "
                                        "(batch) or per pack slot, over each slot's B samples as if G made each slot "
                                        f"in a batch of its own (slot: the PacGAN authors' code) [{d.pack_norm}]")
+    t.add_argument("--real-packs", help="how a step draws its real batch: drawn (B x pac points of the data, uniform "
+                                        "with replacement, every step) or fixed (B of N packs of pac points made once "
+                                        f"from the data and the seed: the PacGAN authors' code) [{d.real_packs}]")
     t.add_argument("--log-every", type=int, help=f"steps between metrics.csv rows [{d.log_every}]")
     t.add_argument("--sample-every", type=int, help=f"steps between sample pictures [{d.sample_every}]")
     t.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints [{d.checkpoint_every}]")

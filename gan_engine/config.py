@@ -10,11 +10,13 @@ from .layers import BN_RUNNING, INITS
 from .losses import GENERATOR_LOSSES
 from .models import MODELS, PACK_NORMS
 from .optim import OPTIMIZERS
+from .real_batches import REAL_PACKS
 from .trainer import UPDATES
 
 # Options added after runs were first saved, with the value that gives those runs' behaviour: a saved config
 # without one gets it (any other missing option is refused).
-ADDED = {"pac": 1, "ema": 0.0, "update": "alternating", "bn_eps": 1e-5, "bn_running": "var", "pack_norm": "batch"}
+ADDED = {"pac": 1, "ema": 0.0, "update": "alternating", "bn_eps": 1e-5, "bn_running": "var", "pack_norm": "batch",
+         "real_packs": "drawn"}
 
 # What `gan-engine train --dataset NAME` trains where TrainConfig's own defaults (made for images) fail: on the 2-D
 # mixtures, the PacGAN protocol's maxout GAN (presets.py) made narrower (G 3 x 128, D 3 maxout layers of 64 units;
@@ -77,6 +79,7 @@ class TrainConfig:
     bn_eps: float = 1e-5           # batch norm: added to the variance
     bn_running: str = "var"        # batch norm: what the running statistics average, var or stdev (layers.BatchNorm)
     pack_norm: str = "batch"       # with pac > 1, G's batch norm over the whole batch or per pack slot (models.py)
+    real_packs: str = "drawn"      # real batches: points drawn every step, or packs made once (real_batches.py)
     log_every: int = 50
     sample_every: int = 1000
     checkpoint_every: int = 2000
@@ -117,7 +120,7 @@ class TrainConfig:
         """Raise GanEngineError naming the first bad option."""
         choices = {"dataset": DATASETS, "model": MODELS, "dtype": ("float32", "float64"), "loss": GENERATOR_LOSSES,
                    "prior": PRIORS, "init": INITS, "optimizer": OPTIMIZERS, "update": UPDATES,
-                   "bn_running": BN_RUNNING, "pack_norm": PACK_NORMS}
+                   "bn_running": BN_RUNNING, "pack_norm": PACK_NORMS, "real_packs": REAL_PACKS}
         for name, allowed in choices.items():
             check_choice(name.replace("_", "-"), getattr(self, name), allowed)
         for name in ("steps", "batch_size", "k_disc", "z_dim", "pac", "log_every", "sample_every", "checkpoint_every",

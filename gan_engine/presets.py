@@ -8,8 +8,9 @@ Dense 1; weights N(0, 0.02), biases 0; Adam lr 1e-4, beta1 0.8; batch 100; 400 e
 steps); simultaneous updates (their code's training algorithm takes D's and G's gradients from one batch at the same
 weights, then updates both); batch norm as the Blocks library of their code has it (epsilon 1e-4 added to the
 variance, a running average of the standard deviation) and with packing per pack slot (their G makes each of the m
-samples of a pack in a batch of its own); the sample-quality metrics on 2,500 samples. `--pac m` gives the PacGANm
-rows.
+samples of a pack in a batch of its own); real packs made once, 100,000 of them, each slot's point drawn from the
+data with replacement (their data set), a step's B drawn from them; the sample-quality metrics on 2,500 samples.
+`--pac m` gives the PacGANm rows.
 """
 from .errors import check_choice
 
@@ -17,6 +18,7 @@ _PACGAN = {"model": "maxout", "z_dim": 2, "prior": "normal", "init": "normal", "
            "lr_d": 1e-4, "beta1": 0.8, "beta2": 0.999, "batch_size": 100, "pac": 1, "steps": 400_000,
            "loss": "non-saturating", "update": "simultaneous", "metrics_every": 20_000, "checkpoint_every": 20_000,
            "bn_eps": 1e-4, "bn_running": "stdev", "pack_norm": "slot",  # batch norm as theirs (Blocks; G per slot)
+           "real_packs": "fixed",  # N packs of pac points made once, as their data set
            "sample_every": 20_000, "log_every": 1000,
            "g_hidden": None, "d_hidden": None,  # None: the protocol's sizes (the maxout model's)
            "ema": 0.0}  # samples from G as it is: the protocol averages no weights

@@ -39,7 +39,7 @@ def build_trainer(config, dataset, comm=None):
     hyper = dict(beta1=config.beta1, beta2=config.beta2, momentum=config.momentum)
     return Trainer(G, D, dataset.x, batch_size=config.batch_size, k_disc=config.k_disc, loss=config.loss,
                    prior=config.prior, label_smoothing=config.label_smoothing, seed=config.seed, pac=config.pac,
-                   ema=config.ema, update=config.update, comm=comm,
+                   ema=config.ema, update=config.update, real_packs=config.real_packs, comm=comm,
                    opt_g=make_optimizer(config.optimizer, G, config.lr_g, **hyper),
                    opt_d=make_optimizer(config.optimizer, D, config.lr_d, **hyper))
 

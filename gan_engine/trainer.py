@@ -15,6 +15,7 @@ from .errors import GanEngineError, check_choice
 from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
 from .memory import check_memory
 from .optim import Adam, WeightAverage
+from .real_batches import REAL_BATCHES, REAL_PACKS
 
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 GENERATE_BATCH = 256  # rows per forward pass in generate()
@@ -48,11 +49,14 @@ class Trainer:
     (`simultaneous_step`, the rule of the PacGAN authors' code; k_disc must be 1).
     G's BatchNorm layers built with slots=pac take each pack slot's statistics apart (layers.BatchNorm): G then
     trains as if it made the m samples of every pack in m batches of B, as the PacGAN authors' code does.
+    `real_packs` is how a step draws its reals (real_batches.py): "drawn" (the default) B m points of the data,
+    uniform with replacement; "fixed" B of N packs of m points made once from the data and the seed, as the PacGAN
+    authors' code trains.
     """
 
     def __init__(self, generator, discriminator, data, *, opt_g=None, opt_d=None, batch_size=64, k_disc=1,
                  loss="non-saturating", prior="normal", label_smoothing=0.0, seed=0, graph=True, pac=1, comm=None,
-                 ema=0.0, update="alternating"):
+                 ema=0.0, update="alternating", real_packs="drawn"):
         G, D = generator, discriminator
         if G.backend is not D.backend or G.dtype != D.dtype:
             raise GanEngineError(f"G and D must share a backend and dtype, got {G.backend.name}/{G.dtype} "
@@ -64,6 +68,7 @@ class Trainer:
         if int(k_disc) != k_disc or k_disc < 1:
             raise GanEngineError(f"k_disc (D steps per G step) must be a positive integer, got {k_disc}")
         check_choice("update rule", update, UPDATES)
+        check_choice("real packs", real_packs, REAL_PACKS)
         if update == "simultaneous" and k_disc != 1:
             raise GanEngineError(f"the simultaneous update makes one D and one G update a step: k_disc must be 1, "
                                  f"got {k_disc}")
@@ -91,7 +96,7 @@ class Trainer:
         self.g_average = WeightAverage(G, ema)
         self.batch_size, self.k_disc, self.loss, self.prior, self.pac = int(batch_size), int(k_disc), loss, prior, pac
         self.label_smoothing = float(label_smoothing)
-        self.update = update
+        self.update, self.real_packs = update, real_packs
         self._update_step = getattr(self, f"{update}_step")  # the rule's step: alternating_step, simultaneous_step
         self.z_dim = G.in_features
         self.comm = comm or ONE_PROCESS
@@ -99,7 +104,8 @@ class Trainer:
         ranks, rank = self.comm.size, self.comm.rank
         self.local_batch = self.batch_size // ranks  # this rank's rows of every global batch
         be, xp, B, m = self.backend, self.backend.xp, self.local_batch, self.pac
-        self.data = be.asarray(data, G.dtype)                    # (N, D), resident on the backend
+        self.reals = REAL_BATCHES[real_packs](be, data, pac, seed, G.dtype)  # draws each step's real batch
+        self.data = self.reals.data                               # (N, D) or (N m, D) fixed packs, on the backend
         self.rng = be.new_rng(seed)
         self.step_count = 0
         self.use_graph = bool(graph) and hasattr(be, "capture")
@@ -141,7 +147,7 @@ class Trainer:
         fakes' rows in D's last forward (None: all of it), for a backward through D at the fakes."""
         be, D, B = self.backend, self.D, self.local_batch
         D.zero_grad()
-        be.batch_indices(self.rng, self.data.shape[0], self._all_idx)
+        self.reals.draw(self.rng, self._all_idx)
         real = be.gather_rows(self.data, self._idx, self._real)
         fake = self.G.forward(self._noise())                                                # (B m, F)
         if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses, one backward

@@ -360,7 +360,8 @@ def _trainer(backend, model, dtype, optimizer):
         G, pac = dcgan_generator(8, (1, 8, 8), (17, 3), backend=backend, dtype=dtype, seed=0), 2
         D = dcgan_discriminator((2, 8, 8), (3, 17), backend=backend, dtype=dtype, seed=1)
     else:  # "pacgan-pac3": the PacGAN protocol's layers, small (with its update rule: "pacgan-pac3-simultaneous";
-        # "pacgan-pac3-slots-simultaneous": and its batch norm, per pack slot with a running standard deviation)
+        # "pacgan-pac3-slots-simultaneous": and its batch norm, per pack slot with a running standard deviation, and
+        # its real packs, made once)
         norm = {"eps": 1e-4, "running": "stdev", "slots": 3} if "-slots" in model else {}
         G = Sequential([Dense(8, 17, init="normal", bias=False),
                         BatchNorm(17, momentum=0.05, activation="relu", **norm),
@@ -371,7 +372,9 @@ def _trainer(backend, model, dtype, optimizer):
     make = (lambda m: Adam(m, lr=1e-3, beta1=0.5)) if optimizer == "adam" else (lambda m: SGD(m, lr=0.1))
     data = np.random.default_rng(2).uniform(-1, 1, (50, G.out_features))
     update = "simultaneous" if model.endswith("-simultaneous") else "alternating"
-    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D), pac=pac, update=update)
+    real_packs = "fixed" if "-slots" in model else "drawn"
+    return Trainer(G, D, data, batch_size=17, seed=3, opt_g=make(G), opt_d=make(D), pac=pac, update=update,
+                   real_packs=real_packs)
 
 
 def _draw_like_the_reference(monkeypatch, backend, seed):

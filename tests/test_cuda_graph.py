@@ -8,7 +8,7 @@ import pytest
 
 from gan_engine import Adam, Trainer, mlp_discriminator, mlp_generator, trainer as trainer_module
 from gan_engine.backends import numpy_ref as R
-from gan_engine.models import dcgan_discriminator, dcgan_generator
+from gan_engine.models import batchnorm_generator, dcgan_discriminator, dcgan_generator, maxout_discriminator
 
 
 def make(backend, model, graph=True, seed=0, ema=0.0, update="alternating"):
@@ -57,6 +57,32 @@ def test_the_graphed_simultaneous_step_equals_eager_launches(cuda_backend, model
     assert losses(graphed, 6) == losses(eager, 6)
     assert graphed._graph is not None and graphed.opt_d.t == graphed.opt_g.t == 6
     assert_same_state(state(graphed), state(eager))
+
+
+@pytest.mark.parametrize("model", ["maxout", "dcgan"])
+def test_the_graphed_presets_step_equals_eager_launches(cuda_backend, model):
+    """The pacgan presets' step: packing 2, simultaneous updates, G's batch norm per pack slot with a running
+    standard deviation (kept by array arithmetic, captured too), real packs made once."""
+    norm = {"eps": 1e-4, "running": "stdev", "slots": 2}
+    rng = np.random.default_rng(0)
+    models = []
+    for graph in (True, False):
+        if model == "maxout":
+            G = batchnorm_generator(4, (16,), 6, backend=cuda_backend, seed=0, norm=norm)
+            D = maxout_discriminator(12, (8,), 3, backend=cuda_backend, seed=1)
+        else:
+            G = dcgan_generator(4, (1, 8, 8), (8, 4), backend=cuda_backend, seed=0, norm=norm)
+            D = dcgan_discriminator((2, 8, 8), (4, 8), backend=cuda_backend, seed=1)
+        data = rng.uniform(-1, 1, (40, G.out_features)).astype(np.float32)
+        models.append(Trainer(G, D, data, batch_size=5, seed=0, graph=graph, pac=2, update="simultaneous",
+                              real_packs="fixed", opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5)))
+        rng = np.random.default_rng(0)
+    graphed, eager = models
+    assert losses(graphed, 6) == losses(eager, 6)
+    assert graphed._graph is not None
+    assert_same_state(state(graphed), state(eager))
+    for a, b in zip(graphed.G.state_dict().values(), eager.G.state_dict().values()):  # running statistics too
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])

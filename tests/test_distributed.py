@@ -20,13 +20,14 @@ BATCH = 16
 def make_trainer(backend, comm=None, model="mlp"):
     """The tests' GAN on 6-value samples (mlp), with batch norm in G (pacgan: 1D), or an 8x8 DCGAN (batch norm in
     G and D, 2D); a model name ending in -simultaneous trains with that update rule. pacgan-slots: the presets' way,
-    packing 2 with G's batch norm per pack slot, averaging the standard deviation, simultaneous updates."""
-    pac = 1
+    packing 2 with G's batch norm per pack slot, averaging the standard deviation, simultaneous updates, real packs
+    made once."""
+    pac, real_packs = 1, "drawn"
     if model == "dcgan":
         G = dcgan_generator(4, (1, 8, 8), (8, 4), backend=backend, seed=3)
         D = dcgan_discriminator((1, 8, 8), (4, 8), backend=backend, seed=4)
     elif model == "pacgan-slots":
-        pac, model = 2, "pacgan-simultaneous"
+        pac, model, real_packs = 2, "pacgan-simultaneous", "fixed"
         G = batchnorm_generator(4, (16,), 6, backend=backend, seed=3, norm={"eps": 1e-4, "running": "stdev",
                                                                            "slots": pac})
         D = mlp_discriminator(6 * pac, (16,), backend=backend, seed=4)
@@ -35,7 +36,7 @@ def make_trainer(backend, comm=None, model="mlp"):
         D = mlp_discriminator(6, (16,), backend=backend, seed=4)
     data = np.random.default_rng(0).uniform(-1, 1, (300, G.out_features)).astype(np.float32)
     update = "simultaneous" if model.endswith("-simultaneous") else "alternating"
-    return Trainer(G, D, data, batch_size=BATCH, seed=5, comm=comm, update=update, pac=pac,
+    return Trainer(G, D, data, batch_size=BATCH, seed=5, comm=comm, update=update, pac=pac, real_packs=real_packs,
                    opt_g=Adam(G, lr=1e-3, beta1=0.5), opt_d=Adam(D, lr=1e-3, beta1=0.5))
 
 

@@ -86,3 +86,28 @@ def test_a_config_saved_before_pac_existed_loads_as_pac_1():
     del saved["z_dim"]  # any other missing option is still refused
     with pytest.raises(GanEngineError, match="lacks z_dim"):
         TrainConfig.from_dict(saved)
+
+
+@pytest.mark.parametrize("pac", [1, 3])
+def test_fixed_packs_are_made_once_and_a_batch_takes_whole_packs(pac):
+    """real_packs="fixed" (the PacGAN authors' data set): N packs of m points made once from the seed, each slot's
+    point drawn from the N with replacement; every real input D sees is one of those packs, whole."""
+    G, D = mlp_generator(3, (8,), 2, backend="numpy"), mlp_discriminator(2 * pac, (8,), backend="numpy")
+    data = np.random.default_rng(0).uniform(-1, 1, (50, 2)).astype(np.float32)
+    trainer = Trainer(G, D, data, batch_size=40, pac=pac, seed=7, real_packs="fixed")
+    packs = trainer.data.reshape(50, pac * 2)  # (N, m F): the N packs, made once
+    points = {tuple(p) for p in data}
+    assert all(tuple(p) in points for p in trainer.data)  # made of the data's points
+    assert len({tuple(p) for p in trainer.data}) < 50  # drawn with replacement: some points twice, some never
+    seen = []
+    d_forward = trainer.D.forward
+    trainer.D.forward = lambda x, train=True: (seen.append(np.array(x[:40])), d_forward(x, train))[1]
+    for _ in range(5):
+        trainer.d_step()
+    pack_set = {tuple(p) for p in packs}
+    assert all(tuple(row) in pack_set for batch in seen for row in batch)
+    again = Trainer(G, D, data, batch_size=40, pac=pac, seed=7, real_packs="fixed")  # resume: the same packs
+    assert np.array_equal(again.data, trainer.data)
+    assert not np.array_equal(Trainer(G, D, data, pac=pac, seed=8, real_packs="fixed").data, trainer.data)
+    with pytest.raises(GanEngineError, match="unknown real packs 'fresh'"):
+        Trainer(G, D, data, pac=pac, real_packs="fresh")

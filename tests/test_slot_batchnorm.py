@@ -142,10 +142,11 @@ def test_the_pacgan_presets_normalise_as_the_authors_and_older_runs_as_before(tm
     trainer = build_trainer(config, load_dataset("ring8"))
     g_norms = [layer for layer in trainer.G.layers if isinstance(layer, BatchNorm)]
     assert [(b.eps, b.running, b.slots) for b in g_norms] == [(1e-4, "stdev", 4)] * 2
+    assert trainer.real_packs == "fixed" and trainer.data.shape == (4 * 100_000, 2)
     plain = TrainConfig()
-    assert (plain.bn_eps, plain.bn_running, plain.pack_norm) == (1e-5, "var", "batch")
+    assert (plain.bn_eps, plain.bn_running, plain.pack_norm, plain.real_packs) == (1e-5, "var", "batch", "drawn")
     saved = plain.to_dict()
-    for key in ("bn_eps", "bn_running", "pack_norm"):  # a run saved before these options normalised as today
+    for key in ("bn_eps", "bn_running", "pack_norm", "real_packs"):  # a run saved before these options: as then
         del saved[key]
     assert TrainConfig.from_dict(saved) == plain
     out = tmp_path / "run"
