@@ -385,7 +385,7 @@ class BatchNorm(Layer):
         y = self._buffer("y", tuple(xs.shape))
         self._mean, self._invstd = self._buffer("mean", (c,)), self._buffer("invstd", (c,))
         self._x, self._train = xs, train
-        gamma, beta = self._per_slot("gamma", m), self._per_slot("beta", m)
+        self._gamma, beta = self._per_slot("gamma", m), self._per_slot("beta", m)  # (m C,): kept for backward
         running_mean, running_var, momentum = self.stats["running_mean"], self.stats["running_var"], self.momentum
         own_update = train and (m > 1 or self.running != "var")  # the running statistics moved here, not by the op
         if train and self.comm is not None:  # normalise by the ranks' statistics, as eval mode does by given ones
@@ -394,8 +394,9 @@ class BatchNorm(Layer):
             train = own_update = False
         elif own_update:  # the op's running statistics are scratch, left as they are (momentum 0)
             running_mean, running_var, momentum = self._buffer("slots' mean", (c,)), self._buffer("slots' var", (c,)), 0
-        self._y = self.backend.batchnorm_forward(xs, gamma, beta, running_mean, running_var, self._mean, self._invstd,
-                                                 train, momentum, self.eps, self.activation, self.alpha, out=y)
+        self._y = self.backend.batchnorm_forward(xs, self._gamma, beta, running_mean, running_var, self._mean,
+                                                 self._invstd, train, momentum, self.eps, self.activation, self.alpha,
+                                                 out=y)
         if own_update:  # the batch's biased variance from invstd = 1 / sqrt(var + eps)
             var = self._buffer("slots' var", (c,))
             var[...] = self._invstd
@@ -420,11 +421,12 @@ class BatchNorm(Layer):
         captured, on every backend.)"""
         keep, eps = 1 - self.momentum, self.eps
         running_mean, running_var = self.stats["running_mean"], self.stats["running_var"]
+        m = mean.shape[0] // self.num_features
         running_mean *= keep
-        running_mean += self._mean_over_slots(mean, self.momentum)
+        running_mean += self._sum_over_slots(mean, self.momentum / m)
         if self.running == "var":
             running_var *= keep
-            running_var += self._mean_over_slots(var, self.momentum * count / (count - 1))
+            running_var += self._sum_over_slots(var, self.momentum * count / (count - 1) / m)
             return
         stdev = self._buffer("slots' stdev", tuple(var.shape))
         stdev[...] = var
@@ -433,19 +435,19 @@ class BatchNorm(Layer):
         running_var += eps
         running_var **= 0.5
         running_var *= keep
-        running_var += self._mean_over_slots(stdev, self.momentum)
+        running_var += self._sum_over_slots(stdev, self.momentum / m)
         running_var **= 2
         running_var -= eps
 
-    def _mean_over_slots(self, v, scale):
-        """scale times the mean over the slots of v (m C,): a (C,) buffer."""
+    def _sum_over_slots(self, v, scale=1.0):
+        """scale times the sum over the slots of v (m C,): a (C,) buffer, reused by the next call."""
         c = self.num_features
-        m = v.shape[0] // c
-        out = self._buffer("mean over slots", (c,))
+        out = self._buffer("sum over slots", (c,))
         out[...] = v[:c]
-        for j in range(1, m):
+        for j in range(1, v.shape[0] // c):
             out += v[j * c:(j + 1) * c]
-        out *= scale / m
+        if scale != 1.0:
+            out *= scale
         return out
 
     def backward(self, dy, need_dx=True, param_grads=True, rows=None):
@@ -456,16 +458,13 @@ class BatchNorm(Layer):
         dx = self._buffer("dx", tuple(x.shape)) if need_dx else None
         dgamma, dbeta = (self._grads_per_slot(m) if param_grads else (None, None))
         if self._train and self.comm is not None:
-            dx = self._backward_over_ranks(dy, dx, dgamma, dbeta, m)
+            dx = self._backward_over_ranks(dy, dx, dgamma, dbeta)
         else:
-            dx = self.backend.batchnorm_backward(x, self._per_slot("gamma", m), self._y, dy, self._mean, self._invstd,
-                                                 self._train, self.activation, self.alpha, dgamma=dgamma,
-                                                 dbeta=dbeta, dx=dx)
+            dx = self.backend.batchnorm_backward(x, self._gamma, self._y, dy, self._mean, self._invstd, self._train,
+                                                 self.activation, self.alpha, dgamma=dgamma, dbeta=dbeta, dx=dx)
         if param_grads and m > 1:  # the slots share gamma and beta: their gradients add up
-            c = self.num_features
-            for j in range(m):
-                self.grads["gamma"] += dgamma[j * c:(j + 1) * c]
-                self.grads["beta"] += dbeta[j * c:(j + 1) * c]
+            self.grads["gamma"] += self._sum_over_slots(dgamma)
+            self.grads["beta"] += self._sum_over_slots(dbeta)
         return None if dx is None else dx.reshape(-1, self.num_features, *x.shape[2:])  # (N, C[, H, W])
 
     def _grads_per_slot(self, m):
@@ -501,12 +500,12 @@ class BatchNorm(Layer):
         out[0][...], out[1][...] = mean, var
         return *out, count
 
-    def _backward_over_ranks(self, dy, dx, dgamma, dbeta, m):
+    def _backward_over_ranks(self, dy, dx, dgamma, dbeta):
         """The eval-mode backward gives dx = gamma invstd g and this rank's sums of g and g x_hat; dgamma and dbeta
         take those (the trainer averages parameter gradients over the ranks), and dx the batch terms over every
         rank's rows: dx -= gamma invstd (S1 + x_hat S2) / M, S1 and S2 the ranks' sums, M their values a channel.
         With m slots the channels are the slots' (m C)."""
-        x, gamma = self._x, self._per_slot("gamma", m)
+        x, gamma = self._x, self._gamma
         c = x.shape[1]
         sum_g, sum_g_xhat = self._buffer("sum g", (c,)), self._buffer("sum g x_hat", (c,))
         sum_g.fill(0)

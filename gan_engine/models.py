@@ -168,7 +168,6 @@ def hidden_sizes(config, info):
 def norm_options(config, generator):
     """The BatchNorm options of a TrainConfig: eps and running statistic, and for G with pack_norm "slot" the pac
     slots whose statistics it takes apart."""
-    check_choice("pack norm", config.pack_norm, PACK_NORMS)
     slots = config.pac if generator and config.pack_norm == "slot" else 1
     return {"eps": config.bn_eps, "running": config.bn_running, "slots": slots}
 

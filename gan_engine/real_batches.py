@@ -36,14 +36,14 @@ class FixedPacks:
         self.backend, self.pac, self.packs = backend, pac, n
         self.data = backend.asarray(np.asarray(data)[points.reshape(-1)], dtype)  # (N m, F)
         self._offsets = backend.asarray(np.arange(pac, dtype=np.int64))  # (m,): a pack's rows after its first
-        self._drawn = {}  # idx's size -> (P B,) int64 buffer of the packs drawn
+        self._drawn = None  # (P B,) int64: the packs a step drew, allocated at the first draw
 
     def draw(self, rng, idx):
         """Fill idx (P B m,) int64 with the rows of P B packs drawn from the stream rng: m consecutive rows a pack,
         as Trainer.pack lays them side by side."""
-        drawn = self._drawn.get(idx.size)
-        if drawn is None:
-            drawn = self._drawn[idx.size] = self.backend.xp.empty(idx.size // self.pac, dtype=np.int64)
+        if self._drawn is None:
+            self._drawn = self.backend.xp.empty(idx.size // self.pac, dtype=np.int64)
+        drawn = self._drawn
         self.backend.batch_indices(rng, self.packs, drawn)
         drawn *= self.pac
         rows = idx.reshape(-1, self.pac)  # (P B, m)
