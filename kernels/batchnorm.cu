@@ -30,14 +30,16 @@ batchnorm_stats_kernel(const float* __restrict__ x, float* __restrict__ running_
     __shared__ float s[REDUCE_THREADS];
     const int c = blockIdx.x, chunks = gridDim.y, m = n * pixels;
     const Chunk chunk = chunk_of(m);
+    const Divisor image_pixels(pixels);
     float sum = 0.f;
-    for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) sum += x[channel_value(i, c, channels, pixels)];
+    for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS)
+        sum += x[channel_value(i, c, channels, image_pixels)];
     block_sum(s, sum);
     const float mu = s[0] / (float)max(chunk.end - chunk.begin, 1);
     __syncthreads();  // everyone has read s[0] before the next sum writes s
     float squares = 0.f;
     for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) {
-        const float d = x[channel_value(i, c, channels, pixels)] - mu;
+        const float d = x[channel_value(i, c, channels, image_pixels)] - mu;
         squares += d * d;
     }
     block_sum(s, squares);
@@ -84,8 +86,9 @@ batchnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ 
     }
     const float scale = gamma[c] * inv, shift = beta[c];
     const Chunk chunk = chunk_of(n * pixels);
+    const Divisor image_pixels(pixels);
     for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) {
-        const int at = channel_value(i, c, channels, pixels);
+        const int at = channel_value(i, c, channels, image_pixels);
         out[at] = act_forward((x[at] - mu) * scale + shift, act, alpha);
     }
 }
@@ -100,9 +103,10 @@ batchnorm_grad_sums_kernel(const float* __restrict__ x, const float* __restrict_
     const int c = blockIdx.x, chunks = gridDim.y;
     const float mu = mean[c], inv = invstd[c];
     const Chunk chunk = chunk_of(n * pixels);
+    const Divisor image_pixels(pixels);
     float sum_g = 0.f, sum_g_xhat = 0.f;
     for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) {
-        const int at = channel_value(i, c, channels, pixels);
+        const int at = channel_value(i, c, channels, image_pixels);
         const float g = act_backward(y[at], dy[at], act, alpha);
         sum_g += g;
         sum_g_xhat += g * (x[at] - mu) * inv;
@@ -133,8 +137,9 @@ batchnorm_backward_kernel(const float* __restrict__ x, const float* __restrict__
     const float mu = mean[c], inv = invstd[c], scale = gamma[c] * inv;
     const float mean_g = train ? sums[2 * c] / m : 0.f, mean_g_xhat = train ? sums[2 * c + 1] / m : 0.f;
     const Chunk chunk = chunk_of(m);
+    const Divisor image_pixels(pixels);
     for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) {
-        const int at = channel_value(i, c, channels, pixels);
+        const int at = channel_value(i, c, channels, image_pixels);
         const float g = act_backward(y[at], dy[at], act, alpha);
         dx[at] = scale * (g - mean_g - (x[at] - mu) * inv * mean_g_xhat);
     }

@@ -17,9 +17,10 @@ channel_grad_sum_kernel(const float* __restrict__ y, const float* __restrict__ d
     __shared__ float s[REDUCE_THREADS];
     const int c = blockIdx.x, chunks = gridDim.y;
     const Chunk chunk = chunk_of(n * pixels);
+    const Divisor image_pixels(pixels);
     float sum = 0.f;
     for (int i = chunk.begin + threadIdx.x; i < chunk.end; i += REDUCE_THREADS) {
-        const int at = channel_value(i, c, channels, pixels);
+        const int at = channel_value(i, c, channels, image_pixels);
         sum += act_backward(y[at], dy[at], act, alpha);
     }
     block_sum(s, sum);

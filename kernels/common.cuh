@@ -8,10 +8,31 @@
 #define ACT_TANH 3
 #define ACT_SIGMOID 4
 
+// Division by a divisor d fixed for a launch (1 <= d < 2^31), for any x < 2^31, as a multiply-high, an add and a
+// shift in place of the some 20 instructions of a division by a run-time value (Granlund and Montgomery, "Division
+// by invariant integers using multiplication", 1994): x / d = (umulhi(x, m) + x) >> s, with s = ceil(log2 d) and
+// m = floor(2^32 (2^s - d) / d) + 1 (the add cannot overflow below 2^31). Made once a thread (one 64-bit division),
+// before the loop that divides. Divisor(0) is made for an empty extent and never divides.
+struct Divisor {
+    unsigned d, m, s;
+    __device__ explicit Divisor(int divisor)
+        : d((unsigned)divisor), m(0), s(divisor > 0 ? 32 - __clz(divisor - 1) : 0) {
+        if (divisor > 0) m = (unsigned)((((1ull << s) - d) << 32) / d + 1);
+    }
+    __device__ __forceinline__ unsigned div(unsigned x) const { return (__umulhi(x, m) + x) >> s; }
+    // x / d, and x % d in rem.
+    __device__ __forceinline__ unsigned divmod(unsigned x, unsigned& rem) const {
+        const unsigned q = div(x);
+        rem = x - q * d;
+        return q;
+    }
+};
+
 // Index of value i (0 <= i < N P: image i / P, pixel i % P) of channel c in an image batch (N, C, P), N C P < 2^31.
-__device__ __forceinline__ int channel_value(int i, int c, int channels, int pixels) {
-    const unsigned n = (unsigned)i / (unsigned)pixels, p = (unsigned)i - n * (unsigned)pixels;
-    return (int)((n * channels + c) * pixels + p);
+__device__ __forceinline__ int channel_value(int i, int c, int channels, const Divisor& pixels) {
+    unsigned p;
+    const unsigned n = pixels.divmod((unsigned)i, p);
+    return (int)((n * channels + c) * pixels.d + p);
 }
 
 // The activation of a pre-activation z.

@@ -20,6 +20,9 @@
 //   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
 //                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
 //
+// The readers split a row or column number into its (channel, tap) or (image, pixel) parts with common.cuh's
+// Divisor (a multiply-high and a shift a division), made once a thread from the geometry: no division by a
+// run-time size in the main loop (there were 60 to 84 a K-slice at 128 x 128 before).
 // The bias gradient is bias.cu's channel_grad_sum_kernel.
 // Grids (tiles, 1, splits) for C (M, Nc) above, block (16, 16) (gemm.cuh); the phases kernel: (the largest phase's
 // tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest
@@ -46,12 +49,14 @@ struct Image {
 
 // Element (r, c) = ((channel, i, j), (n, sy, sx)) of the patch matrix of a big image (im2col, read in place).
 struct Patches : Image {
+    Divisor taps, kw, pixels, ws;  // kh kw, kw, hs ws, ws
     static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ explicit Patches(const Image& image)
+        : Image(image), taps(w.kh * w.kw), kw(w.kw), pixels(w.hs * w.ws), ws(w.ws) {}
     __device__ float operator()(int r, int c) const {
-        const unsigned taps = w.kh * w.kw, channel = (unsigned)r / taps, tap = (unsigned)r - channel * taps;
-        const unsigned i = tap / w.kw, j = tap - i * w.kw;
-        const unsigned pixels = w.hs * w.ws, n = (unsigned)c / pixels, p = (unsigned)c - n * pixels;
-        const unsigned sy = p / w.ws, sx = p - sy * w.ws;
+        unsigned tap, j, p, sx;
+        const unsigned channel = taps.divmod(r, tap), i = kw.divmod(tap, j);
+        const unsigned n = pixels.divmod(c, p), sy = ws.divmod(p, sx);
         const int by = sy * w.sh - w.ph + i, bx = sx * w.sw - w.pw + j;
         if (by < 0 || by >= w.hb || bx < 0 || bx >= w.wb) return 0.f;
         return read(v, y, ((n * w.cb + channel) * w.hb + by) * w.wb + bx, act, alpha);
@@ -83,15 +88,30 @@ __device__ Phase phase_of(const Window& w, int z) {
     return f;
 }
 
+// A phase's taps (ti, tj) of every small channel, numbered (channel, ti, tj): the Divisors of ti_count tj_count and
+// tj_count.
+struct PhaseTaps {
+    Divisor taps, tj_count;
+    __device__ explicit PhaseTaps(const Phase& f) : taps(f.ti_count * f.tj_count), tj_count(f.tj_count) {}
+    // channel, and (ti, tj) of tap number t.
+    __device__ unsigned split(unsigned t, unsigned& ti, unsigned& tj) const {
+        unsigned tap;
+        const unsigned channel = taps.divmod(t, tap);
+        ti = tj_count.divmod(tap, tj);
+        return channel;
+    }
+};
+
 // Element (r, c) = (big channel, (small channel, ti, tj)) of the phase's weights: W[s, r, ry + sh ti, rx + sw tj].
 struct PhaseWeights {
     const float* W;
     Window w;
     Phase f;
+    PhaseTaps t;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        const unsigned taps = f.ti_count * f.tj_count, channel = (unsigned)c / taps, tap = (unsigned)c - channel * taps;
-        const unsigned ti = tap / f.tj_count, tj = tap - ti * f.tj_count;
+        unsigned ti, tj;
+        const unsigned channel = t.split(c, ti, tj);
         return W[((channel * w.cb + r) * w.kh + f.ry + w.sh * ti) * w.kw + f.rx + w.sw * tj];
     }
 };
@@ -100,12 +120,14 @@ struct PhaseWeights {
 // qx + ox - tj], or 0 outside the small image.
 struct PhaseScattered : Image {
     Phase f;
+    PhaseTaps t;
+    Divisor pixels, wq;  // hq wq, wq
     static constexpr bool ROW_CONTIGUOUS = true;
+    __device__ PhaseScattered(const Image& image, const Phase& phase, const PhaseTaps& taps)
+        : Image(image), f(phase), t(taps), pixels(f.hq * f.wq), wq(f.wq) {}
     __device__ float operator()(int r, int c) const {
-        const unsigned taps = f.ti_count * f.tj_count, channel = (unsigned)r / taps, tap = (unsigned)r - channel * taps;
-        const unsigned ti = tap / f.tj_count, tj = tap - ti * f.tj_count;
-        const unsigned pixels = f.hq * f.wq, n = (unsigned)c / pixels, p = (unsigned)c - n * pixels;
-        const unsigned qy = p / f.wq, qx = p - qy * f.wq;
+        unsigned ti, tj, p, qx;
+        const unsigned channel = t.split(r, ti, tj), n = pixels.divmod(c, p), qy = wq.divmod(p, qx);
         const int sy = (int)qy + f.oy - (int)ti, sx = (int)qx + f.ox - (int)tj;
         if (sy < 0 || sy >= w.hs || sx < 0 || sx >= w.ws) return 0.f;
         return read(v, y, ((n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
@@ -116,7 +138,9 @@ struct PhaseScattered : Image {
 struct Channels {
     const float* v;
     const float* y;
-    int channels, pixels, act;
+    int channels;
+    Divisor pixels;
+    int act;
     float alpha;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
@@ -128,7 +152,9 @@ struct Channels {
 struct ImageStore {
     float* out;
     const float* b;
-    int channels, pixels, has_bias, act;
+    int channels;
+    Divisor pixels;
+    int has_bias, act;
     float alpha;
     __device__ void operator()(int r, int c, float v) const {
         out[channel_value(c, r, channels, pixels)] = act_forward(has_bias ? v + b[r] : v, act, alpha);
@@ -145,8 +171,9 @@ window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big,
                      int gradient, int has_bias, SPLIT_PARAMS) {
     const Window w = WINDOW;
     const int K = cb * kh * kw;
-    gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches{{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}}, cs,
-         n * hs * ws, K, SPLIT, ImageStore{small, b, cs, hs * ws, has_bias, gradient ? ACT_IDENTITY : act, alpha});
+    gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches(Image{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}), cs,
+         n * hs * ws, K, SPLIT,
+         ImageStore{small, b, cs, Divisor(hs * ws), has_bias, gradient ? ACT_IDENTITY : act, alpha});
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -161,12 +188,14 @@ window_scatter_phases_kernel(const float* __restrict__ W, const float* __restric
     const int tiles = (M + TILE_M - 1) / TILE_M * ((largest + TILE_N - 1) / TILE_N);
     const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits, (int)blockIdx.z % splits};
     const int out_act = gradient ? ACT_IDENTITY : act;
-    gemm(PhaseWeights{W, w, f}, PhaseScattered{{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f}, M, Nc,
-         K, split, [&](int r, int c, float v) {
-             const int pixels = f.hq * f.wq, image = c / pixels, q = c - image * pixels, qy = q / f.wq;
-             const int by = f.py + sh * qy, bx = f.px + sw * (q - qy * f.wq);
-             big[((image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
-         });
+    const PhaseTaps taps(f);
+    const PhaseScattered scattered(Image{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f, taps);
+    gemm(PhaseWeights{W, w, f, taps}, scattered, M, Nc, K, split, [&](int r, int c, float v) {
+        unsigned q, qx;
+        const unsigned image = scattered.pixels.divmod(c, q), qy = scattered.wq.divmod(q, qx);
+        const int by = f.py + sh * qy, bx = f.px + sw * qx;
+        big[((image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -175,6 +204,7 @@ window_weight_grad_kernel(const float* __restrict__ small, const float* __restri
                           WINDOW_PARAMS, int small_act, int big_act, float alpha, SPLIT_PARAMS) {
     const Window w = WINDOW;
     const int M = cs, Nc = cb * kh * kw, K = n * hs * ws;
-    gemm(Channels{small, small_y, cs, hs * ws, small_act, alpha}, Transposed<Patches>{{{big, big_y, w, big_act, alpha}}},
-         M, Nc, K, SPLIT, [&](int r, int c, float v) { dW[r * Nc + c] += v; });
+    gemm(Channels{small, small_y, cs, Divisor(hs * ws), small_act, alpha},
+         Transposed<Patches>{Patches(Image{big, big_y, w, big_act, alpha})}, M, Nc, K, SPLIT,
+         [&](int r, int c, float v) { dW[r * Nc + c] += v; });
 }

@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from gan_engine import kernels
@@ -94,13 +95,55 @@ int main() {
 """
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler (g++) to build philox.cuh with")
-def test_philox_matches_the_known_answers(tmp_path):
-    (tmp_path / "kat.cpp").write_text(KAT_MAIN)
+DIVISOR_MAIN = """
+#include <cstdio>
+#include "common.cuh"
+int main() {
+    int d;
+    unsigned x, r;
+    while (scanf("%d %u", &d, &x) == 2) {
+        const unsigned q = Divisor(d).divmod(x, r);
+        printf("%u %u\\n", q, r);
+    }
+}
+"""
+
+
+def run_on_host(tmp_path, main, lines):
+    """The output lines of the C++ program `main`, built with g++ against the kernels' headers (and the emulator's
+    stand-ins for CUDA's built-ins), given `lines` on its standard input."""
+    (tmp_path / "main.cpp").write_text(main)
     subprocess.run(["g++", "-std=c++17", "-O1", "-include", str(cuda_emulator.HEADER), f"-I{kernels.DIRECTORY}",
-                    "-o", str(tmp_path / "kat"), str(tmp_path / "kat.cpp")], check=True, capture_output=True,
+                    "-o", str(tmp_path / "main"), str(tmp_path / "main.cpp")], check=True, capture_output=True,
                    text=True)
-    lines = "\n".join(" ".join(f"{v:x}" for v in ctr + key) for ctr, key, _ in PHILOX_KAT)
-    done = subprocess.run([str(tmp_path / "kat")], input=lines, capture_output=True, text=True, check=True)
-    got = [tuple(int(v, 16) for v in line.split()) for line in done.stdout.splitlines()]
+    done = subprocess.run([str(tmp_path / "main")], input="\n".join(lines), capture_output=True, text=True,
+                          check=True)
+    return done.stdout.splitlines()
+
+
+HOST_COMPILER = pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler (g++) to build with")
+
+
+@HOST_COMPILER
+def test_philox_matches_the_known_answers(tmp_path):
+    lines = [" ".join(f"{v:x}" for v in ctr + key) for ctr, key, _ in PHILOX_KAT]
+    got = [tuple(int(v, 16) for v in line.split()) for line in run_on_host(tmp_path, KAT_MAIN, lines)]
     assert got == [want for _, _, want in PHILOX_KAT]
+
+
+@HOST_COMPILER
+def test_divisor_divides_as_integer_division(tmp_path):
+    """common.cuh's Divisor (multiply-high, add, shift) gives x / d and x % d for every d and x below 2^31: small
+    divisors, powers of two and their neighbours, the largest, random ones; numerators at and around multiples of
+    d, the largest, random ones."""
+    rng = np.random.default_rng(0)
+    top = 2**31 - 1
+    divisors = {*range(1, 301), top, *rng.integers(1, top, 200).tolist()}
+    divisors |= {v for k in range(1, 31) for v in (2**k - 1, 2**k, 2**k + 1)}
+    pairs = []
+    for d in sorted(divisors):
+        multiple = top // d * d
+        numerators = {0, 1, d - 1, d, d + 1, 2 * d - 1, multiple - 1, multiple, top, *rng.integers(0, 2**31, 8).tolist()}
+        pairs += [(d, x) for x in sorted(numerators) if 0 <= x <= top]
+    got = run_on_host(tmp_path, DIVISOR_MAIN, [f"{d} {x}" for d, x in pairs])
+    assert got == [f"{x // d} {x % d}" for d, x in pairs]

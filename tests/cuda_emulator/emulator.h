@@ -54,6 +54,7 @@ inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((unsigned long long)a * b) >> 32);
 }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned int)x); }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
