@@ -53,7 +53,8 @@ batchnorm_stats_kernel(const float* __restrict__ x, float* __restrict__ running_
     for (int k = 0; k < chunks; ++k) {
         const double size = min(per, m - k * per);
         if (size <= 0.0) continue;
-        const double mu_k = __ldcg(&partial[2 * (c * chunks + k)]), squares_k = __ldcg(&partial[2 * (c * chunks + k) + 1]);
+        const double mu_k = __ldcg(&partial[2 * (c * chunks + k)]);
+        const double squares_k = __ldcg(&partial[2 * (c * chunks + k) + 1]);
         const double total = count + size, delta = mu_k - mu_all;
         mu_all += delta * size / total;
         squares_all += squares_k + delta * delta * count * size / total;

@@ -186,7 +186,8 @@ window_scatter_phases_kernel(const float* __restrict__ W, const float* __restric
     const int M = cb, Nc = n * f.hq * f.wq, K = cs * f.ti_count * f.tj_count;
     const int largest = n * ((hb + sh - 1) / sh) * ((wb + sw - 1) / sw);  // the largest phase's Nc
     const int tiles = (M + TILE_M - 1) / TILE_M * ((largest + TILE_N - 1) / TILE_N);
-    const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits, (int)blockIdx.z % splits};
+    const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits,
+                      (int)blockIdx.z % splits};
     const int out_act = gradient ? ACT_IDENTITY : act;
     const PhaseTaps taps(f);
     const PhaseScattered scattered(Image{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f, taps);

@@ -56,11 +56,12 @@ struct MaxoutGrad {
     const float* dy;
     const int* argmax;
     int units;
-    int pieces;
+    Divisor pieces;
     static constexpr bool ROW_CONTIGUOUS = true;
     __device__ float operator()(int r, int c) const {
-        const int u = c / pieces, at = r * units + u;
-        return argmax[at] == c - u * pieces ? dy[at] : 0.f;
+        unsigned p;
+        const int u = pieces.divmod(c, p), at = r * units + u;
+        return argmax[at] == (int)p ? dy[at] : 0.f;
     }
 };
 
@@ -91,8 +92,8 @@ maxout_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__
                           float* __restrict__ dW, int N, int I, int units, int pieces, SPLIT_PARAMS) {
     // C = dW (I, U pieces), A = x^T (I, N) read from x (N, I), B = g (N, U pieces), K = N.
     const int width = units * pieces;
-    gemm(Transposed<Rows>{{x, x, I, ACT_IDENTITY, 0.f}}, MaxoutGrad{dy, argmax, units, pieces}, I, width, N, SPLIT,
-         [&](int r, int c, float v) { dW[r * width + c] += v; });
+    gemm(Transposed<Rows>{{x, x, I, ACT_IDENTITY, 0.f}}, MaxoutGrad{dy, argmax, units, Divisor(pieces)}, I, width, N,
+         SPLIT, [&](int r, int c, float v) { dW[r * width + c] += v; });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -100,8 +101,8 @@ maxout_backward_dx_kernel(const float* __restrict__ dy, const int* __restrict__ 
                           float* __restrict__ dx, int N, int I, int units, int pieces, SPLIT_PARAMS) {
     // C = dx (N, I), A = g (N, U pieces), B = W^T (U pieces, I) read from W (I, U pieces), K = U pieces.
     const int width = units * pieces;
-    gemm(MaxoutGrad{dy, argmax, units, pieces}, Transposed<Rows>{{W, W, width, ACT_IDENTITY, 0.f}}, N, I, width,
-         SPLIT, [&](int r, int c, float v) { dx[r * I + c] = v; });
+    gemm(MaxoutGrad{dy, argmax, units, Divisor(pieces)}, Transposed<Rows>{{W, W, width, ACT_IDENTITY, 0.f}}, N, I,
+         width, SPLIT, [&](int r, int c, float v) { dx[r * I + c] = v; });
 }
 
 extern "C" __global__ void maxout_bias_grad_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,

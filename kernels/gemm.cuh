@@ -212,7 +212,8 @@ __device__ void stage_chunk(const float acc[THREAD_M][THREAD_N], int chunk, floa
         const int row = tile_index<TILE_M, THREAD_M>(threadIdx.y, i) - chunk * CHUNK_ROWS;  // is local memory)
         if (row < 0 || row >= CHUNK_ROWS) continue;
         #pragma unroll
-        for (int j = 0; j < THREAD_N; ++j) shared[row * TILE_N + tile_index<TILE_N, THREAD_N>(threadIdx.x, j)] = acc[i][j];
+        for (int j = 0; j < THREAD_N; ++j)
+            shared[row * TILE_N + tile_index<TILE_N, THREAD_N>(threadIdx.x, j)] = acc[i][j];
     }
     __syncthreads();
 }

@@ -1,0 +1,101 @@
+"""What one 16-deep K slice of each GEMM kernel costs in instructions, read from the machine code, without a GPU.
+
+    python -m benchmarks.kernel_loops [--arch sm_90] [--tiles 128x128,64x64] [--all-paths] [FILE.cu ...]
+
+Compiles kernels/*.cu (dense.cu and conv.cu by default) for each tile shape with nvcc -cubin, disassembles them
+(cuobjdump and nvdisasm: the pip wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm put them in
+site-packages/nvidia/cu13/bin, which is searched too), and prints, for each kernel, its main loop: the backward
+branch whose body holds the most FFMAs (gemm.cuh's multiply, one K slice an iteration). Per slice: instructions,
+FFMAs, shared-memory reads, global reads, and integer divisions by a run-time value (each a MUFU.RCP and some 15
+more instructions). A slice of a TILE_M x TILE_N tile is TILE_M TILE_N 16 / 256 FFMAs a thread; what the loop
+holds beyond them is index math and loads.
+
+By default gemm.cuh's `read` is compiled as a plain load (a forward's operands), so the loop has one path:
+a kernel takes its activation as an argument, and the compiler makes a copy of the loop for each activation a
+gradient operand may apply; --all-paths keeps them all (static counts then add the copies together). These are
+static counts of machine code, not timings: a GPU run (benchmarks/test_bench_cuda.py) says what they cost.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+PLAIN_READ = ("return act == ACT_IDENTITY ? v[at] : act_backward(y[at], v[at], act, alpha);", "return v[at];")
+INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);")
+BACKWARD_BRANCH = re.compile(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)")
+
+
+def tools():
+    """Directories to search for cuobjdump and nvdisasm: PATH, then the pip wheels' bin folders."""
+    import site
+
+    wheels = [Path(p) / "nvidia" / sub / "bin" for p in site.getsitepackages() for sub in ("cu13", "cu12")]
+    return os.pathsep.join([os.environ.get("PATH", ""), *map(str, wheels)])
+
+
+def main_loops(sass):
+    """{kernel: (instructions, FFMA, LDS, LDG, divisions)} of each function's loop with the most FFMAs."""
+    loops = {}
+    for function in sass.split("Function : ")[1:]:
+        name = function.split("\n", 1)[0].strip()
+        code = [(int(a, 16), text.strip()) for a, text in INSTRUCTION.findall(function)]
+        best = None
+        for address, text in code:
+            branch = BACKWARD_BRANCH.search(text)
+            if branch and int(branch.group(1), 16) < address:
+                body = [t for a, t in code if int(branch.group(1), 16) <= a <= address]
+                counts = (len(body), *(sum(op in t for t in body) for op in ("FFMA", "LDS", "LDG", "MUFU.RCP")))
+                if best is None or counts[1] > best[1]:
+                    best = counts
+        if best:
+            loops[name] = best
+    return loops
+
+
+def compile_and_read(source, tile, arch, folder, env):
+    """main_loops of `source` (a kernels/ file name) built for `tile` (TILE_M, TILE_N) from `folder`."""
+    cubin = folder / f"{source}.{tile[0]}x{tile[1]}.cubin"
+    subprocess.run(["nvcc", f"-arch={arch}", "-cubin", f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}", f"-I{folder}",
+                    str(folder / source), "-o", str(cubin)], check=True, env=env)
+    sass = subprocess.run(["cuobjdump", "-sass", str(cubin)], check=True, capture_output=True, text=True, env=env)
+    return main_loops(sass.stdout)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="*", default=["dense.cu", "conv.cu"], help="kernels/ files")
+    parser.add_argument("--arch", default="sm_90")
+    parser.add_argument("--tiles", default="128x128,64x64,32x32,16x64,64x16")
+    parser.add_argument("--all-paths", action="store_true", help="keep every activation path of the loop")
+    args = parser.parse_args(argv)
+    env = dict(os.environ, PATH=tools())
+    missing = [t for t in ("nvcc", "cuobjdump", "nvdisasm") if shutil.which(t, path=env["PATH"]) is None]
+    if missing:
+        sys.exit(f"kernel_loops needs {', '.join(missing)}: the CUDA toolkit's nvcc, and pip install "
+                 "nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+    tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for path in KERNELS.glob("*.cu*"):
+            text = path.read_text()
+            if path.name == "gemm.cuh" and not args.all_paths:
+                assert PLAIN_READ[0] in text, "gemm.cuh's read() changed: update PLAIN_READ"
+                text = text.replace(*PLAIN_READ)
+            (folder / path.name).write_text(text)
+        print(f"{args.arch}, {'every activation path' if args.all_paths else 'one path (plain loads)'}; per K slice:")
+        print("| kernel | tile | instructions | FFMA | LDS | LDG | divisions |")
+        print("|---|---|---|---|---|---|---|")
+        for source in args.sources:
+            for tile in tiles:
+                for name, (n, ffma, lds, ldg, div) in sorted(compile_and_read(source, tile, args.arch, folder,
+                                                                              env).items()):
+                    print(f"| {name} | {tile[0]}x{tile[1]} | {n} | {ffma} | {lds} | {ldg} | {div} |")
+
+
+if __name__ == "__main__":
+    main()
