@@ -84,8 +84,8 @@ batch_indices_kernel(long long* __restrict__ out, int batch, long long rows, uns
 
 extern "C" __global__ void gather_rows_kernel(const float* __restrict__ data, const long long* __restrict__ idx,
                                               float* __restrict__ out, int batch, int dim) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)batch * dim) return;
-    long long row = i / dim, col = i % dim;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;  // B D < 2^31 (the launcher checks)
+    if (i >= (unsigned)batch * dim) return;
+    const unsigned row = i / dim, col = i - row * dim;  // a 32-bit division, once a thread
     out[i] = data[idx[row] * dim + col];
 }
