@@ -219,6 +219,15 @@ def test_draws_move_the_counter_on_in_the_same_launch(cuda_backend):
     assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)
 
 
+def test_gather_rows_copies_the_indexed_rows(cuda_backend):
+    """Every value of every gathered row, rows repeated and out of order, a row length not a multiple of a block."""
+    data = np.arange(50 * 300, dtype=np.float32).reshape(50, 300)
+    idx = np.array([49, 0, 7, 7, 23, 1, 49], dtype=np.int64)
+    out = cuda_backend.gather_rows(cuda_backend.asarray(data), cuda_backend.asarray(idx),
+                                   cuda_backend.xp.empty((idx.size, 300), np.float32))
+    assert np.array_equal(cuda_backend.to_numpy(out), data[idx])
+
+
 def test_adam_counts_its_steps_on_the_device(cuda_backend):
     """Updates 1, 2, 3 in a row (the count moved on by the kernel itself after the first) equal the reference's."""
     from gan_engine.backends import numpy_ref as R
