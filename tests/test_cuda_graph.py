@@ -109,6 +109,19 @@ def test_a_restored_state_resumes_the_graphed_run_exactly(cuda_backend):
     assert_same_state(state(resumed), state(run))
 
 
+def test_two_graphed_runs_stepped_in_turn_each_equal_eager_launches(cuda_backend):
+    """One run's capture leaves the other run's Adam counts alone: the second, warmed up before the first captured,
+    still counts every replay on the device (not a count written from the host into its graph)."""
+    first, second, eager = make(cuda_backend, "mlp"), make(cuda_backend, "mlp"), make(cuda_backend, "mlp", graph=False)
+    want = losses(eager, 6)
+    got = [[], []]
+    for _ in range(6):
+        for run, seen in zip((first, second), got):
+            seen += losses(run, 1)
+    assert got == [want, want]
+    assert_same_state(state(second), state(eager))
+
+
 def test_the_test_sees_a_step_count_kept_on_the_host(cuda_backend, monkeypatch):
     """Captured before any eager step, Adam's first count is written from the host into the graph, and every
     replay writes it again: the replays then differ from eager launches."""

@@ -570,6 +570,7 @@ def sgd_update(param, grad, velocity, lr, momentum=0.0):
 
 _steps = {}  # device pointer of a parameter buffer -> [its Adam step count on the device (1,) int32, the count the
 #              host last asked for]
+_captured_steps = None  # while capture() records: the _steps entries its graph counts up on the device
 
 
 def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -588,6 +589,8 @@ def adam_update(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     if not count_up:
         counter[0].fill(int(step))
     counter[1] = step
+    if _captured_steps is not None:
+        _captured_steps.append(counter)
     _function("optim", "adam_update_kernel")(elementwise_grid(n), (THREADS,), (
         param, grad, m, v, np.int64(n), counter[0], np.int32(count_up), np.float32(lr), np.float64(beta1),
         np.float64(beta2), np.float32(eps), _arrivals(1)))
@@ -645,21 +648,26 @@ def capture(body):
     replay, and no one else is handed their memory. Kernels must be compiled and buffers allocated before (run
     body eagerly first). An error inside body ends the capture and propagates; nothing has run on the device.
     """
+    global _captured_steps
     cp.cuda.Device().synchronize()  # eager work before the capture is done before the first replay reads it
     pool, stream = cp.cuda.MemoryPool(), cp.cuda.Stream(non_blocking=True)
-    with stream, cp.cuda.using_allocator(pool.malloc):
-        stream.begin_capture()
-        try:
-            result = body()
-        except BaseException:
+    _captured_steps = []
+    try:
+        with stream, cp.cuda.using_allocator(pool.malloc):
+            stream.begin_capture()
             try:
-                stream.end_capture()
-            except Exception:  # an invalidated capture reports its own error; body's is the one to see
-                pass
-            raise
-        graph = stream.end_capture()
-    for counter in _steps.values():  # replays count Adam's steps on the device, unseen here: the next eager
-        counter[1] = None            # update writes its count from the host
+                result = body()
+            except BaseException:
+                try:
+                    stream.end_capture()
+                except Exception:  # an invalidated capture reports its own error; body's is the one to see
+                    pass
+                raise
+            graph = stream.end_capture()
+    finally:
+        captured, _captured_steps = _captured_steps, None
+    for counter in captured:  # the replays count these Adam steps on the device, unseen here: the next eager
+        counter[1] = None     # update of these buffers writes its count from the host (other buffers keep theirs)
 
     def replay():
         graph.launch()
