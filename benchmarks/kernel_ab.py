@@ -1,0 +1,101 @@
+"""Two versions of the CUDA kernels side by side in one process: each case's training step as one CUDA graph, built
+once from this checkout's kernels/ and once from another folder of kernels (an older commit's), replayed in
+alternating rounds; per case, the median step time of each and the median of the rounds' ratios.
+
+    git archive REV kernels | tar -x -C OLD          # OLD/kernels: the kernels of commit REV
+    python -m benchmarks.kernel_ab OLD/kernels [CASE ...] [--rounds 15] [--steps 20] [--json FILE]
+
+The launchers are this checkout's, so the two versions must take the same kernel arguments (a kernel whose
+signature changed between them fails to launch). Each version compiles its own modules; the graph of each is
+captured once and replayed, so the rounds compare the kernels alone. Both trainers start from the same seed and
+take the same steps, so the parameters after the rounds say whether the two versions compute the same bits
+("same bits"). A GPU run; on the CPU emulator's stand-in for CuPy (tests) it checks the mechanics only.
+"""
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gan_engine import kernels
+from gan_engine.backends import cupy_cuda
+
+from .test_bench_step import make_trainer, parse_cases
+
+_module_caches = {}  # kernels folder -> the compiled modules of that version
+
+
+@contextlib.contextmanager
+def kernels_from(folder):
+    """Compile (and launch) the CUDA backend's kernels from `folder` instead of the package's kernels/."""
+    folder = Path(folder).resolve()
+    saved = kernels.DIRECTORY, kernels.OPTIONS, cupy_cuda._modules
+    kernels.DIRECTORY = folder
+    kernels.OPTIONS = tuple(f"--include-path={folder}" if o.startswith("--include-path=") else o
+                            for o in kernels.OPTIONS)
+    cupy_cuda._modules = _module_caches.setdefault(folder, {})
+    try:
+        yield
+    finally:
+        kernels.DIRECTORY, kernels.OPTIONS, cupy_cuda._modules = saved
+
+
+def seconds_per_step(trainer, steps):
+    """Wall time of `steps` graph replays, the device drained before and after, per step."""
+    device = cupy_cuda.cp.cuda.Device()
+    device.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    device.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def compare(case, old_folder, rounds, steps):
+    """{case, new_us, old_us (medians), ratio (median of old / new per round), ratio range, same_bits}."""
+    trainers = {}
+    for version, folder in (("new", kernels.DIRECTORY), ("old", old_folder)):
+        with kernels_from(folder):
+            trainers[version] = make_trainer("cuda", case, graph=True)
+            for _ in range(2):  # capture, then one replay
+                trainers[version].step()
+    times = {"new": [], "old": []}
+    ratios = []
+    for r in range(rounds):
+        for version in ("new", "old") if r % 2 == 0 else ("old", "new"):
+            times[version].append(seconds_per_step(trainers[version], steps))
+        ratios.append(times["old"][-1] / times["new"][-1])
+    params = {v: [cupy_cuda.to_numpy(m.flat_params) for m in (t.G, t.D)] for v, t in trainers.items()}
+    same = all(np.array_equal(a, b) for a, b in zip(params["new"], params["old"]))
+    return {"case": case, "new_us": statistics.median(times["new"]) * 1e6,
+            "old_us": statistics.median(times["old"]) * 1e6, "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios), "ratio_max": max(ratios), "rounds": rounds, "steps": steps,
+            "same_bits": same}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", help="a folder of kernels (.cu and .cuh files) to set against this checkout's")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20, help="graph replays a round and version")
+    parser.add_argument("--json", help="also write the rows to this file")
+    args = parse_cases(parser, argv)
+    if not sorted(Path(args.old).glob("*.cu")):
+        parser.error(f"{args.old}: no .cu files there; give a kernels folder, e.g. from `git archive REV kernels`")
+    rows = []
+    print("| case | this checkout | the other kernels | other / this (median of rounds, range) | same bits |")
+    print("|---|---|---|---|---|")
+    for case in args.cases:
+        row = compare(case, args.old, args.rounds, args.steps)
+        rows.append(row)
+        print(f"| {case} | {row['new_us']:.0f} us | {row['old_us']:.0f} us | {row['ratio']:.2f}x "
+              f"({row['ratio_min']:.2f}-{row['ratio_max']:.2f}) | {'yes' if row['same_bits'] else 'no'} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"old_kernels": str(args.old), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""benchmarks/kernel_ab.py sets two folders of kernels against each other in one process (mechanics on the CPU
+emulator; the timings mean something on a GPU only)."""
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks import kernel_ab
+from gan_engine import Adam, Trainer, kernels, mlp_discriminator, mlp_generator
+
+from . import cuda_emulator
+
+pytestmark = pytest.mark.skipif(cuda_emulator.available() is not None, reason=str(cuda_emulator.available()))
+
+ADAM_STEP = "param[i] -= lr * (mi * c1) / (sqrtf(vi * c2) + eps);"
+
+
+def tiny_trainer(backend, case, graph):
+    """A small MLP GAN in place of the benchmark case (the emulator runs every thread of every kernel)."""
+    G, D = mlp_generator(4, (16,), 6, backend=backend, seed=0), mlp_discriminator(6, (16,), backend=backend, seed=1)
+    data = np.random.default_rng(0).uniform(-1, 1, (1000, 6)).astype(np.float32)
+    return Trainer(G, D, data, batch_size=5, seed=0, graph=graph, opt_g=Adam(G, lr=1e-3), opt_d=Adam(D, lr=1e-3))
+
+
+def other_kernels(tmp_path, edit=None):
+    """A copy of the package's kernels, with `edit` (old, new) applied to optim.cu."""
+    folder = tmp_path / "kernels"
+    shutil.copytree(kernels.DIRECTORY, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    if edit:
+        text = (folder / "optim.cu").read_text()
+        assert edit[0] in text
+        (folder / "optim.cu").write_text(text.replace(*edit))
+    return folder
+
+
+@pytest.mark.parametrize("edit, same", [(None, True), ((ADAM_STEP, ADAM_STEP.replace("+ eps", "+ 2.f * eps")), False)])
+def test_the_two_versions_run_from_their_own_folders(tmp_path, monkeypatch, edit, same):
+    cuda_emulator.install(monkeypatch)
+    monkeypatch.setattr(kernel_ab, "_module_caches", {})
+    monkeypatch.setattr(kernel_ab, "make_trainer", tiny_trainer)
+    folder = other_kernels(tmp_path, edit)
+    row = kernel_ab.compare("seed-mlp-b64", folder, rounds=2, steps=2)
+    assert row["same_bits"] is same  # a changed Adam step in the other folder changes the parameters
+    assert row["new_us"] > 0 and row["old_us"] > 0 and row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+    assert kernels.DIRECTORY != folder.resolve()  # the package's folder again afterwards
+
+
+def test_a_folder_without_kernels_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        kernel_ab.main([str(tmp_path), "seed-mlp-b64"])
+    assert "no .cu files there" in capsys.readouterr().err
