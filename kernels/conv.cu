@@ -22,7 +22,7 @@
 //
 // The readers split a row or column number into its (channel, tap) or (image, pixel) parts with common.cuh's
 // Divisor (a multiply-high and a shift a division), made once a thread from the geometry: no division by a
-// run-time size in the main loop (there were 60 to 84 a K-slice at 128 x 128 before).
+// run-time size in the main loop (there were 32 to 48 a K slice at 128 x 128 before; benchmarks/kernel_loops.py).
 // The bias gradient is bias.cu's channel_grad_sum_kernel.
 // Grids (tiles, 1, splits) for C (M, Nc) above, block (16, 16) (gemm.cuh); the phases kernel: (the largest phase's
 // tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest

@@ -53,7 +53,7 @@ MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, 
 # and how many blocks of the tile an SM holds at once (65536 registers: ptxas gives the convolution kernels about
 # 210, 120, 60, 64 and 64 registers a thread). An H200 measured more (benchmarks/results/gpu-h200-2026-11-27-
 # 914ab89): 2.6 us a slice for a dense 128 x 128 tile, 7.3 for a convolution's, 2.8-4.5 for the smaller
-# convolution tiles, whose readers then divided by run-time sizes 60 to 84 times a slice; they now multiply
+# convolution tiles, whose readers then divided by run-time sizes 32 to 48 times a slice; they now multiply
 # (common.cuh's Divisor), not yet measured on a GPU, and the plans keep these numbers until a GPU run says.
 GEMM_TILES = {
     (128, 128): (1.5, 1.3, 1),
