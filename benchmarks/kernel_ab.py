@@ -22,6 +22,7 @@ import numpy as np
 
 from gan_engine import kernels
 from gan_engine.backends import cupy_cuda
+from gan_engine.trainer import GRAPH_WARMUP_STEPS
 
 from .test_bench_step import make_trainer, parse_cases
 
@@ -43,6 +44,18 @@ def kernels_from(folder):
         kernels.DIRECTORY, kernels.OPTIONS, cupy_cuda._modules = saved
 
 
+def graphed_trainer(case, folder):
+    """The case's trainer on the kernels of `folder`, warmed up and its step captured as a CUDA graph while those
+    kernels are the ones launched (the replays after need no module)."""
+    with kernels_from(folder):
+        trainer = make_trainer("cuda", case, graph=True)
+        for _ in range(GRAPH_WARMUP_STEPS + 1):  # eager warm-up steps, then the capture and its first replay
+            trainer.step()
+    if not trainer.use_graph:
+        raise RuntimeError(f"{case}: the step with the kernels of {folder} could not be captured as a CUDA graph")
+    return trainer
+
+
 def seconds_per_step(trainer, steps):
     """Wall time of `steps` graph replays, the device drained before and after, per step."""
     device = cupy_cuda.cp.cuda.Device()
@@ -56,12 +69,7 @@ def seconds_per_step(trainer, steps):
 
 def compare(case, old_folder, rounds, steps):
     """{case, new_us, old_us (medians), ratio (median of old / new per round), ratio range, same_bits}."""
-    trainers = {}
-    for version, folder in (("new", kernels.DIRECTORY), ("old", old_folder)):
-        with kernels_from(folder):
-            trainers[version] = make_trainer("cuda", case, graph=True)
-            for _ in range(2):  # capture, then one replay
-                trainers[version].step()
+    trainers = {"new": graphed_trainer(case, kernels.DIRECTORY), "old": graphed_trainer(case, old_folder)}
     times = {"new": [], "old": []}
     ratios = []
     for r in range(rounds):

@@ -45,6 +45,25 @@ def test_the_two_versions_run_from_their_own_folders(tmp_path, monkeypatch, edit
     assert kernels.DIRECTORY != folder.resolve()  # the package's folder again afterwards
 
 
+def test_the_replays_run_the_kernels_the_graph_was_captured_with(tmp_path, monkeypatch):
+    """A graph captured from the other folder, replayed after the switch back, computes what that folder's kernels
+    compute step by step (eager), not what this checkout's do."""
+    cuda_emulator.install(monkeypatch)
+    monkeypatch.setattr(kernel_ab, "_module_caches", {})
+    monkeypatch.setattr(kernel_ab, "make_trainer", tiny_trainer)
+    folder = other_kernels(tmp_path, (ADAM_STEP, ADAM_STEP.replace("+ eps", "+ 2.f * eps")))
+    graphed = kernel_ab.graphed_trainer("seed-mlp-b64", folder)
+    for _ in range(2):
+        graphed.step()  # replays, outside kernels_from
+    with kernel_ab.kernels_from(folder):
+        eager = tiny_trainer("cuda", "seed-mlp-b64", graph=False)
+        for _ in range(graphed.step_count):
+            eager.step()
+    for model in ("G", "D"):
+        a, b = (np.asarray(getattr(t, model).flat_params) for t in (graphed, eager))
+        assert np.array_equal(a, b), model
+
+
 def test_a_folder_without_kernels_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         kernel_ab.main([str(tmp_path), "seed-mlp-b64"])
