@@ -26,22 +26,15 @@ from gan_engine.trainer import GRAPH_WARMUP_STEPS
 
 from .test_bench_step import make_trainer, parse_cases
 
-_module_caches = {}  # kernels folder -> the compiled modules of that version
-
-
 @contextlib.contextmanager
 def kernels_from(folder):
-    """Compile (and launch) the CUDA backend's kernels from `folder` instead of the package's kernels/."""
-    folder = Path(folder).resolve()
-    saved = kernels.DIRECTORY, kernels.OPTIONS, cupy_cuda._modules
-    kernels.DIRECTORY = folder
-    kernels.OPTIONS = tuple(f"--include-path={folder}" if o.startswith("--include-path=") else o
-                            for o in kernels.OPTIONS)
-    cupy_cuda._modules = _module_caches.setdefault(folder, {})
+    """Compile (and launch) the CUDA backend's kernels from `folder` instead of the package's kernels/ (the
+    backend keeps the modules of each folder apart)."""
+    saved, kernels.DIRECTORY = kernels.DIRECTORY, Path(folder).resolve()
     try:
         yield
     finally:
-        kernels.DIRECTORY, kernels.OPTIONS, cupy_cuda._modules = saved
+        kernels.DIRECTORY = saved
 
 
 def graphed_trainer(case, folder):

@@ -24,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+from gan_engine import kernels
+
 PLAIN_READ = ("return act == ACT_IDENTITY ? v[at] : act_backward(y[at], v[at], act, alpha);", "return v[at];")
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);")
 BACKWARD_BRANCH = re.compile(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)")
@@ -81,7 +82,7 @@ def main(argv=None):
     tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for path in KERNELS.glob("*.cu*"):
+        for path in kernels.DIRECTORY.glob("*.cu*"):
             text = path.read_text()
             if path.name == "gemm.cuh" and not args.all_paths:
                 assert PLAIN_READ[0] in text, "gemm.cuh's read() changed: update PLAIN_READ"

@@ -7,12 +7,14 @@ import hashlib
 import re
 from pathlib import Path
 
-DIRECTORY = Path(__file__).resolve().parent
+DIRECTORY = Path(__file__).resolve().parent  # where the sources are read from (a benchmark may point it elsewhere)
 ARCHITECTURES = ("sm_80", "sm_90")  # A100, H100 / H200
-# NVRTC options of the CUDA backend's compilations (CuPy adds the device's architecture) ...
-OPTIONS = ("--std=c++17", f"--include-path={DIRECTORY}")
-# ... and of the tests' compile check, per architecture, where a warning is an error.
-CHECK_OPTIONS = OPTIONS + ("-Werror", "all-warnings")
+WARNINGS_AS_ERRORS = ("-Werror", "all-warnings")  # the tests' compile check, per architecture
+
+
+def options():
+    """NVRTC options of the CUDA backend's compilations (CuPy adds the device's architecture)."""
+    return ("--std=c++17", f"--include-path={DIRECTORY}")
 
 
 def sources():

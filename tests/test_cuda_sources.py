@@ -25,7 +25,7 @@ def compile_source(name, text, arch, extra=()):
     """(ok, log) of compiling `text` for `arch` with the kernels' options (and `extra` ones)."""
     err, program = nvrtc.nvrtcCreateProgram(text.encode(), f"{name}.cu".encode(), 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in (*kernels.CHECK_OPTIONS, *extra)]
+    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in (*kernels.options(), *kernels.WARNINGS_AS_ERRORS, *extra)]
     (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
     log = b" " * size

@@ -36,7 +36,6 @@ def other_kernels(tmp_path, edit=None):
 @pytest.mark.parametrize("edit, same", [(None, True), ((ADAM_STEP, ADAM_STEP.replace("+ eps", "+ 2.f * eps")), False)])
 def test_the_two_versions_run_from_their_own_folders(tmp_path, monkeypatch, edit, same):
     cuda_emulator.install(monkeypatch)
-    monkeypatch.setattr(kernel_ab, "_module_caches", {})
     monkeypatch.setattr(kernel_ab, "make_trainer", tiny_trainer)
     folder = other_kernels(tmp_path, edit)
     row = kernel_ab.compare("seed-mlp-b64", folder, rounds=2, steps=2)
@@ -49,7 +48,6 @@ def test_the_replays_run_the_kernels_the_graph_was_captured_with(tmp_path, monke
     """A graph captured from the other folder, replayed after the switch back, computes what that folder's kernels
     compute step by step (eager), not what this checkout's do."""
     cuda_emulator.install(monkeypatch)
-    monkeypatch.setattr(kernel_ab, "_module_caches", {})
     monkeypatch.setattr(kernel_ab, "make_trainer", tiny_trainer)
     folder = other_kernels(tmp_path, (ADAM_STEP, ADAM_STEP.replace("+ eps", "+ 2.f * eps")))
     graphed = kernel_ab.graphed_trainer("seed-mlp-b64", folder)

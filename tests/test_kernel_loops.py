@@ -35,7 +35,8 @@ TOOLS = ("nvcc", "cuobjdump", "nvdisasm")
 
 
 @pytest.mark.skipif(any(shutil.which(t, path=kernel_loops.tools()) is None for t in TOOLS),
-                    reason="needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+                    reason="needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump "
+                           "nvidia-cuda-nvdisasm)")
 def test_the_dense_kernels_loop_is_mostly_ffmas(capsys):
     kernel_loops.main(["dense.cu", "--tiles", "64x64"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if "dense_forward_kernel" in line]

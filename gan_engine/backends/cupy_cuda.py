@@ -196,11 +196,11 @@ def set_rng_state(rng, state):
 
 
 def _function(module, kernel, tile=None):
-    """The compiled kernel `kernel` of kernels/<module>.cu on the current device (compiled on first use), for
-    gemm.cuh's kernels with the tile shape `tile` (TILE_M, TILE_N)."""
-    key = (module, tile, cp.cuda.Device().id)
+    """The compiled kernel `kernel` of <module>.cu in kernels.DIRECTORY on the current device (compiled on first
+    use), for gemm.cuh's kernels with the tile shape `tile` (TILE_M, TILE_N)."""
+    key = (module, tile, cp.cuda.Device().id, kernels.DIRECTORY)
     if key not in _modules:
-        options = kernels.OPTIONS + (f"-DGAN_ENGINE_KERNELS={kernels.fingerprint()}",)
+        options = kernels.options() + (f"-DGAN_ENGINE_KERNELS={kernels.fingerprint()}",)
         if tile is not None:
             options += (f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}")
         _modules[key] = cp.RawModule(code=kernels.sources()[module], options=options)
