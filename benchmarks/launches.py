@@ -46,7 +46,8 @@ def record(cupy_cuda, timed=False, run=True):
     original_function, original_gemm = cupy_cuda._function, cupy_cuda._gemm
 
     def gemm(module, kernel, m, n, k, args, layers=1, group=1):
-        products.append((m, n, k, layers, cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors(), group)))
+        plan = cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors(), group, kernel)
+        products.append((m, n, k, layers, plan))
         original_gemm(module, kernel, m, n, k, args, layers, group)
 
     def function(module, kernel, tile=None):

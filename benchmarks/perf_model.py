@@ -81,8 +81,9 @@ def launch_cost(launch, before=False):
             blocks = math.ceil(m / OLD_TILE[0]) * math.ceil(n / OLD_TILE[1]) * layers
             waves = math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS)
             return LAUNCH_US + waves * slices * OLD_SLICE_US[launch.module], flops, waves * slices
-        waves, _, per_block = cupy_cuda.gemm_schedule(m, n, k, plan.tile, plan.splits, layers)
-        return LAUNCH_US + cupy_cuda.gemm_time(m, n, k, plan.tile, plan.splits, layers), flops, waves * per_block
+        shape = (m, n, k, plan.tile, plan.splits, layers, cupy_cuda.DEFAULT_MULTIPROCESSORS, launch.kernel)
+        waves, _, per_block = cupy_cuda.gemm_schedule(*shape)
+        return LAUNCH_US + cupy_cuda.gemm_time(*shape), flops, waves * per_block
     if launch.kernel in PASSES:
         if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward; a
             # dense layer's bias gradient summed in its dW kernel

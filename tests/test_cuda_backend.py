@@ -3,6 +3,8 @@
 Parity of every op against the float64 reference, and the whole-step parity against the NumPy backend, are in
 test_backend_parity.py, which runs every available backend, this one included when a GPU is there.
 """
+import re
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,20 @@ def test_gemm_plan_fills_the_gpu_and_splits_long_products():
         assert plan == cupy_cuda.gemm_plan(m, n, k)  # the same shape, the same plan: the same bits
     assert cupy_cuda.gemm_plan(1, 1, 2 ** 26, layers=3).splits * 3 <= cupy_cuda.MAX_GRID_Z  # grid.z's limit
     assert cupy_cuda.gemm_plan(64, 16, 12544, multiprocessors=8).splits < weight_grad.splits  # fewer SMs, fewer
+
+
+def test_the_model_knows_every_gemm_kernel_and_its_blocks_an_sm():
+    """Every kernel of gemm.cuh (a __launch_bounds__(GEMM_THREADS) kernel) has its blocks an SM at every tile
+    shape, and a kernel that fits fewer blocks on an SM is modelled slower once the SM is full."""
+    gemm_kernels = {name for text in cupy_cuda.kernels.sources().values()
+                    for name in re.findall(r"__launch_bounds__\(GEMM_THREADS\)\s+(\w+)", text)}
+    assert len(gemm_kernels) >= 9 and gemm_kernels == set(cupy_cuda.GEMM_BLOCKS_PER_SM)
+    assert all(len(blocks) == len(cupy_cuda.GEMM_TILES) and min(blocks) >= 1
+               for blocks in cupy_cuda.GEMM_BLOCKS_PER_SM.values())
+    shape = (64, 64 * 132 * 3, 512, (64, 64), 1)  # 3 blocks of 64 x 64 for every SM
+    kernels = ("window_gather_kernel", "window_scatter_phases_kernel")  # 3 and 2 blocks of 64 x 64 an SM
+    three, two = (cupy_cuda.gemm_time(*shape, kernel=k) for k in kernels)
+    assert two > three
 
 
 def test_grouped_tiles_own_whole_groups_of_columns():
@@ -162,7 +178,7 @@ def test_every_tile_shape_and_split_matches_the_reference(gemm_backend, tile, sp
     activations, since the epilogue's activation does not depend on the tile)."""
     from . import test_backend_parity
 
-    def forced(m, n, k, layers=1, multiprocessors=None, group=1):
+    def forced(m, n, k, layers=1, multiprocessors=None, group=1, kernel=None):
         return cupy_cuda.GemmPlan(tile, splits, max(1, -(-m // tile[0]) * cupy_cuda.column_tiles(n, tile[1], group)),
                                   0.0)
 
@@ -179,8 +195,7 @@ def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_b
     x, W, b = (cuda_backend.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((17, 300), (300, 40), (40,)))
 
     def run(splits):
-        monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None, group=1:
-                            cupy_cuda.GemmPlan((16, 64), splits, 2, 0.0))
+        monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda *shape: cupy_cuda.GemmPlan((16, 64), splits, 2, 0.0))
         return cuda_backend.to_numpy(cuda_backend.dense_forward(x, W, b))
 
     split, again, whole = run(5), run(5), run(1)

@@ -46,25 +46,35 @@ MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a
 MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, chunks); grid.x holds the tiles
 
 # gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
-# near 1.9 GHz), counted per warp and K step from the kernel's instructions (FMAs: 4 warp instructions a cycle;
-# shared-memory reads: 128 bytes a cycle; a thread's global reads and index math): microseconds for one block to
-# multiply one TILE_K-deep slice alone on an SM (latency-bound), microseconds per block per slice once the SM is
-# saturated (128 x 128: FMA-bound near 85%; 64 x 64: instruction issue; the smaller ones: shared-memory reads),
-# and how many blocks of the tile an SM holds at once (65536 registers: ptxas gives the convolution kernels about
-# 210, 120, 60, 64 and 64 registers a thread). An H200 measured more (benchmarks/results/gpu-h200-2026-11-27-
-# 914ab89): 2.6 us a slice for a dense 128 x 128 tile, 7.3 for a convolution's, 2.8-4.5 for the smaller
-# convolution tiles, whose readers then divided by run-time sizes 32 to 48 times a slice; they now multiply
-# (common.cuh's Divisor), not yet measured on a GPU, and the plans keep these numbers until a GPU run says.
+# near 1.98 GHz): microseconds for one block to multiply one TILE_K-deep slice alone on an SM, and per block per
+# slice when the SM runs several together (the larger of the two counts). Fitted to every plan of the products of
+# five training steps timed on an H200 (python -m benchmarks.gemm_plans, then --fit; benchmarks/results/
+# gpu-h200-2026-11-28-gemm-plans/): 1525 plans of 72 products, whose times the model misses by 32% (root mean
+# square of the log ratios), but whose fastest plans it mostly finds (the plans it picks take 4% more in all).
 GEMM_TILES = {
-    (128, 128): (1.5, 1.3, 1),
-    (64, 64): (0.6, 0.55, 2),
-    (32, 32): (0.35, 0.27, 4),
-    (16, 64): (0.3, 0.2, 4),
-    (64, 16): (0.3, 0.2, 4),
+    (128, 128): (2.66, 3.84),
+    (64, 64): (1.34, 1.00),
+    (32, 32): (0.52, 0.28),
+    (16, 64): (0.67, 0.40),
+    (64, 16): (0.55, 0.30),
 }
+# Blocks of 256 threads an SM holds at once, per gemm.cuh kernel and tile shape in GEMM_TILES' order: 64K
+# registers an SM over the registers a thread that the driver reported on the same H200 (sm_90, NVRTC 13.0).
+GEMM_BLOCKS_PER_SM = {
+    "dense_forward_kernel": (1, 3, 5, 5, 4),
+    "dense_backward_dw_kernel": (1, 3, 6, 5, 5),
+    "dense_backward_dx_kernel": (1, 3, 5, 4, 4),
+    "maxout_forward_kernel": (1, 3, 5, 4, 4),
+    "maxout_backward_dw_kernel": (1, 2, 5, 4, 5),
+    "maxout_backward_dx_kernel": (1, 3, 8, 5, 5),
+    "window_gather_kernel": (1, 3, 5, 5, 4),
+    "window_scatter_phases_kernel": (1, 2, 4, 3, 3),
+    "window_weight_grad_kernel": (1, 3, 6, 5, 5),
+}
+DEFAULT_GEMM_KERNEL = "dense_forward_kernel"  # whose blocks an SM a plan assumes when no kernel is named
 MAX_PIECES = max(n for _, n in GEMM_TILES)  # maxout's pieces a unit: they must fit in a tile's columns
-BLOCK_US = 0.5          # a block's start and epilogue, per wave
-FIXUP_BYTES_PER_US = 1e5  # the last block of a split tile reads the partials at about 100 GB/s (one SM)
+SPLIT_WAVE_US = 2.5       # a split product's extra per wave of blocks: partial sums out, arrivals counted
+FIXUP_BYTES_PER_US = 3.8e4  # the last block of a split tile reads the partials at about 38 GB/s (one SM)
 DEFAULT_MULTIPROCESSORS = 132
 
 _modules = {}
@@ -90,22 +100,24 @@ class GemmPlan(namedtuple("GemmPlan", "tile splits tiles us")):
     the modelled microseconds."""
 
 
-def gemm_schedule(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+def gemm_schedule(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS,
+                  kernel=DEFAULT_GEMM_KERNEL):
     """(waves, blocks an SM runs together, K slices a block) of gemm.cuh's C (m, n) = A (m, k) @ B (k, n),
-    `layers` such products side by side (grid z), with tile shape `tile` and `splits` splits along K."""
-    resident = GEMM_TILES[tile][2]
+    `layers` such products side by side (grid z), with tile shape `tile` and `splits` splits along K, by `kernel`
+    (GEMM_BLOCKS_PER_SM)."""
+    resident = GEMM_BLOCKS_PER_SM[kernel][list(GEMM_TILES).index(tile)]
     per_sm = math.ceil(math.ceil(m / tile[0]) * math.ceil(n / tile[1]) * splits * layers / multiprocessors)
     return math.ceil(per_sm / resident), min(per_sm, resident), math.ceil(math.ceil(k / TILE_K) / splits)
 
 
-def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS):
+def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, kernel=DEFAULT_GEMM_KERNEL):
     """Modelled microseconds of that product (gemm_schedule's waves, GEMM_TILES' slice times; launch cost left
     out)."""
-    alone, saturated, _ = GEMM_TILES[tile]
-    waves, together, slices = gemm_schedule(m, n, k, tile, splits, layers, multiprocessors)
-    us = waves * (slices * max(alone, together * saturated) + BLOCK_US)
+    alone, saturated = GEMM_TILES[tile]
+    waves, together, slices = gemm_schedule(m, n, k, tile, splits, layers, multiprocessors, kernel)
+    us = waves * slices * max(alone, together * saturated)
     if splits > 1:
-        us += BLOCK_US + splits * tile[0] * tile[1] * 4 / FIXUP_BYTES_PER_US
+        us += waves * SPLIT_WAVE_US + splits * tile[0] * tile[1] * 4 / FIXUP_BYTES_PER_US
     return us
 
 
@@ -115,23 +127,30 @@ def column_tiles(n, tile_n, group=1):
     return math.ceil(n / group / (tile_n // group))
 
 
-@functools.lru_cache(maxsize=4096)
-def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, group=1):
-    """The GemmPlan with the least modelled time for C (m, n) = A (m, k) @ B (k, n), `layers` products side by
-    side: every tile of GEMM_TILES (at least `group` columns wide: gemm_grouped's groups of columns), splits 1, 2,
-    4, ... up to the K slices (MAX_PARTIAL partial sums, MAX_GRID_Z splits x layers). Ties go to fewer splits, then
-    to the larger tile. Deterministic for a shape and a GPU: so are the sums' bits."""
+def gemm_plans(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, group=1, kernel=DEFAULT_GEMM_KERNEL):
+    """Every GemmPlan gemm_plan weighs for C (m, n) = A (m, k) @ B (k, n), `layers` products side by side, by
+    `kernel`, with its modelled time: every tile of GEMM_TILES (at least `group` columns wide: gemm_grouped's
+    groups of columns), larger tiles first, and splits 1, 2, 4, ... up to the K slices (MAX_PARTIAL partial sums,
+    MAX_GRID_Z splits x layers)."""
     slices = max(1, math.ceil(k / TILE_K))
-    best = None
     for tile in sorted((t for t in GEMM_TILES if t[1] >= group), key=lambda t: -t[0] * t[1]):
         covered = column_tiles(n, tile[1], group) * tile[1]  # the columns the tiles multiply
+        tiles = max(1, math.ceil(m / tile[0]) * column_tiles(n, tile[1], group))
         splits = 1
         while splits == 1 or (splits <= slices and splits * m * n * layers <= MAX_PARTIAL
                               and splits * layers <= MAX_GRID_Z):
-            us = gemm_time(m, covered, k, tile, splits, layers, multiprocessors)
-            if best is None or us < best.us * (1 - 1e-9):
-                best = GemmPlan(tile, splits, max(1, math.ceil(m / tile[0]) * column_tiles(n, tile[1], group)), us)
+            yield GemmPlan(tile, splits, tiles, gemm_time(m, covered, k, tile, splits, layers, multiprocessors, kernel))
             splits *= 2
+
+
+@functools.lru_cache(maxsize=4096)
+def gemm_plan(m, n, k, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, group=1, kernel=DEFAULT_GEMM_KERNEL):
+    """The GemmPlan of gemm_plans with the least modelled time. Ties go to fewer splits, then to the larger tile.
+    Deterministic for a shape and a GPU: so are the sums' bits."""
+    best = None
+    for plan in gemm_plans(m, n, k, layers, multiprocessors, group, kernel):
+        if best is None or plan.us < best.us * (1 - 1e-9):
+            best = plan
     return best
 
 
@@ -234,7 +253,7 @@ def _gemm(module, kernel, m, n, k, args, layers=1, group=1):
     """Launch gemm.cuh kernel `kernel` of `module` (its arguments `args` before the split's) for C (m, n) over K
     = k, `layers` such products side by side in grid z, as gemm_plan says; `group` > 1 for a gemm_grouped
     kernel, whose epilogue takes groups of that many neighbouring columns."""
-    plan = gemm_plan(m, n, k, layers, _multiprocessors(), group)
+    plan = gemm_plan(m, n, k, layers, _multiprocessors(), group, kernel)
     partial = _buffer("partial", plan.splits * m * n * layers if plan.splits > 1 else 1)
     arrivals = _arrivals(plan.tiles * layers)
     _function(module, kernel, plan.tile)((plan.tiles, 1, plan.splits * layers), GEMM_BLOCK, (

@@ -1,0 +1,223 @@
+"""Every plan gemm_plan weighs for the matrix products of a training step, timed on a GPU, beside the one its
+model picks.
+
+    python -m benchmarks.gemm_plans [CASE ...] [--repeats 20] [--rounds 5] [--json FILE]
+    python -m benchmarks.gemm_plans --fit FILE
+
+For each case (test_bench_step.CASES; default all), one eager step records the products of gemm.cuh that its
+launchers make (the kernel, the shape, the arguments). Each distinct product is then launched under every plan of
+cupy_cuda.gemm_plans (every tile shape of GEMM_TILES, splits 1, 2, 4, ...): `repeats` launches captured as one
+CUDA graph, replayed `rounds` times, the median wall time per launch, which is what the launch costs inside a
+step's graph. Prints per product the model's plan and its time beside the fastest plan and its time, and per case
+their sums; then the registers and blocks an SM of every kernel at every tile shape. The JSON keeps every
+measurement. A GPU run; on the CPU emulator's stand-in for CuPy (tests) it checks the mechanics only.
+
+--fit FILE (no GPU needed) fits the model's numbers (cupy_cuda.GEMM_TILES, SPLIT_WAVE_US, FIXUP_BYTES_PER_US, with
+GEMM_BLOCKS_PER_SM as the driver reported them) to the measurements in FILE, least squares of the logs of modelled
+over measured times (a launch's own cost fitted beside them), and prints them with what the plans they choose take.
+"""
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+from gan_engine.backends import cupy_cuda
+
+from .test_bench_step import make_trainer, parse_cases
+
+GEMM_THREADS = 256  # gemm.cuh's block
+
+
+def step_products(case):
+    """The distinct products of one eager training step of `case` (after two warm-up steps), in launch order:
+    dicts of module, kernel, m, n, k, layers, group and the launcher's arguments (args, kept alive here)."""
+    trainer = make_trainer("cuda", case, graph=False)
+    for _ in range(2):
+        trainer.step()
+    products, original = {}, cupy_cuda._gemm
+
+    def recording(module, kernel, m, n, k, args, layers=1, group=1):
+        key = (module, kernel, m, n, k, layers, group)
+        products.setdefault(key, dict(zip(("module", "kernel", "m", "n", "k", "layers", "group"), key), args=args))
+        original(module, kernel, m, n, k, args, layers, group)
+
+    cupy_cuda._gemm = recording
+    try:
+        trainer.step()
+    finally:
+        cupy_cuda._gemm = original
+    return list(products.values())
+
+
+@contextlib.contextmanager
+def forced(plan):
+    """Inside the block, every product the backend launches follows `plan`."""
+    saved = cupy_cuda.gemm_plan
+    cupy_cuda.gemm_plan = lambda *args, **kwargs: plan
+    try:
+        yield
+    finally:
+        cupy_cuda.gemm_plan = saved
+
+
+def launch_us(product, plan, repeats, rounds):
+    """Median microseconds of one launch of `product` under `plan`, from a CUDA graph of `repeats` launches."""
+    p = product
+
+    def launch():
+        cupy_cuda._gemm(p["module"], p["kernel"], p["m"], p["n"], p["k"], p["args"], p["layers"], p["group"])
+
+    with forced(plan):
+        launch()  # compiles the tile's module and allocates the partial sums before the capture
+        replay, _ = cupy_cuda.capture(lambda: [launch() for _ in range(repeats)])
+    device = cupy_cuda.cp.cuda.Device()
+    replay()
+    times = []
+    for _ in range(rounds):
+        device.synchronize()
+        start = time.perf_counter()
+        replay()
+        device.synchronize()
+        times.append((time.perf_counter() - start) / repeats * 1e6)
+    return statistics.median(times)
+
+
+def measure(product, repeats, rounds):
+    """The product's row: its shape, the model's plan and every plan's modelled and measured microseconds."""
+    p = product
+    multiprocessors = cupy_cuda._multiprocessors()
+    shape = (p["m"], p["n"], p["k"], p["layers"], multiprocessors, p["group"], p["kernel"])
+    chosen = cupy_cuda.gemm_plan(*shape)
+    plans = []
+    for plan in cupy_cuda.gemm_plans(*shape):
+        plans.append({"tile": list(plan.tile), "splits": plan.splits, "tiles": plan.tiles, "model_us": plan.us,
+                      "us": launch_us(p, plan, repeats, rounds)})
+    fastest = min(plans, key=lambda row: row["us"])
+    model = next(row for row in plans if tuple(row["tile"]) == chosen.tile and row["splits"] == chosen.splits)
+    return {**{key: p[key] for key in ("module", "kernel", "m", "n", "k", "layers", "group")},
+            "model": model, "fastest": fastest, "plans": plans}
+
+
+def kernel_attributes(module, kernel, tile):
+    """{regs, local_bytes, blocks_per_sm} of a gemm.cuh kernel compiled for `tile`, as the driver reports them."""
+    function = cupy_cuda._function(module, kernel, tuple(tile))
+    attributes = getattr(function, "attributes", {})
+    try:
+        blocks = cupy_cuda.cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            getattr(function, "kernel", function).ptr, GEMM_THREADS, 0)
+    except AttributeError:  # the emulator's stand-in for CuPy has no driver
+        blocks = None
+    return {"module": module, "kernel": kernel, "tile": list(tile), "regs": attributes.get("num_regs"),
+            "local_bytes": attributes.get("local_size_bytes"), "blocks_per_sm": blocks}
+
+
+@contextlib.contextmanager
+def model_numbers(tiles, blocks, split_wave_us, fixup_bytes_per_us):
+    """Inside the block, cupy_cuda's model of a product's time runs on these numbers."""
+    names = ("GEMM_TILES", "GEMM_BLOCKS_PER_SM", "SPLIT_WAVE_US", "FIXUP_BYTES_PER_US")
+    saved = {name: getattr(cupy_cuda, name) for name in names}
+    for name, value in zip(names, (tiles, blocks, split_wave_us, fixup_bytes_per_us)):
+        setattr(cupy_cuda, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(cupy_cuda, name, value)
+
+
+def fit(result):
+    """The model's numbers fitted to `result` (main's JSON): {tiles, blocks, split_wave_us, fixup_bytes_per_us,
+    launch_us, rms_log, us: {as_run, fitted, fastest}}, the last the measured microseconds of every distinct
+    product under the plans the model chose in the run, the fitted model's plans and the fastest ones."""
+    from scipy.optimize import least_squares
+
+    tiles = list(cupy_cuda.GEMM_TILES)
+    per_tile = {}
+    for row in result["kernels"]:
+        per_tile.setdefault(row["kernel"], {})[tuple(row["tile"])] = row["blocks_per_sm"]
+    blocks = {kernel: tuple(counts[t] for t in tiles) for kernel, counts in per_tile.items()}
+    products = {(r["kernel"], r["m"], r["n"], r["k"], r["layers"], r["group"]): r
+                for rows in result["cases"].values() for r in rows}
+    shapes = [(r["m"], r["n"], r["k"], r["layers"], result["multiprocessors"], r["group"], r["kernel"])
+              for r in products.values()]
+
+    def numbers(x):  # x: alone and saturated per tile, SPLIT_WAVE_US, FIXUP_BYTES_PER_US / 1e4, launch_us
+        return {t: (x[2 * i], x[2 * i + 1]) for i, t in enumerate(tiles)}, blocks, x[-3], x[-2] * 1e4
+
+    def residuals(x):
+        with model_numbers(*numbers(x)):
+            return [math.log((x[-1] + plan.us) / row["us"]) for shape, r in zip(shapes, products.values())
+                    for plan, row in zip(cupy_cuda.gemm_plans(*shape), r["plans"], strict=True)]
+
+    start = [v for t in tiles for v in cupy_cuda.GEMM_TILES[t]] + [cupy_cuda.SPLIT_WAVE_US,
+                                                                   cupy_cuda.FIXUP_BYTES_PER_US / 1e4, 2.0]
+    x = least_squares(residuals, start, bounds=(1e-3, math.inf), x_scale="jac").x
+    fitted = numbers(x)
+    with model_numbers(*fitted):
+        chosen = [cupy_cuda.gemm_plan.__wrapped__(*shape) for shape in shapes]
+    took = [next(p["us"] for p in r["plans"] if tuple(p["tile"]) == c.tile and p["splits"] == c.splits)
+            for c, r in zip(chosen, products.values())]
+    return {"tiles": fitted[0], "blocks": blocks, "split_wave_us": fitted[2], "fixup_bytes_per_us": fitted[3],
+            "launch_us": x[-1], "rms_log": math.sqrt(sum(r * r for r in residuals(x)) / len(residuals(x))),
+            "us": {"as_run": sum(r["model"]["us"] for r in products.values()), "fitted": sum(took),
+                   "fastest": sum(r["fastest"]["us"] for r in products.values())}}
+
+
+def print_fit(fitted):
+    us = fitted["us"]
+    print(f"{len(fitted['blocks'])} kernels; log residuals' root mean square {fitted['rms_log']:.3f}; a launch "
+          f"{fitted['launch_us']:.2f} us\nthe distinct products, measured under the plans of the model as run: "
+          f"{us['as_run']:.0f} us; of the fitted model: {us['fitted']:.0f} us; the fastest plans: "
+          f"{us['fastest']:.0f} us\n")
+    print("GEMM_TILES = {")
+    for tile, (alone, saturated) in fitted["tiles"].items():
+        print(f"    {tile}: ({alone:.2f}, {saturated:.2f}),")
+    print("}\nGEMM_BLOCKS_PER_SM = {")
+    for kernel, counts in sorted(fitted["blocks"].items()):
+        print(f"    \"{kernel}\": {counts},")
+    print(f"}}\nSPLIT_WAVE_US = {fitted['split_wave_us']:.2f}\nFIXUP_BYTES_PER_US = {fitted['fixup_bytes_per_us']:.3g}")
+
+
+def plan_name(row):
+    return f"{row['tile'][0]}x{row['tile'][1]}/{row['splits']}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=20, help="launches in a plan's graph")
+    parser.add_argument("--rounds", type=int, default=5, help="replays of a plan's graph")
+    parser.add_argument("--json", help="also write every measurement to this file")
+    parser.add_argument("--fit", metavar="FILE", help="fit the model to the measurements in FILE (a --json file)")
+    args = parse_cases(parser, argv)
+    if args.fit:
+        print_fit(fit(json.loads(Path(args.fit).read_text())))
+        return
+    result = {"multiprocessors": cupy_cuda._multiprocessors(), "cases": {}, "kernels": []}
+    for case in args.cases:
+        rows = [measure(product, args.repeats, args.rounds) for product in step_products(case)]
+        result["cases"][case] = rows
+        print(f"\n## {case}: {len(rows)} distinct products\n")
+        print("| kernel | m x n x k (layers) | model's plan: modelled, measured | fastest plan: measured |")
+        print("|---|---|---|---|")
+        for row in rows:
+            model, fastest = row["model"], row["fastest"]
+            print(f"| {row['kernel']} | {row['m']} x {row['n']} x {row['k']} ({row['layers']}) | {plan_name(model)}: "
+                  f"{model['model_us']:.1f}, {model['us']:.1f} us | {plan_name(fastest)}: {fastest['us']:.1f} us |")
+        print(f"\nsums: model's plans {sum(r['model']['us'] for r in rows):.0f} us, fastest plans "
+              f"{sum(r['fastest']['us'] for r in rows):.0f} us (each product once)")
+    kernels_seen = sorted({(r["module"], r["kernel"]) for rows in result["cases"].values() for r in rows})
+    print("\n| kernel | tile | registers | local bytes | blocks an SM |\n|---|---|---|---|---|")
+    for module, kernel in kernels_seen:
+        for tile in cupy_cuda.GEMM_TILES:
+            row = kernel_attributes(module, kernel, tile)
+            result["kernels"].append(row)
+            print(f"| {kernel} | {tile[0]}x{tile[1]} | {row['regs']} | {row['local_bytes']} | {row['blocks_per_sm']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
