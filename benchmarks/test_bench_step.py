@@ -67,7 +67,7 @@ PEERS = ["torch"] if torch_version() else []
 def parse_cases(parser, argv=None):
     """Parse argv with `parser` and a CASE... positional added to it: any of CASES, all of them by default."""
     parser.add_argument("cases", nargs="*", metavar="CASE", help=f"any of {', '.join(CASES)} (default: all)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between positionals
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")

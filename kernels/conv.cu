@@ -17,6 +17,10 @@
 //                              no inserted zeros multiplied.
 //                              conv_transpose2d_forward (epilogue: + bias, activation) and
 //                              conv2d_backward's dx (small is then g, made on load)
+//   window_scatter_thin_kernel the same big image when it has at most THIN_CHANNELS channels (a generator's gray or
+//                              RGB output, a discriminator's gradient onto its input image), not as a GEMM, whose
+//                              tiles of 16 rows or more would be mostly empty: a thread a big pixel, its Cb values
+//                              summed over the taps that reach it and the small channels
 //   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
 //                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
 //
@@ -33,6 +37,9 @@
 // emulator: shared_writes window_scatter_phases_kernel arrivals
 // emulator: shared_writes window_weight_grad_kernel arrivals
 #include "gemm.cuh"
+
+// The most big channels window_scatter_thin_kernel takes.
+#define THIN_CHANNELS 4
 
 struct Window {
     int n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw;
@@ -208,4 +215,53 @@ window_weight_grad_kernel(const float* __restrict__ small, const float* __restri
     gemm(Channels{small, small_y, cs, Divisor(hs * ws), small_act, alpha},
          Transposed<Patches>{Patches(Image{big, big_y, w, big_act, alpha})}, M, Nc, K, SPLIT,
          [&](int r, int c, float v) { dW[r * Nc + c] += v; });
+}
+
+// Big pixel (by, bx) meets the taps i = by + ph - sh sy of the small rows sy, every sh-th tap from (by + ph) mod sh
+// down the rows from (by + ph) / sh (likewise j and sx). Its CB values, each a sum over (i, j, small channel) in that
+// order, with the bias and activation of a forward.
+template <int CB>
+__device__ void scatter_thin(const float* __restrict__ W, const float* __restrict__ small,
+                             const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
+                             const Window& w, int image, int by, int bx, int act, float alpha, int gradient,
+                             int has_bias) {
+    const int ty = by + w.ph, tx = bx + w.pw, plane = w.hs * w.ws, taps = w.kh * w.kw;
+    const int in_act = gradient ? act : ACT_IDENTITY;
+    float sum[CB] = {};
+    for (int i = ty % w.sh, sy = ty / w.sh; i < w.kh && sy >= 0; i += w.sh, --sy) {
+        if (sy >= w.hs) continue;
+        for (int j = tx % w.sw, sx = tx / w.sw; j < w.kw && sx >= 0; j += w.sw, --sx) {
+            if (sx >= w.ws) continue;
+            const float* tap = W + i * w.kw + j;             // W[s, c, i, j] = tap[c taps], s = 0
+            int at = (image * w.cs * w.hs + sy) * w.ws + sx;  // small[image, s, sy, sx], s = 0
+            for (int s = 0; s < w.cs; ++s, at += plane, tap += CB * taps) {
+                const float v = read(small, small_y, at, in_act, alpha);
+                #pragma unroll
+                for (int c = 0; c < CB; ++c) sum[c] += tap[c * taps] * v;
+            }
+        }
+    }
+    const int out_act = gradient ? ACT_IDENTITY : act;
+    #pragma unroll
+    for (int c = 0; c < CB; ++c)
+        big[((image * CB + c) * w.hb + by) * w.wb + bx] = act_forward(has_bias ? sum[c] + b[c] : sum[c], out_act,
+                                                                      alpha);
+}
+
+// Grid covering the N Hb Wb big pixels, block REDUCE_THREADS; 1 <= Cb <= THIN_CHANNELS.
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+window_scatter_thin_kernel(const float* __restrict__ W, const float* __restrict__ small,
+                           const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
+                           WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias) {
+    static_assert(THIN_CHANNELS == 4, "a case below for every channel count up to THIN_CHANNELS");
+    const int pixel = blockIdx.x * blockDim.x + threadIdx.x;  // (image, by, bx)
+    if (pixel >= n * hb * wb) return;
+    const Window w = WINDOW;
+    const int bx = pixel % wb, by = pixel / wb % hb, image = pixel / (wb * hb);
+    switch (cb) {
+        case 1: scatter_thin<1>(W, small, small_y, b, big, w, image, by, bx, act, alpha, gradient, has_bias); break;
+        case 2: scatter_thin<2>(W, small, small_y, b, big, w, image, by, bx, act, alpha, gradient, has_bias); break;
+        case 3: scatter_thin<3>(W, small, small_y, b, big, w, image, by, bx, act, alpha, gradient, has_bias); break;
+        case 4: scatter_thin<4>(W, small, small_y, b, big, w, image, by, bx, act, alpha, gradient, has_bias); break;
+    }
 }

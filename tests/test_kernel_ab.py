@@ -62,7 +62,35 @@ def test_the_replays_run_the_kernels_the_graph_was_captured_with(tmp_path, monke
         assert np.array_equal(a, b), model
 
 
-def test_a_folder_without_kernels_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("options", [[], ["--set", "THIN_CHANNELS=0"]])
+def test_a_folder_without_kernels_is_refused(tmp_path, capsys, options):
     with pytest.raises(SystemExit):
-        kernel_ab.main([str(tmp_path), "seed-mlp-b64"])
+        kernel_ab.main([str(tmp_path), *options, "seed-mlp-b64"])  # an option between the positionals parses
     assert "no .cu files there" in capsys.readouterr().err
+
+
+def test_a_setting_holds_for_the_other_version_alone(monkeypatch):
+    """--set THIN_CHANNELS=0: inside the settings a 1-channel transposed convolution is a GEMM over stride phases,
+    outside it the thin kernel; the backend's own value is back afterwards."""
+    from benchmarks import launches
+    from gan_engine.backends import cupy_cuda
+
+    cuda_emulator.install(monkeypatch)
+    x = cupy_cuda.asarray(np.ones((2, 8, 4, 4), np.float32))
+    W = cupy_cuda.asarray(np.ones((8, 1, 4, 4), np.float32))
+
+    def kernels_launched():
+        with launches.record(cupy_cuda, run=False) as launched:
+            cupy_cuda.conv_transpose2d_forward(x, W, None, 2, 1)
+        return [launch.kernel for launch in launched]
+
+    setting = kernel_ab.parse_setting("THIN_CHANNELS=0")
+    with kernel_ab.backend_settings(dict([setting])):
+        assert kernels_launched() == ["window_scatter_phases_kernel"]
+    assert kernels_launched() == ["window_scatter_thin_kernel"] and cupy_cuda.THIN_CHANNELS == 4
+
+
+@pytest.mark.parametrize("text", ["NO_SUCH_NUMBER=1", "THIN_CHANNELS=many", "GEMM_TILES=1", "cp=1"])
+def test_a_setting_that_is_not_a_backend_number_is_refused(text):
+    with pytest.raises(ValueError):
+        kernel_ab.parse_setting(text)

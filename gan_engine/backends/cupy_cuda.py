@@ -39,6 +39,7 @@ GEMM_BLOCK = (16, 16)                           # gemm.cuh: GEMM_THREADS = 16 x 
 assert GEMM_BLOCK[0] * GEMM_BLOCK[1] == kernels.constant("GEMM_THREADS")
 TILE_K = kernels.constant("TILE_K")
 BCE_MAX_BLOCKS = kernels.constant("BCE_MAX_BLOCKS")
+THIN_CHANNELS = kernels.constant("THIN_CHANNELS")  # conv.cu: window_scatter_thin_kernel's most big channels
 VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
 MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
@@ -371,10 +372,13 @@ def _bias(b, channels):
 
 def _window_gemm(onto, window, args):
     """Launch conv.cu's GEMM that writes the "small" image (gather) or the "big" one (scatter, a product per
-    stride phase) with the kernel arguments `args` (before the split's)."""
+    stride phase; a thread a pixel for a big image of THIN_CHANNELS channels or fewer) with the kernel arguments
+    `args` (before the split's)."""
     n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, _, _ = (int(v) for v in window)
     if onto == "small":
         _gemm("conv", "window_gather_kernel", cs, n * hs * ws, cb * kh * kw, args)
+    elif cb <= THIN_CHANNELS:
+        _function("conv", "window_scatter_thin_kernel")(elementwise_grid(n * hb * wb), (THREADS,), args)
     else:  # the largest phase's product, a grid layer per phase
         _gemm("conv", "window_scatter_phases_kernel", cb, n * -(-hb // sh) * -(-wb // sw),
               cs * -(-kh // sh) * -(-kw // sw), args, layers=sh * sw)
