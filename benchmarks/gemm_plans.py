@@ -28,7 +28,7 @@ from gan_engine.backends import cupy_cuda
 
 from .test_bench_step import make_trainer, parse_cases
 
-GEMM_THREADS = 256  # gemm.cuh's block
+GEMM_THREADS = math.prod(cupy_cuda.GEMM_BLOCK)
 
 
 def step_products(case):

@@ -40,3 +40,31 @@ def test_a_forced_plan_sets_the_launch_geometry(monkeypatch):
             cupy_cuda._gemm(p["module"], p["kernel"], p["m"], p["n"], p["k"], p["args"])
         assert [(l.tile, l.grid) for l in launched] == [(plan.tile, (plan.tiles, 1, plan.splits))]
     assert cupy_cuda.gemm_plan is model  # the model's choice again after the block
+
+
+def test_the_fit_finds_the_numbers_that_made_the_times():
+    """Times made by the model itself from chosen numbers (and a launch's cost) are fitted back to those numbers,
+    and the fitted model then picks the fastest plan of every product."""
+    tiles = {(128, 128): (3.0, 4.0), (64, 64): (1.5, 0.9), (32, 32): (0.6, 0.25), (16, 64): (0.7, 0.35),
+             (64, 16): (0.5, 0.33)}
+    blocks = {"dense_forward_kernel": (1, 2, 6, 4, 4), "window_gather_kernel": (1, 3, 4, 5, 3)}
+    shapes = [(64, 6272, 100, 1, 1, "dense_forward_kernel"), (128, 3136, 1024, 1, 1, "window_gather_kernel"),
+              (512, 512, 784, 1, 1, "dense_forward_kernel"), (64, 1, 6272, 1, 1, "dense_forward_kernel"),
+              (4096, 4096, 4096, 1, 1, "window_gather_kernel"), (1, 12544, 256, 4, 1, "window_gather_kernel")]
+    rows = []
+    with gemm_plans.model_numbers(tiles, blocks, 3.0, 5e4):
+        for m, n, k, layers, group, kernel in shapes:
+            plans = [{"tile": list(p.tile), "splits": p.splits, "us": 2.0 + p.us}
+                     for p in cupy_cuda.gemm_plans(m, n, k, layers, 132, group, kernel)]
+            rows.append({"kernel": kernel, "m": m, "n": n, "k": k, "layers": layers, "group": group, "plans": plans,
+                         "model": plans[0], "fastest": min(plans, key=lambda p: p["us"])})
+    kernels = [{"kernel": kernel, "tile": list(tile), "blocks_per_sm": count}
+               for kernel, counts in blocks.items() for tile, count in zip(tiles, counts)]
+    fitted = gemm_plans.fit({"multiprocessors": 132, "cases": {"made": rows}, "kernels": kernels})
+    assert fitted["blocks"] == blocks and fitted["rms_log"] < 1e-3
+    for tile, numbers in list(tiles.items())[1:]:
+        assert fitted["tiles"][tile] == pytest.approx(numbers, rel=0.02), tile
+    assert max(fitted["tiles"][128, 128]) == pytest.approx(4.0, rel=0.02)  # one block an SM: a slice costs the larger
+    assert fitted["launch_us"] == pytest.approx(2.0, rel=0.02)
+    assert fitted["us"]["fitted"] == pytest.approx(fitted["us"]["fastest"])
+    assert cupy_cuda.GEMM_BLOCKS_PER_SM["dense_forward_kernel"] != blocks["dense_forward_kernel"]  # restored
