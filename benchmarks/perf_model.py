@@ -94,6 +94,8 @@ def launch_cost(launch, before=False):
         values = launch.args[0].size // (launch.grid[0] * launch.grid[1])
         waves = math.ceil(launch.blocks / (BLOCKS_PER_SM * cupy_cuda.DEFAULT_MULTIPROCESSORS))
         return LAUNCH_US + waves * PASSES[launch.kernel] * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
+    if before and launch.kernel == "dense_bias_grad_kernel":
+        return 0.0, 0, 0  # summed in the dW kernel then
     return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
 
 

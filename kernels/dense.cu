@@ -5,8 +5,8 @@
 //   dense_backward_dw_kernel  dW (I, O) += x^T g                                    TN GEMM; g = dy act'(y) is
 //                                                                                  made as g's tiles are read
 //   dense_backward_dx_kernel  dx (N, I) = g (N, O) @ W^T (O, I), g = dy act'(y)     NT GEMM, g made on read
-//
-// The bias gradient db += sum_n g is bias.cu's channel_grad_sum_kernel.
+//   dense_bias_grad_kernel    db (O,) += sum_n g                                    a thread per column, n in
+//                                                                                  order (deterministic)
 //
 // The maxout layer (a unit's pieces are W's columns u * pieces + p):
 //   maxout_forward_kernel      y (N, U) = max_p (x W + b), argmax (N, U) the first piece reaching it (NaN wins):
@@ -15,7 +15,8 @@
 //                                                            piece and 0 elsewhere, is made as g's tiles are read
 //   maxout_backward_dx_kernel  dx (N, I) = g W^T             NT GEMM, g made on read
 //   maxout_bias_grad_kernel    db (U pieces) += sum_n g      a thread per column, n in order (deterministic)
-// Grid (ceil(values / 256),), block (256,) for the one that is no GEMM.
+// Grid (ceil(columns / 256),), block (256,) for the two bias gradients, which are no GEMM: a warp reads 32
+// neighbouring columns of a row at a time.
 // Every kernel is gemm.cuh's GEMM C (M, Nc) = A (M, K) @ B (K, Nc), split along K when the launcher says so.
 // Grid (tiles, 1, splits), block (16, 16); see gemm.cuh.
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
@@ -103,6 +104,15 @@ maxout_backward_dx_kernel(const float* __restrict__ dy, const int* __restrict__ 
     const int width = units * pieces;
     gemm(MaxoutGrad{dy, argmax, units, Divisor(pieces)}, Transposed<Rows>{{W, W, width, ACT_IDENTITY, 0.f}}, N, I,
          width, SPLIT, [&](int r, int c, float v) { dx[r * I + c] = v; });
+}
+
+extern "C" __global__ void dense_bias_grad_kernel(const float* __restrict__ y, const float* __restrict__ dy,
+                                                  float* __restrict__ db, int N, int O, int act, float alpha) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;  // a column of g
+    if (c >= O) return;
+    float sum = 0.f;
+    for (int at = c; at < N * O; at += O) sum += act_backward(y[at], dy[at], act, alpha);
+    db[c] += sum;
 }
 
 extern "C" __global__ void maxout_bias_grad_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,

@@ -297,8 +297,10 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
         check_array("dW", dW, (i, o))
         _gemm("dense", "dense_backward_dw_kernel", i, o, n, (
             x, y, dy, dW, np.int32(n), np.int32(i), np.int32(o), code, alpha))
-    if db is not None:
-        _channel_grad_sum(y, dy, db, code, alpha)
+    if db is not None:  # a thread a column: a block per column would sum only N values with 256 threads
+        check_array("db", db, (o,))
+        _function("dense", "dense_bias_grad_kernel")(elementwise_grid(o), (THREADS,), (
+            y, dy, db, np.int32(n), np.int32(o), code, alpha))
     if dx is not None:
         check_array("dx", dx, (n, i))
         _gemm("dense", "dense_backward_dx_kernel", n, i, o, (
