@@ -34,6 +34,7 @@ BANDWIDTH_BYTES_PER_US = 3.0e6
 REDUCE_PASS_US = 0.2
 PASSES = {"batchnorm_stats_kernel": 2, "batchnorm_forward_kernel": 1, "batchnorm_grad_sums_kernel": 1,
           "batchnorm_backward_kernel": 1, "channel_grad_sum_kernel": 1}
+ONE_LAUNCH_PASSES = {"batchnorm_stats_kernel": 1, "batchnorm_grad_sums_kernel": 1}  # the pass it takes over
 BLOCKS_PER_SM = 8  # of a channel reduction's 256 threads
 OLD_SLICE_US = {"dense": 1.7, "conv": 3.5}
 OLD_TILE = (64, 64)
@@ -85,15 +86,20 @@ def launch_cost(launch, before=False):
         waves, _, per_block = cupy_cuda.gemm_schedule(*shape)
         return LAUNCH_US + cupy_cuda.gemm_time(*shape), flops, waves * per_block
     if launch.kernel in PASSES:
+        # batch norm in one launch (a channel in one chunk): the statistics kernel normalises too, the sums' one
+        # writes dx (their last argument says so)
+        one_launch = launch.kernel in ONE_LAUNCH_PASSES and bool(launch.args[-1])
         if before:  # a block per channel; batch norm's stats and normalisation in one kernel, as its backward; a
             # dense layer's bias gradient summed in its dW kernel
-            old = {"batchnorm_stats_kernel": 0, "batchnorm_forward_kernel": 3, "batchnorm_grad_sums_kernel": 0,
-                   "batchnorm_backward_kernel": 2, "channel_grad_sum_kernel": launch.args[0].ndim > 2}[launch.kernel]
+            old = {"batchnorm_stats_kernel": 3 * one_launch, "batchnorm_forward_kernel": 3,
+                   "batchnorm_grad_sums_kernel": 2 * one_launch, "batchnorm_backward_kernel": 2,
+                   "channel_grad_sum_kernel": launch.args[0].ndim > 2}[launch.kernel]
             values = launch.args[0].size // launch.grid[0]
             return (LAUNCH_US + old * math.ceil(values / 256) * REDUCE_PASS_US if old else 0.0), 0, 0
         values = launch.args[0].size // (launch.grid[0] * launch.grid[1])
         waves = math.ceil(launch.blocks / (BLOCKS_PER_SM * cupy_cuda.DEFAULT_MULTIPROCESSORS))
-        return LAUNCH_US + waves * PASSES[launch.kernel] * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
+        passes = PASSES[launch.kernel] + one_launch * ONE_LAUNCH_PASSES.get(launch.kernel, 0)
+        return LAUNCH_US + waves * passes * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
     if before and launch.kernel == "dense_bias_grad_kernel":
         return 0.0, 0, 0  # summed in the dW kernel then
     return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0

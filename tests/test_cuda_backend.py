@@ -212,7 +212,7 @@ def test_channel_chunks_fill_the_gpu_without_tiny_chunks():
     assert cupy_cuda.channel_chunks(10 ** 9, 1) == 528 and cupy_cuda.channel_chunks(1, 1) == 1
 
 
-@pytest.mark.parametrize("op", ["batchnorm_forward", "batchnorm_backward", "dense_backward", "conv2d_backward",
+@pytest.mark.parametrize("op", ["batchnorm_forward", "batchnorm_backward", "conv2d_backward",
                                 "conv_transpose2d_backward"])
 def test_channel_reductions_in_chunks_match_the_reference(cuda_backend, op, monkeypatch):
     """Batch norm and the bias gradients with every channel cut into 3 chunks (uneven, and empty ones where a
@@ -221,6 +221,39 @@ def test_channel_reductions_in_chunks_match_the_reference(cuda_backend, op, monk
 
     monkeypatch.setattr(cupy_cuda, "channel_chunks", lambda values, channels, multiprocessors=None: 3)
     test_op_matches_the_float64_reference(cuda_backend, op, np.float32)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 7)])
+def test_batchnorm_in_one_launch_gives_the_bits_of_two(cuda_backend, monkeypatch, shape):
+    """A channel in one chunk: the statistics kernel normalises too, and the sums' kernel writes dx, each computing
+    exactly what the separate launches do."""
+    from benchmarks import launches
+
+    rng = np.random.default_rng(0)
+    channels = shape[1]
+    data = {name: rng.standard_normal(s).astype(np.float32) for name, s in (
+        ("x", shape), ("dy", shape), ("gamma", channels), ("beta", channels), ("running_mean", channels))}
+    data["running_var"] = rng.uniform(0.5, 2, channels).astype(np.float32)
+
+    def run(one_launch):
+        monkeypatch.setattr(cupy_cuda, "BATCHNORM_ONE_LAUNCH", one_launch)
+        a = {name: cuda_backend.asarray(v.copy()) for name, v in data.items()}
+        a.update({name: cuda_backend.asarray(np.zeros(channels, np.float32))
+                  for name in ("mean", "invstd", "dgamma", "dbeta")})
+        with launches.record(cupy_cuda) as launched:
+            a["y"] = cuda_backend.batchnorm_forward(a["x"], a["gamma"], a["beta"], a["running_mean"],
+                                                    a["running_var"], a["mean"], a["invstd"], True,
+                                                    activation="leaky_relu")
+            a["dx"] = cuda_backend.batchnorm_backward(
+                a["x"], a["gamma"], a["y"], a["dy"], a["mean"], a["invstd"], True, "leaky_relu",
+                dgamma=a["dgamma"], dbeta=a["dbeta"], dx=cuda_backend.asarray(np.zeros(shape, np.float32)))
+        return {name: cuda_backend.to_numpy(v) for name, v in a.items()}, [x.kernel for x in launched]
+
+    (one, one_kernels), (two, two_kernels) = run(1), run(0)
+    assert one_kernels == ["batchnorm_stats_kernel", "batchnorm_grad_sums_kernel"] and len(two_kernels) == 4
+    for name in ("y", "mean", "invstd", "running_mean", "running_var", "dgamma", "dbeta", "dx"):
+        assert np.array_equal(one[name], two[name]), name
+    assert not np.array_equal(one["y"], data["x"]) and np.abs(one["dx"]).sum() > 0
 
 
 def test_draws_move_the_counter_on_in_the_same_launch(cuda_backend):

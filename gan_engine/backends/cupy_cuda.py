@@ -44,6 +44,7 @@ VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
 MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
 MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a thread)
+BATCHNORM_ONE_LAUNCH = 1  # a channel in one chunk: statistics and normalisation in one launch, sums and dx in one
 MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, chunks); grid.x holds the tiles
 
 # gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
@@ -495,28 +496,33 @@ def _check_batch(label, x):
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, mean, invstd, train, momentum=0.1, eps=1e-5,
                       activation="identity", alpha=0.2, out=None):
-    """y = act(gamma (x - mean) invstd + beta) per channel, batch statistics (train: a statistics kernel first) or
-    running ones (eval): x (N, C) or (N, C, H, W); the (C,) vectors as in the reference."""
+    """y = act(gamma (x - mean) invstd + beta) per channel, batch statistics (train: a statistics kernel first, which
+    also normalises when a block holds a whole channel) or running ones (eval): x (N, C) or (N, C, H, W); the (C,)
+    vectors as in the reference."""
     n, channels, pixels = _check_batch("x", x)
     for label, a in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                      ("running_var", running_var), ("mean", mean), ("invstd", invstd)):
         check_array(label, a, (channels,))
     out = _output(out, "out", x.shape)
     grid, workspace = _channel_grid(x, 2)
+    code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
+    one_launch = bool(train and grid[1] == 1 and BATCHNORM_ONE_LAUNCH)
     if train:
         _function("batchnorm", "batchnorm_stats_kernel")(grid, (THREADS,), (
             x, running_mean, running_var, mean, invstd, *workspace, n, channels, pixels, np.float32(momentum),
-            np.float32(eps)))
-    _function("batchnorm", "batchnorm_forward_kernel")(grid, (THREADS,), (
-        x, gamma, beta, running_mean, running_var, mean, invstd, out, n, channels, pixels, np.int32(bool(train)),
-        np.float32(eps), np.int32(activation_code(activation)), np.float32(alpha)))
+            np.float32(eps), gamma, beta, out if one_launch else _unused("out"), code, alpha, np.int32(one_launch)))
+    if not one_launch:
+        _function("batchnorm", "batchnorm_forward_kernel")(grid, (THREADS,), (
+            x, gamma, beta, running_mean, running_var, mean, invstd, out, n, channels, pixels, np.int32(bool(train)),
+            np.float32(eps), code, alpha))
     return out
 
 
 def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identity", alpha=0.2, dgamma=None,
                        dbeta=None, dx=None):
     """dgamma += sum g x_hat, dbeta += sum g, dx through the batch statistics (train) or not (eval), g = dy act'(y):
-    a kernel for the sums (when dgamma, dbeta or a train dx needs them), one for dx. Returns dx."""
+    a kernel for the sums (when dgamma, dbeta or a train dx needs them), one for dx (or the sums' kernel writes dx
+    too, when a block holds a whole channel). Returns dx."""
     n, channels, pixels = _check_batch("x", x)
     for label, a in (("gamma", gamma), ("mean", mean), ("invstd", invstd)):
         check_array(label, a, (channels,))
@@ -525,14 +531,17 @@ def batchnorm_backward(x, gamma, y, dy, mean, invstd, train, activation="identit
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
     grid, workspace = _channel_grid(x, 2)
     sums = _buffer("batchnorm sums", 2 * channels)
+    if dx is not None:
+        check_array("dx", dx, x.shape)
+    one_launch = bool(dx is not None and train and grid[1] == 1 and BATCHNORM_ONE_LAUNCH)
     if dgamma is not None or dbeta is not None or (dx is not None and train):
         wanted = [check_array(label, a, (channels,)) if a is not None else _unused(label)
                   for label, a in (("dgamma", dgamma), ("dbeta", dbeta))]
         _function("batchnorm", "batchnorm_grad_sums_kernel")(grid, (THREADS,), (
             x, y, dy, mean, invstd, *wanted, sums, *workspace, n, channels, pixels, code, alpha,
-            np.int32(dgamma is not None), np.int32(dbeta is not None)))
-    if dx is not None:
-        check_array("dx", dx, x.shape)
+            np.int32(dgamma is not None), np.int32(dbeta is not None), gamma, dx if one_launch else _unused("dx"),
+            np.int32(one_launch)))
+    if dx is not None and not one_launch:
         _function("batchnorm", "batchnorm_backward_kernel")(grid, (THREADS,), (
             x, gamma, y, dy, mean, invstd, sums, dx, n, channels, pixels, np.int32(bool(train)), code, alpha))
     return dx
