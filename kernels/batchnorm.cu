@@ -108,7 +108,6 @@ batchnorm_stats_kernel(const float* __restrict__ x, float* __restrict__ running_
     normalize_chunk(x, out, c, n, channels, pixels, mean[c], invstd[c], gamma[c], beta[c], act, alpha);
 }
 
-
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 batchnorm_forward_kernel(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                          const float* __restrict__ running_mean, const float* __restrict__ running_var,
