@@ -17,15 +17,14 @@ GEMM_BLOCKS_PER_SM as the driver reported them) to the measurements in FILE, lea
 over measured times (a launch's own cost fitted beside them), and prints them with what the plans they choose take.
 """
 import argparse
-import contextlib
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 
 from gan_engine.backends import cupy_cuda
 
+from .kernel_ab import backend_settings, seconds_per_call
 from .test_bench_step import make_trainer, parse_cases
 
 GEMM_THREADS = math.prod(cupy_cuda.GEMM_BLOCK)
@@ -52,17 +51,6 @@ def step_products(case):
     return list(products.values())
 
 
-@contextlib.contextmanager
-def forced(plan):
-    """Inside the block, every product the backend launches follows `plan`."""
-    saved = cupy_cuda.gemm_plan
-    cupy_cuda.gemm_plan = lambda *args, **kwargs: plan
-    try:
-        yield
-    finally:
-        cupy_cuda.gemm_plan = saved
-
-
 def launch_us(product, plan, repeats, rounds):
     """Median microseconds of one launch of `product` under `plan`, from a CUDA graph of `repeats` launches."""
     p = product
@@ -70,19 +58,11 @@ def launch_us(product, plan, repeats, rounds):
     def launch():
         cupy_cuda._gemm(p["module"], p["kernel"], p["m"], p["n"], p["k"], p["args"], p["layers"], p["group"])
 
-    with forced(plan):
+    with backend_settings({"gemm_plan": lambda *shape: plan}):  # every product follows `plan`
         launch()  # compiles the tile's module and allocates the partial sums before the capture
         replay, _ = cupy_cuda.capture(lambda: [launch() for _ in range(repeats)])
-    device = cupy_cuda.cp.cuda.Device()
     replay()
-    times = []
-    for _ in range(rounds):
-        device.synchronize()
-        start = time.perf_counter()
-        replay()
-        device.synchronize()
-        times.append((time.perf_counter() - start) / repeats * 1e6)
-    return statistics.median(times)
+    return statistics.median(seconds_per_call(replay, 1) / repeats * 1e6 for _ in range(rounds))
 
 
 def measure(product, repeats, rounds):
@@ -114,20 +94,6 @@ def kernel_attributes(module, kernel, tile):
             "local_bytes": attributes.get("local_size_bytes"), "blocks_per_sm": blocks}
 
 
-@contextlib.contextmanager
-def model_numbers(tiles, blocks, split_wave_us, fixup_bytes_per_us):
-    """Inside the block, cupy_cuda's model of a product's time runs on these numbers."""
-    names = ("GEMM_TILES", "GEMM_BLOCKS_PER_SM", "SPLIT_WAVE_US", "FIXUP_BYTES_PER_US")
-    saved = {name: getattr(cupy_cuda, name) for name in names}
-    for name, value in zip(names, (tiles, blocks, split_wave_us, fixup_bytes_per_us)):
-        setattr(cupy_cuda, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(cupy_cuda, name, value)
-
-
 def fit(result):
     """The model's numbers fitted to `result` (main's JSON): {tiles, blocks, split_wave_us, fixup_bytes_per_us,
     launch_us, rms_log, us: {as_run, fitted, fastest}}, the last the measured microseconds of every distinct
@@ -145,23 +111,25 @@ def fit(result):
               for r in products.values()]
 
     def numbers(x):  # x: alone and saturated per tile, SPLIT_WAVE_US, FIXUP_BYTES_PER_US / 1e4, launch_us
-        return {t: (x[2 * i], x[2 * i + 1]) for i, t in enumerate(tiles)}, blocks, x[-3], x[-2] * 1e4
+        return {"GEMM_TILES": {t: (x[2 * i], x[2 * i + 1]) for i, t in enumerate(tiles)},
+                "GEMM_BLOCKS_PER_SM": blocks, "SPLIT_WAVE_US": x[-3], "FIXUP_BYTES_PER_US": x[-2] * 1e4}
 
     def residuals(x):
-        with model_numbers(*numbers(x)):
+        with backend_settings(numbers(x)):
             return [math.log((x[-1] + plan.us) / row["us"]) for shape, r in zip(shapes, products.values())
                     for plan, row in zip(cupy_cuda.gemm_plans(*shape), r["plans"], strict=True)]
 
     start = [v for t in tiles for v in cupy_cuda.GEMM_TILES[t]] + [cupy_cuda.SPLIT_WAVE_US,
                                                                    cupy_cuda.FIXUP_BYTES_PER_US / 1e4, 2.0]
     x = least_squares(residuals, start, bounds=(1e-3, math.inf), x_scale="jac").x
-    fitted = numbers(x)
-    with model_numbers(*fitted):
-        chosen = [cupy_cuda.gemm_plan.__wrapped__(*shape) for shape in shapes]
+    fitted, misses = numbers(x), residuals(x)
+    with backend_settings(fitted):
+        chosen = [cupy_cuda.gemm_plan(*shape) for shape in shapes]
     took = [next(p["us"] for p in r["plans"] if tuple(p["tile"]) == c.tile and p["splits"] == c.splits)
             for c, r in zip(chosen, products.values())]
-    return {"tiles": fitted[0], "blocks": blocks, "split_wave_us": fitted[2], "fixup_bytes_per_us": fitted[3],
-            "launch_us": x[-1], "rms_log": math.sqrt(sum(r * r for r in residuals(x)) / len(residuals(x))),
+    return {"tiles": fitted["GEMM_TILES"], "blocks": blocks, "split_wave_us": fitted["SPLIT_WAVE_US"],
+            "fixup_bytes_per_us": fitted["FIXUP_BYTES_PER_US"], "launch_us": x[-1],
+            "rms_log": math.sqrt(sum(r * r for r in misses) / len(misses)),
             "us": {"as_run": sum(r["model"]["us"] for r in products.values()), "fitted": sum(took),
                    "fastest": sum(r["fastest"]["us"] for r in products.values())}}
 

@@ -12,7 +12,8 @@ of the backend's own (a constant of cupy_cuda, e.g. THIN_CHANNELS=0: no thin sca
 built and captured: with this checkout's folder as OLD, the two versions differ by that setting alone. Each version
 compiles its own modules; the graph of each is captured once and replayed, so the rounds compare the kernels
 alone. Both trainers start from the same seed and take the same steps, so the parameters after the rounds say
-whether the two versions compute the same bits ("same bits"). A GPU run; on the CPU emulator's stand-in for CuPy (tests) it checks the mechanics only.
+whether the two versions compute the same bits ("same bits"). A GPU run; on the CPU emulator's stand-in for CuPy
+(tests) it checks the mechanics only.
 """
 import argparse
 import contextlib
@@ -29,6 +30,7 @@ from gan_engine.trainer import GRAPH_WARMUP_STEPS
 
 from .test_bench_step import make_trainer, parse_cases
 
+
 @contextlib.contextmanager
 def kernels_from(folder):
     """Compile (and launch) the CUDA backend's kernels from `folder` instead of the package's kernels/ (the
@@ -42,8 +44,8 @@ def kernels_from(folder):
 
 @contextlib.contextmanager
 def backend_settings(settings):
-    """Inside the block, the backend's constants named in `settings` ({NAME: number}) take those values (GEMM plans
-    made afresh)."""
+    """Inside the block, the backend's names in `settings` ({NAME: value}: a number, or a function such as
+    gemm_plan) take those values (GEMM plans made afresh)."""
     saved = {name: getattr(cupy_cuda, name) for name in settings}
     cupy_cuda.gemm_plan.cache_clear()
     try:
@@ -77,15 +79,16 @@ def graphed_trainer(case, folder, settings=None):
     return trainer
 
 
-def seconds_per_step(trainer, steps):
-    """Wall time of `steps` graph replays, the device drained before and after, per step."""
+def seconds_per_call(run, calls):
+    """Wall time of `calls` calls of run() (a trainer's step: a graph replay), the device drained before and after,
+    per call."""
     device = cupy_cuda.cp.cuda.Device()
     device.synchronize()
     start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step()
+    for _ in range(calls):
+        run()
     device.synchronize()
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / calls
 
 
 def compare(case, old_folder, rounds, steps, settings=None):
@@ -96,7 +99,7 @@ def compare(case, old_folder, rounds, steps, settings=None):
     ratios = []
     for r in range(rounds):
         for version in ("new", "old") if r % 2 == 0 else ("old", "new"):
-            times[version].append(seconds_per_step(trainers[version], steps))
+            times[version].append(seconds_per_call(trainers[version].step, steps))
         ratios.append(times["old"][-1] / times["new"][-1])
     params = {v: [cupy_cuda.to_numpy(m.flat_params) for m in (t.G, t.D)] for v, t in trainers.items()}
     same = all(np.array_equal(a, b) for a, b in zip(params["new"], params["old"]))

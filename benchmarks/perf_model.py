@@ -141,8 +141,9 @@ def main(argv=None):
     for case in args.cases:
         s = summarise(case)
         seen = f"{measured[case]:.0f} us" if case in measured else "-"
-        print(f"| {case} | {s['launches_before']} -> {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | {s['slices_before']} -> "
-              f"{s['slices_after']} | {s['us_before']:.0f} -> {s['us_after']:.0f} us | {seen} |")
+        print(f"| {case} | {s['launches_before']} -> {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | "
+              f"{s['slices_before']} -> {s['slices_after']} | {s['us_before']:.0f} -> {s['us_after']:.0f} us | "
+              f"{seen} |")
 
 
 if __name__ == "__main__":

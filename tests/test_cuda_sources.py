@@ -25,7 +25,8 @@ def compile_source(name, text, arch, extra=()):
     """(ok, log) of compiling `text` for `arch` with the kernels' options (and `extra` ones)."""
     err, program = nvrtc.nvrtcCreateProgram(text.encode(), f"{name}.cu".encode(), 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
-    options = [f"--gpu-architecture={arch}".encode()] + [o.encode() for o in (*kernels.options(), *kernels.WARNINGS_AS_ERRORS, *extra)]
+    options = [f"--gpu-architecture={arch}".encode()]
+    options += [o.encode() for o in (*kernels.options(), *kernels.WARNINGS_AS_ERRORS, *extra)]
     (result,) = nvrtc.nvrtcCompileProgram(program, len(options), options)
     _, size = nvrtc.nvrtcGetProgramLogSize(program)
     log = b" " * size
@@ -143,7 +144,8 @@ def test_divisor_divides_as_integer_division(tmp_path):
     pairs = []
     for d in sorted(divisors):
         multiple = top // d * d
-        numerators = {0, 1, d - 1, d, d + 1, 2 * d - 1, multiple - 1, multiple, top, *rng.integers(0, 2**31, 8).tolist()}
+        numerators = {0, 1, d - 1, d, d + 1, 2 * d - 1, multiple - 1, multiple, top,
+                      *rng.integers(0, 2**31, 8).tolist()}
         pairs += [(d, x) for x in sorted(numerators) if 0 <= x <= top]
     got = run_on_host(tmp_path, DIVISOR_MAIN, [f"{d} {x}" for d, x in pairs])
     assert got == [f"{x // d} {x % d}" for d, x in pairs]

@@ -2,7 +2,7 @@
 emulator; the timings mean something on a GPU only)."""
 import pytest
 
-from benchmarks import gemm_plans, launches
+from benchmarks import gemm_plans, kernel_ab, launches
 from gan_engine.backends import cupy_cuda
 
 from . import cuda_emulator
@@ -36,7 +36,8 @@ def test_a_forced_plan_sets_the_launch_geometry(monkeypatch):
     plans = list(cupy_cuda.gemm_plans(p["m"], p["n"], p["k"], p["layers"], 132, p["group"], p["kernel"]))
     model = cupy_cuda.gemm_plan
     for plan in plans:
-        with gemm_plans.forced(plan), launches.record(cupy_cuda, run=False) as launched:
+        with (kernel_ab.backend_settings({"gemm_plan": lambda *shape: plan}),
+              launches.record(cupy_cuda, run=False) as launched):
             cupy_cuda._gemm(p["module"], p["kernel"], p["m"], p["n"], p["k"], p["args"])
         assert [(l.tile, l.grid) for l in launched] == [(plan.tile, (plan.tiles, 1, plan.splits))]
     assert cupy_cuda.gemm_plan is model  # the model's choice again after the block
@@ -52,7 +53,8 @@ def test_the_fit_finds_the_numbers_that_made_the_times():
               (512, 512, 784, 1, 1, "dense_forward_kernel"), (64, 1, 6272, 1, 1, "dense_forward_kernel"),
               (4096, 4096, 4096, 1, 1, "window_gather_kernel"), (1, 12544, 256, 4, 1, "window_gather_kernel")]
     rows = []
-    with gemm_plans.model_numbers(tiles, blocks, 3.0, 5e4):
+    numbers = {"GEMM_TILES": tiles, "GEMM_BLOCKS_PER_SM": blocks, "SPLIT_WAVE_US": 3.0, "FIXUP_BYTES_PER_US": 5e4}
+    with kernel_ab.backend_settings(numbers):
         for m, n, k, layers, group, kernel in shapes:
             plans = [{"tile": list(p.tile), "splits": p.splits, "us": 2.0 + p.us}
                      for p in cupy_cuda.gemm_plans(m, n, k, layers, 132, group, kernel)]

@@ -3,13 +3,13 @@
 the kernels are the same, only the tiles and splits differ, so the sums' bits may too).
 
     git show 2786e90:gan_engine/backends/cupy_cuda.py > gan_engine/backends/cupy_cuda_2786e90.py
-    python benchmarks/results/gpu-h200-2026-11-28-gemm-plans/ab_plans.py CASE ... > ab_plans.txt
+    PYTHONPATH=. python benchmarks/results/gpu-h200-2026-11-28-gemm-plans/ab_plans.py CASE ... > ab_plans.txt
 """
 import contextlib
 import statistics
 import sys
 
-from benchmarks.kernel_ab import seconds_per_step
+from benchmarks.kernel_ab import seconds_per_call
 from benchmarks.test_bench_step import make_trainer
 from gan_engine.backends import cupy_cuda
 from gan_engine.backends import cupy_cuda_2786e90 as before
@@ -45,7 +45,7 @@ for case in sys.argv[1:]:
     times, ratios = {"fitted": [], "before": []}, []
     for r in range(ROUNDS):
         for version in ("fitted", "before") if r % 2 == 0 else ("before", "fitted"):
-            times[version].append(seconds_per_step(trainers[version], STEPS))
+            times[version].append(seconds_per_call(trainers[version].step, STEPS))
         ratios.append(times["before"][-1] / times["fitted"][-1])
     print(f"| {case} | {statistics.median(times['fitted']) * 1e6:.0f} us | "
           f"{statistics.median(times['before']) * 1e6:.0f} us | {statistics.median(ratios):.2f}x "
