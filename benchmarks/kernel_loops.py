@@ -1,6 +1,7 @@
 """What one 16-deep K slice of each GEMM kernel costs in instructions, read from the machine code, without a GPU.
 
-    python -m benchmarks.kernel_loops [--arch sm_90] [--tiles 128x128,64x64] [--all-paths] [FILE.cu ...]
+    python -m benchmarks.kernel_loops [--arch sm_90] [--tiles 128x128,64x64] [--all-paths] [--kernels DIR]
+                                      [FILE.cu ...]
 
 Compiles kernels/*.cu (dense.cu and conv.cu by default) for each tile shape with nvcc -cubin, disassembles them
 (cuobjdump and nvdisasm: the pip wheels nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm put them in
@@ -8,7 +9,11 @@ site-packages/nvidia/cu13/bin, which is searched too), and prints, for each kern
 branch whose body holds the most FFMAs (gemm.cuh's multiply, one K slice an iteration). Per slice: instructions,
 FFMAs, shared-memory reads, global reads, and integer divisions by a run-time value (each a MUFU.RCP and some 15
 more instructions). A slice of a TILE_M x TILE_N tile is TILE_M TILE_N 16 / 256 FFMAs a thread; what the loop
-holds beyond them is index math and loads.
+holds beyond them is index math and loads. Beside them, what ptxas reports of the kernel built: its registers a
+thread (which, with its shared memory, say how many blocks an SM runs at once) and the bytes it spills to local
+memory (the kernel as shipped with --all-paths; with plain loads it may need fewer).
+--kernels DIR counts another folder of kernels (an older commit's: `git archive REV kernels | tar -x -C OLD`, then
+OLD/kernels), to set before beside after.
 
 By default gemm.cuh's `read` is compiled as a plain load (a forward's operands), so the loop has one path:
 a kernel takes its activation as an argument, and the compiler makes a copy of the loop for each activation a
@@ -58,13 +63,35 @@ def main_loops(sass):
     return loops
 
 
+def resources(ptxas_log):
+    """{kernel: (registers, spill store bytes)} from the report of nvcc -Xptxas -v."""
+    found, name, described = {}, None, None
+    for line in ptxas_log.splitlines():
+        entry = re.search(r"Compiling entry function '(\w+)'", line)
+        if entry:
+            name = entry.group(1)
+        properties = re.search(r"Function properties for (\w+)", line)
+        if properties:  # the kernel's own, or a device function's it calls
+            described = properties.group(1)
+        spills = re.search(r"(\d+) bytes spill stores", line)
+        if spills and name and described == name:
+            found[name] = (found.get(name, (0, 0))[0], int(spills.group(1)))
+        registers = re.search(r"Used (\d+) registers", line)
+        if registers and name:
+            found[name] = (int(registers.group(1)), found.get(name, (0, 0))[1])
+    return found
+
+
 def compile_and_read(source, tile, arch, folder, env):
-    """main_loops of `source` (a kernels/ file name) built for `tile` (TILE_M, TILE_N) from `folder`."""
+    """{kernel: main_loops' counts + resources'} of `source` (a kernels/ file name) built for `tile` (TILE_M,
+    TILE_N) from `folder`."""
     cubin = folder / f"{source}.{tile[0]}x{tile[1]}.cubin"
-    subprocess.run(["nvcc", f"-arch={arch}", "-cubin", f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}", f"-I{folder}",
-                    str(folder / source), "-o", str(cubin)], check=True, env=env)
+    built = subprocess.run(["nvcc", f"-arch={arch}", "-cubin", f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}",
+                            f"-I{folder}", "-Xptxas", "-v", str(folder / source), "-o", str(cubin)], check=True,
+                           capture_output=True, text=True, env=env)
     sass = subprocess.run(["cuobjdump", "-sass", str(cubin)], check=True, capture_output=True, text=True, env=env)
-    return main_loops(sass.stdout)
+    used = resources(built.stderr)
+    return {name: counts + used.get(name, (0, 0)) for name, counts in main_loops(sass.stdout).items()}
 
 
 def main(argv=None):
@@ -73,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--tiles", default="128x128,64x64,32x32,16x64,64x16")
     parser.add_argument("--all-paths", action="store_true", help="keep every activation path of the loop")
+    parser.add_argument("--kernels", type=Path, default=kernels.DIRECTORY, help="the folder of kernels to count")
     args = parser.parse_args(argv)
     env = dict(os.environ, PATH=tools())
     missing = [t for t in ("nvcc", "cuobjdump", "nvdisasm") if shutil.which(t, path=env["PATH"]) is None]
@@ -82,20 +110,19 @@ def main(argv=None):
     tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for path in kernels.DIRECTORY.glob("*.cu*"):
+        for path in args.kernels.glob("*.cu*"):
             text = path.read_text()
             if path.name == "gemm.cuh" and not args.all_paths:
                 assert PLAIN_READ[0] in text, "gemm.cuh's read() changed: update PLAIN_READ"
                 text = text.replace(*PLAIN_READ)
             (folder / path.name).write_text(text)
         print(f"{args.arch}, {'every activation path' if args.all_paths else 'one path (plain loads)'}; per K slice:")
-        print("| kernel | tile | instructions | FFMA | LDS | LDG | divisions |")
-        print("|---|---|---|---|---|---|---|")
+        print("| kernel | tile | instructions | FFMA | LDS | LDG | divisions | registers | spilled bytes |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for source in args.sources:
             for tile in tiles:
-                for name, (n, ffma, lds, ldg, div) in sorted(compile_and_read(source, tile, args.arch, folder,
-                                                                              env).items()):
-                    print(f"| {name} | {tile[0]}x{tile[1]} | {n} | {ffma} | {lds} | {ldg} | {div} |")
+                for name, counts in sorted(compile_and_read(source, tile, args.arch, folder, env).items()):
+                    print(f"| {name} | {tile[0]}x{tile[1]} | " + " | ".join(map(str, counts)) + " |")
 
 
 if __name__ == "__main__":

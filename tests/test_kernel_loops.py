@@ -31,6 +31,26 @@ def test_the_loop_with_the_most_ffmas_is_counted():
     assert loops == {"first_kernel": (6, 2, 1, 1, 1)}  # 0x30..0x80: 6 instructions, FFMA, LDS, LDG, MUFU.RCP
 
 
+# nvcc -Xptxas -v's report of two kernels (sm_90): the first spills, the second does not (a device function
+# it calls does, which is not the kernel's).
+PTXAS = """
+ptxas info    : Compiling entry function 'spilling_kernel' for 'sm_90'
+ptxas info    : Function properties for spilling_kernel
+    8 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 17412 bytes smem
+ptxas info    : Function properties for _Z6helperv
+    16 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Compiling entry function 'small_kernel' for 'sm_90'
+ptxas info    : Function properties for small_kernel
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 9220 bytes smem
+"""
+
+
+def test_registers_and_spills_are_read_for_each_kernel():
+    assert kernel_loops.resources(PTXAS) == {"spilling_kernel": (255, 12), "small_kernel": (40, 0)}
+
+
 TOOLS = ("nvcc", "cuobjdump", "nvdisasm")
 
 
@@ -41,5 +61,6 @@ def test_the_dense_kernels_loop_is_mostly_ffmas(capsys):
     kernel_loops.main(["dense.cu", "--tiles", "64x64"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if "dense_forward_kernel" in line]
     assert len(rows) == 1
-    instructions, ffma, divisions = int(rows[0][2]), int(rows[0][3]), int(rows[0][6])
+    instructions, ffma, divisions, registers = int(rows[0][2]), int(rows[0][3]), int(rows[0][6]), int(rows[0][7])
     assert ffma == 64 * 64 * 16 // 256 and instructions > ffma and divisions == 0
+    assert 16 < registers <= 255  # more than its 4 x 4 accumulators
