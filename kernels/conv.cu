@@ -54,19 +54,41 @@ struct Image {
     float alpha;
 };
 
-// Element (r, c) = ((channel, i, j), (n, sy, sx)) of the patch matrix of a big image (im2col, read in place).
+// Half of where an element of a window matrix is (gemm.cuh's row() or col()): an offset into an image and a row and
+// column in it; the element is at the sum of its row's half and its column's half, 0 outside the image (h, w).
+struct WindowHalf {
+    int at, y, x;
+};
+
+__device__ __forceinline__ float window_at(const Image& image, const WindowHalf& a, const WindowHalf& b, int h,
+                                           int w) {
+    const int y = a.y + b.y, x = a.x + b.x;
+    if ((unsigned)y >= (unsigned)h || (unsigned)x >= (unsigned)w) return 0.f;
+    return read(image.v, image.y, a.at + b.at, image.act, image.alpha);
+}
+
+// Element (r, c) = ((channel, i, j), (n, sy, sx)) of the patch matrix of a big image (im2col, read in place):
+// big[n, channel, by + i, bx + j] with (by, bx) = (sy sh - ph, sx sw - pw) the window's corner.
 struct Patches : Image {
     Divisor taps, kw, pixels, ws;  // kh kw, kw, hs ws, ws
     static constexpr bool ROW_CONTIGUOUS = true;
+    using Row = WindowHalf;  // (channel hb + i) wb + j, i, j
+    using Col = WindowHalf;  // (n cb hb + by) wb + bx, by, bx
     __device__ explicit Patches(const Image& image)
         : Image(image), taps(w.kh * w.kw), kw(w.kw), pixels(w.hs * w.ws), ws(w.ws) {}
-    __device__ float operator()(int r, int c) const {
-        unsigned tap, j, p, sx;
-        const unsigned channel = taps.divmod(r, tap), i = kw.divmod(tap, j);
-        const unsigned n = pixels.divmod(c, p), sy = ws.divmod(p, sx);
-        const int by = sy * w.sh - w.ph + i, bx = sx * w.sw - w.pw + j;
-        if (by < 0 || by >= w.hb || bx < 0 || bx >= w.wb) return 0.f;
-        return read(v, y, ((n * w.cb + channel) * w.hb + by) * w.wb + bx, act, alpha);
+    __device__ WindowHalf row(int r) const {
+        unsigned tap, j;
+        const int channel = taps.divmod(r, tap), i = kw.divmod(tap, j);
+        return {(channel * w.hb + i) * w.wb + (int)j, i, (int)j};
+    }
+    __device__ WindowHalf col(int c) const {
+        unsigned p, sx;
+        const int n = pixels.divmod(c, p), sy = ws.divmod(p, sx);
+        const int by = sy * w.sh - w.ph, bx = (int)sx * w.sw - w.pw;
+        return {(n * w.cb * w.hb + by) * w.wb + bx, by, bx};
+    }
+    __device__ float at(const WindowHalf& row, const WindowHalf& col) const {
+        return window_at(*this, row, col, w.hb, w.wb);
     }
 };
 
@@ -116,11 +138,15 @@ struct PhaseWeights {
     Phase f;
     PhaseTaps t;
     static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const {
+    using Row = int;  // r kh kw
+    using Col = int;  // (s cb kh + ry + sh ti) kw + rx + sw tj
+    __device__ int row(int r) const { return r * w.kh * w.kw; }
+    __device__ int col(int c) const {
         unsigned ti, tj;
-        const unsigned channel = t.split(c, ti, tj);
-        return W[((channel * w.cb + r) * w.kh + f.ry + w.sh * ti) * w.kw + f.rx + w.sw * tj];
+        const int channel = t.split(c, ti, tj);
+        return (channel * w.cb * w.kh + f.ry + w.sh * (int)ti) * w.kw + f.rx + w.sw * (int)tj;
     }
+    __device__ float at(int row, int col) const { return W[row + col]; }
 };
 
 // Element (r, c) = ((channel, ti, tj), (n, qy, qx)) of the phase's scattered matrix: small[n, channel, qy + oy - ti,
@@ -130,14 +156,22 @@ struct PhaseScattered : Image {
     PhaseTaps t;
     Divisor pixels, wq;  // hq wq, wq
     static constexpr bool ROW_CONTIGUOUS = true;
+    using Row = WindowHalf;  // (channel hs - ti) ws - tj, -ti, -tj
+    using Col = WindowHalf;  // (n cs hs + qy + oy) ws + qx + ox, qy + oy, qx + ox
     __device__ PhaseScattered(const Image& image, const Phase& phase, const PhaseTaps& taps)
         : Image(image), f(phase), t(taps), pixels(f.hq * f.wq), wq(f.wq) {}
-    __device__ float operator()(int r, int c) const {
-        unsigned ti, tj, p, qx;
-        const unsigned channel = t.split(r, ti, tj), n = pixels.divmod(c, p), qy = wq.divmod(p, qx);
-        const int sy = (int)qy + f.oy - (int)ti, sx = (int)qx + f.ox - (int)tj;
-        if (sy < 0 || sy >= w.hs || sx < 0 || sx >= w.ws) return 0.f;
-        return read(v, y, ((n * w.cs + channel) * w.hs + sy) * w.ws + sx, act, alpha);
+    __device__ WindowHalf row(int r) const {
+        unsigned ti, tj;
+        const int channel = t.split(r, ti, tj);
+        return {(channel * w.hs - (int)ti) * w.ws - (int)tj, -(int)ti, -(int)tj};
+    }
+    __device__ WindowHalf col(int c) const {
+        unsigned p, qx;
+        const int n = pixels.divmod(c, p), sy = (int)wq.divmod(p, qx) + f.oy, sx = (int)qx + f.ox;
+        return {(n * w.cs * w.hs + sy) * w.ws + sx, sy, sx};
+    }
+    __device__ float at(const WindowHalf& row, const WindowHalf& col) const {
+        return window_at(*this, row, col, w.hs, w.ws);
     }
 };
 
@@ -150,9 +184,11 @@ struct Channels {
     int act;
     float alpha;
     static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const {
-        return read(v, y, channel_value(c, r, channels, pixels), act, alpha);
-    }
+    using Row = int;  // channel P
+    using Col = int;  // n C P + pixel
+    __device__ int row(int r) const { return r * (int)pixels.d; }
+    __device__ int col(int c) const { return channel_value(c, 0, channels, pixels); }
+    __device__ float at(int row, int col) const { return read(v, y, row + col, act, alpha); }
 };
 
 // Stores C (channels, (n, pixel)) into an image (N, channels, pixels): + bias and activation, or as it is.

@@ -59,10 +59,19 @@ struct MaxoutGrad {
     int units;
     Divisor pieces;
     static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const {
+    using Row = int;  // r units
+    struct Col {
+        int unit, piece;
+    };
+    __device__ int row(int r) const { return r * units; }
+    __device__ Col col(int c) const {
         unsigned p;
-        const int u = pieces.divmod(c, p), at = r * units + u;
-        return argmax[at] == (int)p ? dy[at] : 0.f;
+        const int u = pieces.divmod(c, p);
+        return {u, (int)p};
+    }
+    __device__ float at(int row, const Col& col) const {
+        const int at = row + col.unit;
+        return argmax[at] == col.piece ? dy[at] : 0.f;
     }
 };
 

@@ -2,10 +2,14 @@
 //
 // gemm(A, B, M, Nc, K, split, epilogue) computes C (M, Nc) = A (M, K) @ B (K, Nc) and hands each value of C to the
 // kernel's epilogue(r, c, value), once (gemm_grouped, at the end of this file: a group of neighbouring values at
-// once). A and B are operand readers: `(r, c)` returns element (r, c) of the operand wherever and however it is
-// stored (a row-major matrix, its transpose, a gradient dy act'(y) made as it is read, a window of an image for a
-// convolution); it is called only inside the operand. ROW_CONTIGUOUS says whether neighbouring columns are
-// neighbours in memory, which orders the loads so that neighbouring threads read neighbouring addresses.
+// once). A and B are operand readers, which say where and how an operand is stored (a row-major matrix, its
+// transpose, a gradient dy act'(y) made as it is read, a window of an image for a convolution) in two halves:
+// row(r) and col(c) do the work that depends on the row alone and on the column alone (splitting an index into
+// its parts, an offset), and at(row(r), col(c)) joins them into element (r, c) (the bounds of a window, the load).
+// A thread of the GEMM reads its share of a tile at the same rows (or the same columns) slice after slice, so it
+// makes those halves once, before the K loop, and only the K side's half in the loop. row() and col() are plain
+// arithmetic, made for any index; at() is called only inside the operand. ROW_CONTIGUOUS says whether neighbouring
+// columns are neighbours in memory, which orders the loads so that neighbouring threads read neighbouring addresses.
 //
 // Tile. A block of GEMM_THREADS = 16 x 16 threads computes a TILE_M x TILE_N tile of C, THREAD_M x THREAD_N =
 // (TILE_M / 16) x (TILE_N / 16) values a thread, in registers. TILE_M and TILE_N (16, 32, 64 or 128) are fixed
@@ -64,7 +68,11 @@ struct Rows {
     int act;
     float alpha;
     static constexpr bool ROW_CONTIGUOUS = true;
-    __device__ float operator()(int r, int c) const { return read(v, y, r * ld + c, act, alpha); }
+    using Row = int;  // r ld
+    using Col = int;  // c
+    __device__ int row(int r) const { return r * ld; }
+    __device__ int col(int c) const { return c; }
+    __device__ float at(int row, int col) const { return read(v, y, row + col, act, alpha); }
 };
 
 // The transpose of an operand: element (r, c) is m's (c, r).
@@ -72,7 +80,11 @@ template <class M>
 struct Transposed {
     M m;
     static constexpr bool ROW_CONTIGUOUS = !M::ROW_CONTIGUOUS;
-    __device__ float operator()(int r, int c) const { return m(c, r); }
+    using Row = typename M::Col;
+    using Col = typename M::Row;
+    __device__ Row row(int r) const { return m.col(r); }
+    __device__ Col col(int c) const { return m.row(c); }
+    __device__ float at(const Row& row, const Col& col) const { return m.at(col, row); }
 };
 
 // Where the blocks of a split product meet (see the header): `count` splits along K, this block's `index`,
@@ -112,35 +124,50 @@ __device__ __forceinline__ void read_fragment(const float* row, int t, float* ou
     }
 }
 
-// One operand seen along K: element (x, k) is A(x, k) of the left operand, or B(k, x) of the right one.
-template <class Operand, bool RIGHT>
-struct AlongK {
-    const Operand& m;
-    static constexpr bool K_CONTIGUOUS = RIGHT ? !Operand::ROW_CONTIGUOUS : Operand::ROW_CONTIGUOUS;
-    __device__ float operator()(int x, int k) const { return RIGHT ? m(k, x) : m(x, k); }
-};
-
-// A thread's share of one TILE x TILE_K slice of an operand (0 outside it), in registers between its read from
-// global memory and its store into shared memory as staged[k][x]. Neighbouring threads take neighbouring k where
-// K runs along memory, else neighbouring x; either way a thread keeps the same x (or k) offsets slice after slice.
+// A thread's share of one TILE x TILE_K slice of an operand View (x, k) (0 outside it): the left operand A itself,
+// or the right one seen as Transposed<B>. In registers between its read from global memory and its store into
+// shared memory as staged[k][x]. Neighbouring threads take neighbouring k where K runs along memory, else
+// neighbouring x. Either way a thread keeps its x (and its k offsets) slice after slice: where K runs along memory
+// its LOADS values lie at LOADS x and one k, else at one x and LOADS k. `start` makes the x halves of its elements
+// (View::row) once, XS of them; `read` then needs only the k halves of a slice (View::col).
 template <int TILE, class View>
 struct Slice {
+    static constexpr bool K_CONTIGUOUS = View::ROW_CONTIGUOUS;
     static constexpr int LOADS = TILE * TILE_K / GEMM_THREADS;
+    static constexpr int XS = K_CONTIGUOUS ? LOADS : 1;
     float v[LOADS];
+    typename View::Row xs[XS];
+    bool inside[XS];  // x < extent
 
-    __device__ static int x_of(int l) {
-        const int at = (int)(threadIdx.y * 16 + threadIdx.x) + l * GEMM_THREADS;
-        return View::K_CONTIGUOUS ? at / TILE_K : at % TILE;
+    __device__ static int x_of(int l) {  // unsigned: a shift and a mask, no sign fix-ups
+        const unsigned at = threadIdx.y * 16 + threadIdx.x + l * GEMM_THREADS;
+        return (int)(K_CONTIGUOUS ? at / TILE_K : at % TILE);
     }
     __device__ static int k_of(int l) {
-        const int at = (int)(threadIdx.y * 16 + threadIdx.x) + l * GEMM_THREADS;
-        return View::K_CONTIGUOUS ? at % TILE_K : at / TILE;
+        const unsigned at = threadIdx.y * 16 + threadIdx.x + l * GEMM_THREADS;
+        return (int)(K_CONTIGUOUS ? at % TILE_K : at / TILE);
     }
-    __device__ void read(const View& view, int x0, int extent, int k0, int K) {
+
+    __device__ void start(const View& view, int x0, int extent) {
         #pragma unroll
-        for (int l = 0; l < LOADS; ++l) {
-            const int x = x0 + x_of(l), k = k0 + k_of(l);
-            v[l] = x < extent && k < K ? view(x, k) : 0.f;
+        for (int l = 0; l < XS; ++l) {
+            const int x = x0 + x_of(l);
+            inside[l] = x < extent;
+            xs[l] = view.row(x);
+        }
+    }
+    __device__ void read(const View& view, int k0, int K) {
+        if constexpr (K_CONTIGUOUS) {  // one k, LOADS x
+            const int k = k0 + k_of(0);
+            const typename View::Col kc = view.col(k);
+            #pragma unroll
+            for (int l = 0; l < LOADS; ++l) v[l] = inside[l] && k < K ? view.at(xs[l], kc) : 0.f;
+        } else {  // one x, LOADS k
+            #pragma unroll
+            for (int l = 0; l < LOADS; ++l) {
+                const int k = k0 + k_of(l);
+                v[l] = inside[0] && k < K ? view.at(xs[0], view.col(k)) : 0.f;
+            }
         }
     }
     __device__ void stage(float (*staged)[TILE + SHARED_PAD]) const {
@@ -167,12 +194,14 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
         #pragma unroll
         for (int j = 0; j < THREAD_N; ++j) acc[i][j] = 0.f;
     if (k_begin >= k_end) return;  // an empty split: the same for the whole block
-    const AlongK<OperandA, false> left{A};
-    const AlongK<OperandB, true> right{B};
-    Slice<TILE_M, AlongK<OperandA, false>> a;
-    Slice<TILE_N, AlongK<OperandB, true>> b;
-    a.read(left, row0, M, k_begin, K);
-    b.read(right, col0, Nc, k_begin, K);
+    const OperandA& left = A;              // (x, k) = A (row, k)
+    const Transposed<OperandB> right{B};  // (x, k) = B (k, column)
+    Slice<TILE_M, OperandA> a;
+    Slice<TILE_N, Transposed<OperandB>> b;
+    a.start(left, row0, M);
+    b.start(right, col0, Nc);
+    a.read(left, k_begin, K);
+    b.read(right, k_begin, K);
     a.stage(As[0]);
     b.stage(Bs[0]);
     __syncthreads();
@@ -181,8 +210,8 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         const bool more = k0 + TILE_K < k_end;
         if (more) {  // the next slice's global reads are in flight during this slice's multiply
-            a.read(left, row0, M, k0 + TILE_K, K);
-            b.read(right, col0, Nc, k0 + TILE_K, K);
+            a.read(left, k0 + TILE_K, K);
+            b.read(right, k0 + TILE_K, K);
         }
         #pragma unroll
         for (int kk = 0; kk < TILE_K; ++kk) {
