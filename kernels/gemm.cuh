@@ -44,6 +44,12 @@
 #endif
 #define TILE_K 16
 #define GEMM_THREADS 256
+// Blocks an SM must hold at once, for a kernel that asks (conv.cu's: __launch_bounds__(GEMM_THREADS,
+// GEMM_MIN_BLOCKS), which caps its registers at 64K / (256 x this)): at 64 x 64, 3, so 80 registers at most; the
+// phases kernel needs 91 unbounded (2 blocks an SM) and 80 bounded, without a spill (benchmarks/kernel_loops.py
+// --all-paths). 0 elsewhere: no bound, ptxas's own choice (given 1, it lets the small tiles grow from 40-57
+// registers to 90-124; 128 x 128 needs more than 80).
+#define GEMM_MIN_BLOCKS (TILE_M == 64 && TILE_N == 64 ? 3 : 0)
 #define THREAD_M (TILE_M / 16)
 #define THREAD_N (TILE_N / 16)
 #define SHARED_PAD 4

@@ -21,6 +21,8 @@ extern "C" __global__ void __launch_bounds__(BLOCK) reverse_kernel(const float* 
     if (t < n) y[blockIdx.x * BLOCK + t] = s[BLOCK - 1 - t];
 }
 
+extern "C" __global__ void __launch_bounds__(BLOCK, 3) fill_bounded_kernel(float* x) { x[threadIdx.x] = 1.f; }
+
 extern "C" __global__ void reverse_missing_barrier_kernel(const float* __restrict__ x, float* y, int n) {
     __shared__ float s[BLOCK];
     int t = threadIdx.x;
@@ -305,3 +307,8 @@ def test_arguments_must_have_the_kernels_c_types(module):
 def test_a_block_over_the_launch_bound_is_refused(module):
     with pytest.raises(ValueError, match="at most 8 threads a block"):
         module.get_function("reverse_kernel")((1,), (16,), (emulator.zeros(16), emulator.zeros(16), np.int32(16)))
+    with pytest.raises(ValueError, match="at most 8 threads a block"):  # a bound with blocks an SM too
+        module.get_function("fill_bounded_kernel")((1,), (16,), (emulator.zeros(16),))
+    x = emulator.zeros(8)
+    module.get_function("fill_bounded_kernel")((1,), (8,), (x,))
+    assert np.array_equal(np.asarray(x), np.ones(8))

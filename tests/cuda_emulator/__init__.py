@@ -49,7 +49,7 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("emulator.h")
 LINKER_SCRIPT = Path(__file__).with_name("shared.ld")
-KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)\))?\s+(\w+)\s*\(([^)]*)\)')
+KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)(?:,\s*\w+)?\))?\s+(\w+)\s*\(([^)]*)\)')
 SHARED_WRITES = re.compile(r"^[ \t]*// emulator: shared_writes (\w+) (\w+)[ \t]*$", re.M)
 SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
            "unsigned int": np.uint32, "unsigned long long": np.uint64}
