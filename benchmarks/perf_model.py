@@ -100,8 +100,6 @@ def launch_cost(launch, before=False):
         waves = math.ceil(launch.blocks / (BLOCKS_PER_SM * cupy_cuda.DEFAULT_MULTIPROCESSORS))
         passes = PASSES[launch.kernel] + one_launch * ONE_LAUNCH_PASSES.get(launch.kernel, 0)
         return LAUNCH_US + waves * passes * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
-    if before and launch.kernel == "dense_bias_grad_kernel":
-        return 0.0, 0, 0  # summed in the dW kernel then
     return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
 
 

@@ -1,9 +1,9 @@
 // bias.cu: the bias gradient of dense and convolution layers, fp32.
 //
 //   channel_grad_sum_kernel  db (C,) += sum over n and pixels of g = dy act'(y), y and dy (N, C, P) (a convolution's;
-//                            a dense layer's (N, C) is dense.cu's dense_bias_grad_kernel, a thread a column): a
-//                            channel reduction (reduce.cuh), each block's sum in partial (C, chunks), the last block
-//                            of a channel adds them in chunk order (deterministic)
+//                            a dense layer's is a row of its weight gradient's GEMM, dense.cu): a channel
+//                            reduction (reduce.cuh), each block's sum in partial (C, chunks), the last block of a
+//                            channel adds them in chunk order (deterministic)
 //
 // Grid (C, chunks), block (REDUCE_THREADS,); arrivals (C,) at 0 between launches. N C P below 2^31.
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):

@@ -2,21 +2,22 @@
 //
 //   dense_forward_kernel      y (N, O) = act(x (N, I) @ W (I, O) + b (O,))          NN GEMM, bias + activation
 //                                                                                  in the epilogue
-//   dense_backward_dw_kernel  dW (I, O) += x^T g                                    TN GEMM; g = dy act'(y) is
-//                                                                                  made as g's tiles are read
+//   dense_backward_dw_kernel  dW (I, O) += x^T g, db (O,) += 1^T g                  TN GEMM [dW; db] += [x^T; 1] g
+//                                                                                  (gemm.cuh's OnesRow), either
+//                                                                                  alone; g = dy act'(y) is made
+//                                                                                  as g's tiles are read
 //   dense_backward_dx_kernel  dx (N, I) = g (N, O) @ W^T (O, I), g = dy act'(y)     NT GEMM, g made on read
-//   dense_bias_grad_kernel    db (O,) += sum_n g                                    a thread per column, n in
-//                                                                                  order (deterministic)
 //
 // The maxout layer (a unit's pieces are W's columns u * pieces + p):
 //   maxout_forward_kernel      y (N, U) = max_p (x W + b), argmax (N, U) the first piece reaching it (NaN wins):
 //                              gemm_grouped, a unit's pieces side by side in the epilogue (z is never stored)
-//   maxout_backward_dw_kernel  dW (I, U pieces) += x^T g     TN GEMM; g (N, U pieces), dy at each unit's winning
-//                                                            piece and 0 elsewhere, is made as g's tiles are read
+//   maxout_backward_dw_kernel  dW (I, U pieces) += x^T g,    TN GEMM [dW; db] += [x^T; 1] g, either alone; g
+//                              db (U pieces) += 1^T g        (N, U pieces), dy at each unit's winning piece and 0
+//                                                            elsewhere, is made as g's tiles are read
 //   maxout_backward_dx_kernel  dx (N, I) = g W^T             NT GEMM, g made on read
-//   maxout_bias_grad_kernel    db (U pieces) += sum_n g      a thread per column, n in order (deterministic)
-// Grid (ceil(columns / 256),), block (256,) for the two bias gradients, which are no GEMM: a warp reads 32
-// neighbouring columns of a row at a time.
+// The weight gradient kernels' has_dw and has_db say which they write (the other pointer is not touched): C is
+// (has_dw I + has_db, columns), its last row the bias gradient, each column's sum in batch order (split products:
+// the splits' sums in split order).
 // Every kernel is gemm.cuh's GEMM C (M, Nc) = A (M, K) @ B (K, Nc), split along K when the launcher says so.
 // Grid (tiles, 1, splits), block (16, 16); see gemm.cuh.
 // The blocks of a launch count their arrivals on one counter (reduce.cuh's last_to_arrive):
@@ -37,10 +38,15 @@ dense_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, c
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 dense_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
-                         float* __restrict__ dW, int N, int I, int O, int act, float alpha, SPLIT_PARAMS) {
-    // C = dW (I, O), A = x^T (I, N) read from x (N, I), B = g (N, O), K = N.
-    gemm(Transposed<Rows>{{x, x, I, ACT_IDENTITY, 0.f}}, Rows{dy, y, O, act, alpha}, I, O, N, SPLIT,
-         [&](int r, int c, float v) { dW[r * O + c] += v; });
+                         float* __restrict__ dW, float* __restrict__ db, int N, int I, int O, int has_dw,
+                         int has_db, int act, float alpha, SPLIT_PARAMS) {
+    // C = [dW; db] (rows + has_db, O), A = [x^T; 1] read from x (N, I), B = g (N, O), K = N.
+    const int rows = has_dw ? I : 0;
+    gemm(OnesRow<Transposed<Rows>>{{{x, x, I, ACT_IDENTITY, 0.f}}, rows}, Rows{dy, y, O, act, alpha},
+         rows + has_db, O, N, SPLIT, [&](int r, int c, float v) {
+             if (r < rows) dW[r * O + c] += v;
+             else db[c] += v;
+         });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -99,11 +105,15 @@ maxout_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, 
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
 maxout_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ dy, const int* __restrict__ argmax,
-                          float* __restrict__ dW, int N, int I, int units, int pieces, SPLIT_PARAMS) {
-    // C = dW (I, U pieces), A = x^T (I, N) read from x (N, I), B = g (N, U pieces), K = N.
-    const int width = units * pieces;
-    gemm(Transposed<Rows>{{x, x, I, ACT_IDENTITY, 0.f}}, MaxoutGrad{dy, argmax, units, Divisor(pieces)}, I, width, N,
-         SPLIT, [&](int r, int c, float v) { dW[r * width + c] += v; });
+                          float* __restrict__ dW, float* __restrict__ db, int N, int I, int units, int pieces,
+                          int has_dw, int has_db, SPLIT_PARAMS) {
+    // C = [dW; db] (rows + has_db, U pieces), A = [x^T; 1] read from x (N, I), B = g (N, U pieces), K = N.
+    const int width = units * pieces, rows = has_dw ? I : 0;
+    gemm(OnesRow<Transposed<Rows>>{{{x, x, I, ACT_IDENTITY, 0.f}}, rows}, MaxoutGrad{dy, argmax, units,
+         Divisor(pieces)}, rows + has_db, width, N, SPLIT, [&](int r, int c, float v) {
+             if (r < rows) dW[r * width + c] += v;
+             else db[c] += v;
+         });
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -113,25 +123,4 @@ maxout_backward_dx_kernel(const float* __restrict__ dy, const int* __restrict__ 
     const int width = units * pieces;
     gemm(MaxoutGrad{dy, argmax, units, Divisor(pieces)}, Transposed<Rows>{{W, W, width, ACT_IDENTITY, 0.f}}, N, I,
          width, SPLIT, [&](int r, int c, float v) { dx[r * I + c] = v; });
-}
-
-extern "C" __global__ void dense_bias_grad_kernel(const float* __restrict__ y, const float* __restrict__ dy,
-                                                  float* __restrict__ db, int N, int O, int act, float alpha) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;  // a column of g
-    if (c >= O) return;
-    float sum = 0.f;
-    for (int at = c; at < N * O; at += O) sum += act_backward(y[at], dy[at], act, alpha);
-    db[c] += sum;
-}
-
-extern "C" __global__ void maxout_bias_grad_kernel(const float* __restrict__ dy, const int* __restrict__ argmax,
-                                                   float* __restrict__ db, int N, int units, int pieces) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;  // a column of g: unit u, piece p
-    if (c >= units * pieces) return;
-    const int u = c / pieces, p = c - u * pieces;
-    float sum = 0.f;
-    for (int n = 0; n < N; ++n) {
-        if (argmax[n * units + u] == p) sum += dy[n * units + u];
-    }
-    db[c] += sum;
 }

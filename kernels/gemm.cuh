@@ -93,6 +93,24 @@ struct Transposed {
     __device__ float at(const Row& row, const Col& col) const { return m.at(col, row); }
 };
 
+// An operand with a row of ones below its first `rows` rows (element (rows, c) = 1): the product's row `rows` is
+// then the column sums of the other operand, in K order (a bias gradient made beside a weight gradient, in its
+// launch). rows = 0: the ones row alone.
+template <class M>
+struct OnesRow {
+    M m;
+    int rows;
+    static constexpr bool ROW_CONTIGUOUS = M::ROW_CONTIGUOUS;
+    struct Row {
+        typename M::Row row;
+        bool ones;
+    };
+    using Col = typename M::Col;
+    __device__ Row row(int r) const { return {m.row(r), r == rows}; }
+    __device__ Col col(int c) const { return m.col(c); }
+    __device__ float at(const Row& row, const Col& col) const { return row.ones ? 1.f : m.at(row.row, col); }
+};
+
 // Where the blocks of a split product meet (see the header): `count` splits along K, this block's `index`,
 // partial (count, M, Nc) sums, arrivals (tiles,) counters.
 struct Split {

@@ -47,9 +47,10 @@ def run_dense_forward(be, a):
 def run_dense_backward(be, a):
     dW, db, dx = a["dW0"].copy(), a["db0"].copy(), _nan_like(a["x"])
     be.dense_backward(a["x"], a["W"], a["y0"], a["dy"], a["act"], 0.2, dW=dW, db=db, dx=dx)
-    dW2 = a["dW0"].copy()
+    dW2, db2 = a["dW0"].copy(), a["db0"].copy()
     be.dense_backward(a["x"], a["W"], a["y0"], a["dy"], a["act"], 0.2, dW=dW2, db=None, dx=None)
-    return {"dW": dW, "db": db, "dx": dx, "dW (no db, no dx)": dW2}
+    be.dense_backward(a["x"], a["W"], a["y0"], a["dy"], a["act"], 0.2, db=db2)
+    return {"dW": dW, "db": db, "dx": dx, "dW (no db, no dx)": dW2, "db (no dW, no dx)": db2}
 
 
 def _with_dense_outputs(rng, a):
@@ -87,9 +88,12 @@ def run_maxout_forward(be, a):
 def run_maxout_backward(be, a):
     dW, db, dx = a["dW0"].copy(), a["db0"].copy(), _nan_like(a["x"])
     be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], dW=dW, db=db, dx=dx)
-    dx_only = _nan_like(a["x"])
+    dx_only, dW_only, db_only = _nan_like(a["x"]), a["dW0"].copy(), a["db0"].copy()
     be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], dx=dx_only)
-    return {"dW": dW, "db": db, "dx": dx, "dx (no dW, no db)": dx_only}
+    be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], dW=dW_only)
+    be.maxout_backward(a["x"], a["W"], a["dy"], a["argmax0"], a["pieces"], db=db_only)
+    return {"dW": dW, "db": db, "dx": dx, "dx (no dW, no db)": dx_only, "dW (no db, no dx)": dW_only,
+            "db (no dW, no dx)": db_only}
 
 
 # conv cases: (N, C_in, C_out, H, W, kernel, stride, padding, output_padding, bias)

@@ -288,26 +288,36 @@ def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
 
 
 def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
-    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T, g = dy * act'(y) made as the kernels load dy; a
-    kernel each, for those given. Returns dx."""
+    """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T, g = dy * act'(y) made as the kernels load dy, for
+    those given: dW and db in one GEMM ([dW; db] += [x^T; 1] g), dx in another. Returns dx."""
     n, i = check_array("x", x).shape
     o = check_array("W", W, (i, W.shape[1])).shape[1]
     check_array("y", y, (n, o))
     check_array("dy", dy, (n, o))
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
-    if dW is not None:
-        check_array("dW", dW, (i, o))
-        _gemm("dense", "dense_backward_dw_kernel", i, o, n, (
-            x, y, dy, dW, np.int32(n), np.int32(i), np.int32(o), code, alpha))
-    if db is not None:  # a thread a column: a block per column would sum only N values with 256 threads
-        check_array("db", db, (o,))
-        _function("dense", "dense_bias_grad_kernel")(elementwise_grid(o), (THREADS,), (
-            y, dy, db, np.int32(n), np.int32(o), code, alpha))
+    if dW is not None or db is not None:
+        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
+        _gemm("dense", "dense_backward_dw_kernel", rows, o, n, (
+            x, y, dy, dW_arg, db_arg, np.int32(n), np.int32(i), np.int32(o), has_dw, has_db, code, alpha))
     if dx is not None:
         check_array("dx", dx, (n, i))
         _gemm("dense", "dense_backward_dx_kernel", n, i, o, (
             y, dy, W, dx, np.int32(n), np.int32(i), np.int32(o), code, alpha))
     return dx
+
+
+def _weight_grads(dW, dw_shape, db, columns):
+    """A weight gradient kernel's (dW, db, has_dw, has_db) and its product's rows, from the arrays given (checked):
+    rows I + 1 for both, I for dW alone, 1 for db alone (dense.cu's [dW; db] += [x^T; 1] g). A buffer of the
+    backend's stands in for an array not given, which the kernel does not touch (its arguments must not overlap)."""
+    unused = _buffer("weight_grads_unused", 1)
+    if dW is not None:
+        check_array("dW", dW, dw_shape)
+    if db is not None:
+        check_array("db", db, (columns,))
+    rows = dw_shape[0] * (dW is not None) + (db is not None)
+    return (unused if dW is None else dW, unused if db is None else db, np.int32(dW is not None),
+            np.int32(db is not None)), rows
 
 
 # ---- maxout (dense.cu) ---------------------------------------------------------------------------------------
@@ -331,20 +341,17 @@ def maxout_forward(x, W, b, pieces, argmax, out=None):
 
 def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
     """dW (I, U pieces) += x^T g, db += sum_n g, dx (N, I) = g W^T, g = dy at the winning pieces made as the
-    kernels load it; a kernel each, for those given. Returns dx."""
+    kernels load it, for those given: dW and db in one GEMM, dx in another. Returns dx."""
     n, i = check_array("x", x).shape
     width = check_array("W", W, (i, W.shape[1])).shape[1]
     units = width // pieces
     check_array("dy", dy, (n, units))
     check_array("argmax", argmax, (n, units), np.int32)
     sizes = (np.int32(n), np.int32(i), np.int32(units), np.int32(pieces))
-    if dW is not None:
-        check_array("dW", dW, (i, width))
-        _gemm("dense", "maxout_backward_dw_kernel", i, width, n, (x, dy, argmax, dW, *sizes))
-    if db is not None:
-        check_array("db", db, (width,))
-        _function("dense", "maxout_bias_grad_kernel")(elementwise_grid(width), (THREADS,), (
-            dy, argmax, db, np.int32(n), np.int32(units), np.int32(pieces)))
+    if dW is not None or db is not None:
+        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
+        _gemm("dense", "maxout_backward_dw_kernel", rows, width, n, (
+            x, dy, argmax, dW_arg, db_arg, *sizes, has_dw, has_db))
     if dx is not None:
         check_array("dx", dx, (n, i))
         _gemm("dense", "maxout_backward_dx_kernel", n, i, width, (dy, argmax, W, dx, *sizes))
