@@ -208,7 +208,7 @@ struct ImageStore {
                       int pw
 #define WINDOW Window{n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw}
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 3))
 window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big, const float* __restrict__ big_y,
                      const float* __restrict__ b, float* __restrict__ small, WINDOW_PARAMS, int act, float alpha,
                      int gradient, int has_bias, SPLIT_PARAMS) {
@@ -219,7 +219,7 @@ window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big,
          ImageStore{small, b, cs, Divisor(hs * ws), has_bias, gradient ? ACT_IDENTITY : act, alpha});
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 3))
 window_scatter_phases_kernel(const float* __restrict__ W, const float* __restrict__ small,
                              const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
                              WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias, SPLIT_PARAMS) {
@@ -242,7 +242,7 @@ window_scatter_phases_kernel(const float* __restrict__ W, const float* __restric
     });
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(0, 3))
 window_weight_grad_kernel(const float* __restrict__ small, const float* __restrict__ small_y,
                           const float* __restrict__ big, const float* __restrict__ big_y, float* __restrict__ dW,
                           WINDOW_PARAMS, int small_act, int big_act, float alpha, SPLIT_PARAMS) {

@@ -29,14 +29,14 @@
 // emulator: shared_writes maxout_backward_dx_kernel arrivals
 #include "gemm.cuh"
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 0))
 dense_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, const float* __restrict__ b,
                      float* __restrict__ y, int N, int I, int O, int act, float alpha, SPLIT_PARAMS) {
     gemm(Rows{x, x, I, ACT_IDENTITY, 0.f}, Rows{W, W, O, ACT_IDENTITY, 0.f}, N, O, I, SPLIT,
          [&](int r, int c, float v) { y[r * O + c] = act_forward(v + b[c], act, alpha); });
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 0))
 dense_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
                          float* __restrict__ dW, float* __restrict__ db, int N, int I, int O, int has_dw,
                          int has_db, int act, float alpha, SPLIT_PARAMS) {
@@ -81,7 +81,7 @@ struct MaxoutGrad {
     }
 };
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 0))
 maxout_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, const float* __restrict__ b,
                       float* __restrict__ y, int* __restrict__ argmax, int N, int I, int units, int pieces,
                       SPLIT_PARAMS) {
@@ -103,7 +103,7 @@ maxout_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, 
                  });
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 0))
 maxout_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ dy, const int* __restrict__ argmax,
                           float* __restrict__ dW, float* __restrict__ db, int N, int I, int units, int pieces,
                           int has_dw, int has_db, SPLIT_PARAMS) {

@@ -44,12 +44,15 @@
 #endif
 #define TILE_K 16
 #define GEMM_THREADS 256
-// Blocks an SM must hold at once, for a kernel that asks (conv.cu's: __launch_bounds__(GEMM_THREADS,
-// GEMM_MIN_BLOCKS), which caps its registers at 64K / (256 x this)): at 64 x 64, 3, so 80 registers at most; the
-// phases kernel needs 91 unbounded (2 blocks an SM) and 80 bounded, without a spill (benchmarks/kernel_loops.py
-// --all-paths). 0 elsewhere: no bound, ptxas's own choice (given 1, it lets the small tiles grow from 40-57
-// registers to 90-124; 128 x 128 needs more than 80).
-#define GEMM_MIN_BLOCKS (TILE_M == 64 && TILE_N == 64 ? 3 : 0)
+// The blocks an SM a kernel asks to hold at once at this tile, given its counts for 128 x 128 and 64 x 64: the
+// second argument of its __launch_bounds__, which caps its registers at 64K / (256 x blocks), so 128 at 2 blocks
+// and 80 at 3. 0 (and every other tile): no bound, ptxas's own choice; given 1 it lets the small tiles grow from
+// 40-57 registers to 90-124. A kernel asks where the cap costs it at most one local load a K slice (benchmarks/
+// kernel_loops.py --all-paths counts the spilled bytes): at 128 x 128, 2 blocks instead of 1 for the forward and
+// dW products and the gather and phases (dx kernels and the weight gradient spill inside their loops); at 64 x 64,
+// 3 for conv.cu's kernels (the phases kernel needs 91 registers unbounded, 2 blocks; the dense ones stay under 64
+// unbounded, 4 blocks).
+#define GEMM_MIN_BLOCKS(at_128, at_64) (TILE_M == 128 ? (at_128) : TILE_M == 64 && TILE_N == 64 ? (at_64) : 0)
 #define THREAD_M (TILE_M / 16)
 #define THREAD_N (TILE_N / 16)
 #define SHARED_PAD 4

@@ -70,7 +70,8 @@ def test_every_kernel_is_named_after_an_op_and_documented():
     for name, text in SOURCES.items():
         header = text.split("\n\n")[0]
         assert header.startswith(f"// {name}.cu:"), f"{name}.cu must open with a '// {name}.cu: ...' header"
-        for kernel in re.findall(r'extern "C" __global__ void(?: __launch_bounds__\(\w+(?:, \w+)?\))?\s+(\w+)', text):
+        for _, kernel in re.findall(r'extern "C" __global__ void(?:\s+' + cuda_emulator.LAUNCH_BOUNDS + r')?\s+(\w+)',
+                                    text):
             assert kernel.endswith("_kernel"), f"{name}.cu: kernel {kernel} does not end in _kernel"
             assert kernel in header, f"{name}.cu: kernel {kernel} is not listed in the header comment"
 

@@ -49,7 +49,8 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("emulator.h")
 LINKER_SCRIPT = Path(__file__).with_name("shared.ld")
-KERNEL = re.compile(r'extern "C" __global__ void(?:\s+__launch_bounds__\((\w+)(?:,\s*\w+)?\))?\s+(\w+)\s*\(([^)]*)\)')
+LAUNCH_BOUNDS = r'__launch_bounds__\((\w+)(?:,\s*\w+(?:\([^)]*\))?)?\)'  # threads, and blocks an SM (a macro's call too)
+KERNEL = re.compile(r'extern "C" __global__ void(?:\s+' + LAUNCH_BOUNDS + r')?\s+(\w+)\s*\(([^)]*)\)')
 SHARED_WRITES = re.compile(r"^[ \t]*// emulator: shared_writes (\w+) (\w+)[ \t]*$", re.M)
 SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
            "unsigned int": np.uint32, "unsigned long long": np.uint64}
