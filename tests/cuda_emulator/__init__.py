@@ -49,7 +49,8 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("emulator.h")
 LINKER_SCRIPT = Path(__file__).with_name("shared.ld")
-LAUNCH_BOUNDS = r'__launch_bounds__\((\w+)(?:,\s*\w+(?:\([^)]*\))?)?\)'  # threads, and blocks an SM (a macro's call too)
+# __launch_bounds__(threads) or (threads, blocks an SM), the blocks a number, a macro or a macro's call
+LAUNCH_BOUNDS = r'__launch_bounds__\((\w+)(?:,\s*\w+(?:\([^)]*\))?)?\)'
 KERNEL = re.compile(r'extern "C" __global__ void(?:\s+' + LAUNCH_BOUNDS + r')?\s+(\w+)\s*\(([^)]*)\)')
 SHARED_WRITES = re.compile(r"^[ \t]*// emulator: shared_writes (\w+) (\w+)[ \t]*$", re.M)
 SCALARS = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
