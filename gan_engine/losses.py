@@ -17,6 +17,12 @@ def d_loss_real(backend, logits, dlogits, label_smoothing=0.0):
     return backend.bce_with_logits(logits, 1.0 - label_smoothing, 1.0, dlogits)
 
 
+def d_loss(backend, logits, dlogits, label_smoothing=0.0):
+    """Both halves at once, on logits (2 N, 1) of N reals then N fakes (D's one pass over both): one call.
+    -> (loss, mean D(x), mean D(G(z)))."""
+    return backend.bce_real_fake(logits, 1.0 - label_smoothing, dlogits)
+
+
 def d_loss_fake(backend, logits, dlogits):
     """-mean log(1 - D(G(z))). logits, dlogits (N, 1) -> (loss, mean D(G(z)))."""
     return backend.bce_with_logits(logits, 0.0, 1.0, dlogits)

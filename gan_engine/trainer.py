@@ -12,7 +12,7 @@ import numpy as np
 from .backends.numpy_ref import PRIORS, noise
 from .distributed import ONE_PROCESS
 from .errors import GanEngineError, check_choice
-from .losses import GENERATOR_LOSSES, d_loss_fake, d_loss_real, g_loss
+from .losses import GENERATOR_LOSSES, d_loss, d_loss_fake, d_loss_real, g_loss
 from .memory import check_memory
 from .optim import Adam, WeightAverage
 from .real_batches import REAL_BATCHES, REAL_PACKS
@@ -150,20 +150,18 @@ class Trainer:
         self.reals.draw(self.rng, self._all_idx)
         real = be.gather_rows(self.data, self._idx, self._real)
         fake = self.G.forward(self._noise())                                                # (B m, F)
-        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses, one backward
+        if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses in one call, one backward
             self._samples[len(real):] = fake
             logits = D.forward(self.pack(self._samples))                                   # (2 B, 1)
-            loss_real, d_real = d_loss_real(be, logits[:B], self._dlogits[:B], self.label_smoothing)
-            fake_logits, fake_rows = logits[B:], slice(B, None)
-            loss_fake, d_fake = d_loss_fake(be, fake_logits, self._dlogits[B:])
+            loss, d_real, d_fake = d_loss(be, logits, self._dlogits, self.label_smoothing)
             D.backward(self._dlogits)
-        else:
-            loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
-            D.backward(self._dlogits)
-            fake_logits, fake_rows = D.forward(self.pack(fake)), None                     # (B, 1)
-            loss_fake, d_fake = d_loss_fake(be, fake_logits, self._dlogits)
-            D.backward(self._dlogits)
-        return loss_real + loss_fake, d_real, d_fake, fake_logits, fake_rows
+            return loss, d_real, d_fake, logits[B:], slice(B, None)
+        loss_real, d_real = d_loss_real(be, D.forward(self.pack(real)), self._dlogits, self.label_smoothing)
+        D.backward(self._dlogits)
+        fake_logits = D.forward(self.pack(fake))                                          # (B, 1)
+        loss_fake, d_fake = d_loss_fake(be, fake_logits, self._dlogits)
+        D.backward(self._dlogits)
+        return loss_real + loss_fake, d_real, d_fake, fake_logits, None
 
     def g_step(self):
         """One generator update through a fixed D (D's gradients are not accumulated). Returns the loss."""

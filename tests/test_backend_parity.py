@@ -225,6 +225,23 @@ def run_bce_with_logits(be, a):
     return {"loss": loss, "mean_p": p, "dlogits": dlogits}
 
 
+def bce_real_fake_cases():
+    return [(b, target) for b in (1, 3, 129) for target in (1.0, 0.9)]
+
+
+def _bce_real_fake_inputs(rng, case):
+    b, target = case
+    x = 5 * rng.standard_normal((2 * b, 1))
+    x[0, 0], x[-1, 0] = 1e4, -1e4  # a real and a fake far out
+    return {"x": x, "target": target}
+
+
+def run_bce_real_fake(be, a):
+    dlogits = _nan_like(a["x"])
+    loss, d_real, d_fake = be.bce_real_fake(a["x"], a["target"], dlogits)
+    return {"loss": loss, "mean_p reals": d_real, "mean_p fakes": d_fake, "dlogits": dlogits}
+
+
 def optim_cases():
     return [(size, step) for size in (1, 17, 129 * 129 + 3) for step in (1, 7)]
 
@@ -267,6 +284,7 @@ CASES = {
     "activation_forward": (activation_cases, _activation_inputs),
     "activation_backward": (activation_cases, _activation_inputs),
     "bce_with_logits": (bce_cases, _bce_inputs),
+    "bce_real_fake": (bce_real_fake_cases, _bce_real_fake_inputs),
     "sgd_update": (optim_cases, _optim_inputs),
     "adam_update": (optim_cases, _optim_inputs),
     "average_update": (optim_cases, _optim_inputs),

@@ -590,16 +590,39 @@ def bce_with_logits(logits, target, scale=1.0, dlogits=None):
     """Mean sigmoid-BCE on logits (N, 1) or (N,), its gradient and the mean probability, one kernel: per-block
     sums, then the last block sums those, both in a fixed order (same inputs, same bits). Returns (loss, mean
     sigmoid(x)) as 0-d device arrays (no synchronisation)."""
+    loss, prob, _ = _bce(logits, _logit_count(logits), target, 0.0, scale, dlogits)
+    return loss, prob
+
+
+def bce_real_fake(logits, real_target, dlogits=None):
+    """D's loss on reals and fakes side by side, logits (2 B, 1) or (2 B,): the reals' BCE against real_target and
+    the fakes' against 0, each a mean over its B rows, added; dlogits (sigmoid(x) - target) / B. One kernel (the
+    two groups of bce.cu's kernel). Returns (loss, mean sigmoid over the reals, over the fakes), 0-d device
+    arrays."""
+    n = _logit_count(logits)
+    if n % 2:
+        raise ValueError(f"bce_real_fake takes the reals' and the fakes' logits, as many of each: got {n} rows")
+    return _bce(logits, n // 2, real_target, 0.0, 1.0, dlogits)
+
+
+def _logit_count(logits):
+    """N of logits (N, 1) or (N,), checked."""
     check_array("logits", logits)
     if logits.ndim not in (1, 2) or logits.size != logits.shape[0]:
         raise ValueError(f"logits must have shape (N,) or (N, 1), got {tuple(logits.shape)}")
+    return logits.size
+
+
+def _bce(logits, first, target0, target1, scale, dlogits):
+    """bce.cu's kernel over logits in two groups, rows [0, first) against target0 and the rest against target1:
+    (loss, mean probability of each group) as 0-d device arrays; dlogits written."""
     dlogits = _output(dlogits, "dlogits", logits.shape)
     n, blocks = logits.size, bce_blocks(logits.size)
-    result = cp.empty(2, dtype=np.float32)  # (loss, mean probability)
+    result = cp.empty(3, dtype=np.float32)  # (loss, mean probability of group 0, of group 1)
     _function("bce", "bce_with_logits_kernel")((blocks,), (THREADS,), (
-        logits, np.int32(n), np.float32(target), np.float32(scale), dlogits, _buffer("bce partial", 2 * blocks),
-        _arrivals(1), result))
-    return result[0], result[1]
+        logits, np.int32(n), np.int32(first), np.float32(target0), np.float32(target1), np.float32(scale), dlogits,
+        _buffer("bce partial", 4 * blocks), _arrivals(1), result))
+    return result[0], result[1], result[2]
 
 
 # ---- optimizers ----------------------------------------------------------------------------------------------

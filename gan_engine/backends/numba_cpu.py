@@ -342,6 +342,12 @@ def bce_with_logits(logits, target, scale=1.0, dlogits=None):
     return dtype.type(loss), dtype.type(p)
 
 
+def bce_real_fake(logits, real_target, dlogits=None):
+    """D's loss on reals (the first half of logits (2 B, 1)) and fakes (the second), each half's BCE a mean over
+    its B rows, added; dlogits written. Returns (loss, mean sigmoid over the reals, over the fakes)."""
+    return ref.real_fake_losses(bce_with_logits, logits, real_target, dlogits)
+
+
 # ---- optimizers ----------------------------------------------------------------------------------------------
 
 def sgd_update(param, grad, velocity, lr, momentum=0.0):

@@ -33,6 +33,7 @@ OPS = (
     "activation_forward",
     "activation_backward",
     "bce_with_logits",
+    "bce_real_fake",
     "sgd_update",
     "adam_update",
     "average_update",
@@ -418,6 +419,29 @@ def bce_with_logits(logits, target, scale=1.0, dlogits=None):
     dlogits[...] = (scale / n) * (p - target)
     dtype = x.dtype
     return np.asarray(scale * losses.mean(), dtype=dtype), np.asarray(p.mean(), dtype=dtype)
+
+
+def bce_real_fake(logits, real_target, dlogits=None):
+    """D's loss on reals and fakes side by side, in one call.
+
+    logits (2 B, 1) or (2 B,): the reals' B rows, then the fakes' B rows.
+    loss = mean over the reals of BCE(x, real_target) + mean over the fakes of BCE(x, 0)
+    dlogits (same shape) = (sigmoid(x) - target) / B                          (written)
+    Returns (loss, mean sigmoid over the reals, mean sigmoid over the fakes) as 0-d arrays of the logits' dtype.
+    """
+    return real_fake_losses(bce_with_logits, logits, real_target, dlogits)
+
+
+def real_fake_losses(bce, logits, real_target, dlogits=None):
+    """bce_real_fake through a backend's `bce` (bce_with_logits) on each half (the CPU backends share it)."""
+    n = logits.shape[0]
+    if n % 2:
+        raise ValueError(f"bce_real_fake takes the reals' and the fakes' logits, as many of each: got {n} rows")
+    if dlogits is None:
+        dlogits = np.empty_like(logits)
+    loss_real, d_real = bce(logits[:n // 2], real_target, 1.0, dlogits[:n // 2])
+    loss_fake, d_fake = bce(logits[n // 2:], 0.0, 1.0, dlogits[n // 2:])
+    return np.asarray(loss_real + loss_fake, dtype=logits.dtype), d_real, d_fake
 
 
 # ---- optimizers ----------------------------------------------------------------------------------------------
