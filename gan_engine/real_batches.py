@@ -20,9 +20,11 @@ class DrawnPoints:
         self.backend = backend
         self.data = backend.asarray(data, dtype)  # (N, F), resident on the backend
 
-    def draw(self, rng, idx):
-        """Fill idx (P B m,) int64 with the rows of the next real batch (of every rank) from the stream rng."""
-        self.backend.batch_indices(rng, self.data.shape[0], idx)
+    def draw_rows(self, rng, idx, first, out):
+        """Fill idx (P B m,) int64 with the rows of the next real batch (of every rank) from the stream rng, and
+        out (B m, F) with this rank's, idx[first:first + B m]: one backend call (one launch on a GPU). Returns
+        out."""
+        return self.backend.draw_rows(rng, self.data, idx, first, out)
 
 
 class FixedPacks:
@@ -49,6 +51,11 @@ class FixedPacks:
         rows = idx.reshape(-1, self.pac)  # (P B, m)
         rows[...] = self._offsets
         rows += drawn.reshape(-1, 1)
+
+    def draw_rows(self, rng, idx, first, out):
+        """draw, then out (B m, F) = this rank's rows, idx[first:first + B m]. Returns out."""
+        self.draw(rng, idx)
+        return self.backend.gather_rows(self.data, idx[first:first + out.shape[0]], out)
 
 
 REAL_BATCHES = {"drawn": DrawnPoints, "fixed": FixedPacks}

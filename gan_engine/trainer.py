@@ -119,7 +119,7 @@ class Trainer:
         # keeps its own B m: the ranks together see what one process would (B here: this rank's rows)
         mine = slice(rank * B * m, (rank + 1) * B * m)
         self._all_idx = xp.empty(ranks * B * m, dtype=np.int64)                     # (P B m,)
-        self._idx = self._all_idx[mine]                                             # (B m,)
+        self._first_row = mine.start                                                # this rank's in it
         self._samples = xp.empty((passes * B * m, G.out_features), dtype=G.dtype)  # (B m | 2 B m, F): reals, fakes
         self._real = self._samples[:B * m]                                          # (B m, F)
         self._all_z = xp.zeros((ranks * B * m, self.z_dim), dtype=G.dtype)         # (P B m, Z), zeros until drawn
@@ -147,8 +147,7 @@ class Trainer:
         fakes' rows in D's last forward (None: all of it), for a backward through D at the fakes."""
         be, D, B = self.backend, self.D, self.local_batch
         D.zero_grad()
-        self.reals.draw(self.rng, self._all_idx)
-        real = be.gather_rows(self.data, self._idx, self._real)
+        real = self.reals.draw_rows(self.rng, self._all_idx, self._first_row, self._real)  # (B m, F)
         fake = self.G.forward(self._noise())                                                # (B m, F)
         if self.one_d_pass:  # reals then fakes, (2 B m, F): one forward, the two losses in one call, one backward
             self._samples[len(real):] = fake

@@ -9,6 +9,8 @@
 //   noise_uniform_kernel    out (n,) ~ U(-1, 1)
 //   batch_indices_kernel    out (B,) int64 uniform on [0, rows): floor(u32 * rows / 2^32), bias < rows / 2^32
 //   gather_rows_kernel      out (B, D) = data (rows, D)[idx (B,)]
+//   draw_rows_kernel        both in one launch: idx (P,) drawn as batch_indices_kernel draws it, and out (B, D) =
+//                           data[idx[first:first + B]], each gathering thread drawing its row's index itself
 //
 // Elementwise kernels: grid (ceil(work / 256),), block (256,) (REDUCE_THREADS for the draws); gather_rows: one
 // thread per output value.
@@ -17,6 +19,7 @@
 // emulator: shared_writes noise_normal_kernel arrivals
 // emulator: shared_writes noise_uniform_kernel arrivals
 // emulator: shared_writes batch_indices_kernel arrivals
+// emulator: shared_writes draw_rows_kernel arrivals
 #include "philox.cuh"
 #include "reduce.cuh"
 
@@ -69,15 +72,42 @@ noise_uniform_kernel(float* __restrict__ out, long long n, unsigned long long* _
     advance_counter(state, arrivals);
 }
 
+// A batch index uniform on [0, rows) from 32 random bits.
+__device__ __forceinline__ long long batch_index(unsigned int bits, long long rows) {
+    return (long long)(((unsigned long long)bits * rows) >> 32);
+}
+
+// Batch indices 4 b .. 4 b + 3 of the launch's `batch` into out: counter block b's four words.
+__device__ __forceinline__ void draw_indices(long long* out, int batch, long long rows,
+                                             const unsigned long long* state, int b) {
+    if (b * 4 >= batch) return;
+    uint4 r = random_block(state, (unsigned long long)b);
+    unsigned int words[4] = {r.x, r.y, r.z, r.w};
+    for (int lane = 0; lane < 4; ++lane)
+        if (b * 4 + lane < batch) out[b * 4 + lane] = batch_index(words[lane], rows);
+}
+
 extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
 batch_indices_kernel(long long* __restrict__ out, int batch, long long rows, unsigned long long* __restrict__ state,
                      int* __restrict__ arrivals) {
-    const int b = blockIdx.x * blockDim.x + threadIdx.x;
-    if (b * 4 < batch) {
-        uint4 r = random_block(state, (unsigned long long)b);
-        unsigned int words[4] = {r.x, r.y, r.z, r.w};
-        for (int lane = 0; lane < 4; ++lane)
-            if (b * 4 + lane < batch) out[b * 4 + lane] = (long long)(((unsigned long long)words[lane] * rows) >> 32);
+    draw_indices(out, batch, rows, state, blockIdx.x * blockDim.x + threadIdx.x);
+    advance_counter(state, arrivals);
+}
+
+// Grid covering max(ceil(draws / 4), B D) threads: a thread draws 4 indices (the first ceil(draws / 4)) and
+// gathers a value of out (the first B D), whose row's index it draws again (the same word of the same counter
+// block: Philox is counter-based), so no thread waits for another. B D < 2^31 (the launcher checks).
+extern "C" __global__ void __launch_bounds__(REDUCE_THREADS)
+draw_rows_kernel(const float* __restrict__ data, long long* __restrict__ idx, float* __restrict__ out, int draws,
+                 long long rows, int first, int batch, int dim, unsigned long long* __restrict__ state,
+                 int* __restrict__ arrivals) {
+    const unsigned t = blockIdx.x * blockDim.x + threadIdx.x;
+    draw_indices(idx, draws, rows, state, (int)t);
+    if (t < (unsigned)batch * dim) {
+        const unsigned row = t / dim, col = t - row * dim, d = first + row;  // a 32-bit division, once a thread
+        const uint4 r = random_block(state, d / 4);
+        const unsigned int words[4] = {r.x, r.y, r.z, r.w};
+        out[t] = data[batch_index(words[d % 4], rows) * dim + col];
     }
     advance_counter(state, arrivals);
 }

@@ -289,7 +289,7 @@ CASES = {
     "adam_update": (optim_cases, _optim_inputs),
     "average_update": (optim_cases, _optim_inputs),
 }
-RANDOM_OPS = ("noise", "batch_indices", "gather_rows")  # exact: the same stream and the same rows
+RANDOM_OPS = ("noise", "batch_indices", "gather_rows", "draw_rows")  # exact: the same stream and the same rows
 
 
 def _skip_unsupported_dtype(backend, dtype):
@@ -363,6 +363,27 @@ def test_noise_and_batches_are_the_reference_stream(backend, prior):
         assert np.array_equal(backend.to_numpy(idx), want_idx), f"{backend.name} batch_indices n={n} B={b}"
         rows = backend.gather_rows(backend.asarray(data), idx, backend.xp.empty((b, 3), dtype=np.float32))
         assert np.array_equal(backend.to_numpy(rows), data[want_idx]), f"{backend.name} gather_rows n={n} B={b}"
+        all_idx, rows = backend.xp.empty(2 * b, dtype=np.int64), backend.xp.empty((b, 3), dtype=np.float32)
+        backend.draw_rows(ours, backend.asarray(data[:n]), all_idx, b, rows)  # the second half of 2 B draws
+        want_idx = R.batch_indices(theirs, n, np.empty(2 * b, dtype=np.int64))
+        assert np.array_equal(backend.to_numpy(all_idx), want_idx), f"{backend.name} draw_rows n={n} B={b}"
+        assert np.array_equal(backend.to_numpy(rows), data[want_idx[b:]]), f"{backend.name} draw_rows n={n} B={b}"
+
+
+def test_a_drawn_batch_is_the_drawn_indices_rows(backend):
+    """draw_rows on every backend (its own generator too): the same indices as batch_indices from the same state,
+    and this rank's rows of them gathered; the stream moves on as after batch_indices."""
+    data = backend.asarray(np.arange(129 * 5, dtype=np.float32).reshape(129, 5))
+    for n, draws, first, b in [(1, 1, 0, 1), (17, 12, 4, 4), (129, 300, 100, 200)]:
+        one, two = backend.new_rng(7), backend.new_rng(7)
+        idx = backend.xp.empty(draws, dtype=np.int64)
+        rows = backend.draw_rows(one, data[:n], idx, first, backend.xp.empty((b, 5), dtype=np.float32))
+        want = backend.to_numpy(backend.batch_indices(two, n, backend.xp.empty(draws, dtype=np.int64)))
+        assert np.array_equal(backend.to_numpy(idx), want), f"{backend.name}: n={n} draws={draws}"
+        assert np.array_equal(backend.to_numpy(rows), backend.to_numpy(data)[want[first:first + b]])
+        after = [backend.to_numpy(backend.batch_indices(rng, 1000, backend.xp.empty(8, dtype=np.int64)))
+                 for rng in (one, two)]
+        assert np.array_equal(*after), f"{backend.name}: the stream after draw_rows differs"
 
 
 def _trainer(backend, model, dtype, optimizer):
@@ -412,8 +433,13 @@ def _draw_like_the_reference(monkeypatch, backend, seed):
         out[...] = backend.asarray(R.batch_indices(host, n, np.empty(out.shape, dtype=np.int64)))
         return out
 
+    def draw_rows(rng, data, idx, first, out):
+        batch_indices(rng, data.shape[0], idx)
+        return backend.gather_rows(data, idx[first:first + out.shape[0]], out)
+
     monkeypatch.setattr(backend, "noise", noise)
     monkeypatch.setattr(backend, "batch_indices", batch_indices)
+    monkeypatch.setattr(backend, "draw_rows", draw_rows)
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan", "dcgan-pac2", "pacgan-pac3", "pacgan-pac3-simultaneous",

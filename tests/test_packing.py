@@ -34,7 +34,7 @@ def test_reals_and_fakes_are_packed_alike_m_consecutive_samples_per_input(model)
     assert len(seen) == (1 if model == "mlp" else 2)
     real, fake = np.split(np.concatenate(seen), 2)
     assert real.shape == fake.shape == (4, 3 * data.shape[1])
-    want_real = data[trainer._idx]  # the B m = 12 samples drawn
+    want_real = data[trainer._all_idx]  # one rank: its B m = 12 samples drawn
     for i in range(4):  # input i is samples 3i, 3i + 1, 3i + 2 side by side (for images: stacked channels)
         assert np.array_equal(real[i], np.concatenate(want_real[3 * i:3 * i + 3]))
         assert np.array_equal(fake[i], np.concatenate(made[0][3 * i:3 * i + 3]))

@@ -704,6 +704,25 @@ def gather_rows(data, idx, out):
     return out
 
 
+def draw_rows(rng, data, idx, first, out):
+    """A real batch drawn and gathered in one kernel: idx (P,) int64 filled with indices uniform on [0, N) (the
+    draw of batch_indices, and its counter advance) and out (B, D) = data (N, D)[idx[first:first + B]], each
+    gathering thread drawing its row's index again. The same numbers as batch_indices then gather_rows. Returns
+    out."""
+    n, d = check_array("data", data).shape
+    check_array("idx", idx, dtype=np.int64)
+    b = check_array("out", out, (out.shape[0], d)).shape[0]
+    if n < 1:
+        raise ValueError(f"cannot draw batch indices from {n} rows")
+    if not 0 <= first <= idx.size - b:
+        raise ValueError(f"rows {first} .. {first + b} of the batch lie outside idx's {idx.size}")
+    threads = max(out.size, math.ceil(idx.size / VALUES_PER_THREAD))
+    _function("random", "draw_rows_kernel")(elementwise_grid(threads), (THREADS,), (
+        data, idx, out, np.int32(idx.size), np.int64(n), np.int32(first), np.int32(b), np.int32(d), rng,
+        _arrivals(1)))
+    return out
+
+
 # ---- CUDA graphs ---------------------------------------------------------------------------------------------
 
 def capture(body):

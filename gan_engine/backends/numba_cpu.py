@@ -395,6 +395,12 @@ def gather_rows(data, idx, out):
     return out
 
 
+def draw_rows(rng, data, idx, first, out):
+    """batch_indices into idx (P,), then gather_rows of idx[first:first + B] into out (B, D). Returns out."""
+    batch_indices(rng, data.shape[0], idx)
+    return gather_rows(data, idx[first:first + out.shape[0]], out)
+
+
 # ---- compilation ---------------------------------------------------------------------------------------------
 
 def warm_up(dtypes=(np.float32,)):

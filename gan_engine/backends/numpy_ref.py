@@ -40,6 +40,7 @@ OPS = (
     "noise",
     "batch_indices",
     "gather_rows",
+    "draw_rows",
 )
 ACTIVATIONS = ("identity", "leaky_relu", "relu", "tanh", "sigmoid")
 PRIORS = ("normal", "uniform")
@@ -504,3 +505,10 @@ def gather_rows(data, idx, out):
     """out (B, D) = data (N, D)[idx (B,)]. Returns out."""
     np.take(data, idx, axis=0, out=out)
     return out
+
+
+def draw_rows(rng, data, idx, first, out):
+    """A real batch drawn and gathered in one call: idx (P,) int64 filled by batch_indices from the N rows of data,
+    then out (B, D) = data (N, D)[idx[first:first + B]] (gather_rows). Returns out."""
+    batch_indices(rng, data.shape[0], idx)
+    return gather_rows(data, idx[first:first + out.shape[0]], out)
