@@ -52,7 +52,12 @@
 // dW products and the gather and phases (dx kernels and the weight gradient spill inside their loops); at 64 x 64,
 // 3 for conv.cu's kernels (the phases kernel needs 91 registers unbounded, 2 blocks; the dense ones stay under 64
 // unbounded, 4 blocks).
-#define GEMM_MIN_BLOCKS(at_128, at_64) (TILE_M == 128 ? (at_128) : TILE_M == 64 && TILE_N == 64 ? (at_64) : 0)
+// GEMM_LAUNCH_BOUNDS 0 (-D, the backend's setting of that name) drops them all: an A/B of the bounds alone.
+#ifndef GEMM_LAUNCH_BOUNDS
+#define GEMM_LAUNCH_BOUNDS 1
+#endif
+#define GEMM_MIN_BLOCKS(at_128, at_64) \
+    (!GEMM_LAUNCH_BOUNDS ? 0 : TILE_M == 128 ? (at_128) : TILE_M == 64 && TILE_N == 64 ? (at_64) : 0)
 #define THREAD_M (TILE_M / 16)
 #define THREAD_N (TILE_N / 16)
 #define SHARED_PAD 4

@@ -205,6 +205,28 @@ def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_b
     assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)
 
 
+def test_the_launch_bounds_setting_compiles_modules_of_its_own(cuda_backend, monkeypatch):
+    """GEMM_LAUNCH_BOUNDS reaches the GEMM modules' compilation (-D, read by gemm.cuh's GEMM_MIN_BLOCKS), and each
+    setting keeps its own modules, so kernel_ab --set GEMM_LAUNCH_BOUNDS=0 compares the bounds alone."""
+    compiled = []
+    raw_module = cupy_cuda.cp.RawModule
+
+    def record(code, options=()):
+        compiled.append(options)
+        return raw_module(code=code, options=options)
+
+    monkeypatch.setattr(cupy_cuda.cp, "RawModule", record)
+    monkeypatch.setattr(cupy_cuda, "_modules", {})  # compiled afresh here, whatever ran before
+    x, W, b = (cuda_backend.asarray(np.ones(s, np.float32)) for s in ((3, 5), (5, 4), (4,)))
+    results = []
+    for setting in (1, 0):
+        monkeypatch.setattr(cupy_cuda, "GEMM_LAUNCH_BOUNDS", setting)
+        results.append(cuda_backend.to_numpy(cuda_backend.dense_forward(x, W, b)))
+    for setting in (1, 0):
+        assert any(f"-DGEMM_LAUNCH_BOUNDS={setting}" in options for options in compiled)
+    assert np.array_equal(*results) and np.array_equal(results[0], np.full((3, 4), 6.0))
+
+
 def test_channel_chunks_fill_the_gpu_without_tiny_chunks():
     assert cupy_cuda.channel_chunks(64 * 14 * 14, 64) == 6  # 384 blocks on 132 SMs, 2048 values or more each
     assert cupy_cuda.channel_chunks(64 * 28 * 28, 1) == 24  # a 1-channel bias gradient: 24 blocks, not 1

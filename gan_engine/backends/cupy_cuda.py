@@ -44,6 +44,7 @@ VALUES_PER_THREAD = 4   # random.cu: one Philox block gives 4 values
 MAX_VALUES = 2 ** 31 - 1  # the kernels' 32-bit index math
 MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
 MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a thread)
+GEMM_LAUNCH_BOUNDS = 1  # gemm.cuh: the GEMM kernels' blocks an SM asked of ptxas (0: none; kernel_ab --set)
 BATCHNORM_ONE_LAUNCH = 1  # a channel in one chunk: statistics and normalisation in one launch, sums and dx in one
 MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, chunks); grid.x holds the tiles
 
@@ -223,11 +224,11 @@ def set_rng_state(rng, state):
 def _function(module, kernel, tile=None):
     """The compiled kernel `kernel` of <module>.cu in kernels.DIRECTORY on the current device (compiled on first
     use), for gemm.cuh's kernels with the tile shape `tile` (TILE_M, TILE_N)."""
-    key = (module, tile, cp.cuda.Device().id, kernels.DIRECTORY)
+    key = (module, tile, cp.cuda.Device().id, kernels.DIRECTORY, GEMM_LAUNCH_BOUNDS)
     if key not in _modules:
         options = kernels.options() + (f"-DGAN_ENGINE_KERNELS={kernels.fingerprint()}",)
         if tile is not None:
-            options += (f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}")
+            options += (f"-DTILE_M={tile[0]}", f"-DTILE_N={tile[1]}", f"-DGEMM_LAUNCH_BOUNDS={int(GEMM_LAUNCH_BOUNDS)}")
         _modules[key] = cp.RawModule(code=kernels.sources()[module], options=options)
     return _modules[key].get_function(kernel)
 
