@@ -64,8 +64,10 @@ def step_launches(case):
 def _bytes(launch):
     """Bytes a launch moves at least: each array argument once (a product's arrays as stored, not its operands'
     im2col size; not its split workspace), a row gather's rows read and written (and a drawn batch's indices)."""
-    if launch.kernel in ("gather_rows_kernel", "draw_rows_kernel"):  # out (args[2]) read and written, not data
-        return 2 * launch.args[2].nbytes + (launch.args[1].nbytes if launch.kernel == "draw_rows_kernel" else 0)
+    if launch.kernel == "gather_rows_kernel":  # out (args[2]) read from data and written, not all of data
+        return 2 * launch.args[2].nbytes
+    if launch.kernel == "draw_rows_kernel":  # the same, and the indices (args[1]) written
+        return 2 * launch.args[2].nbytes + launch.args[1].nbytes
     arrays = launch.args[:-3] if launch.product is not None else launch.args  # (partial, arrivals, splits) last
     return sum(a.nbytes for a in arrays if hasattr(a, "nbytes") and a.size > 1)
 

@@ -29,6 +29,22 @@
 // emulator: shared_writes maxout_backward_dx_kernel arrivals
 #include "gemm.cuh"
 
+// A weight gradient kernel's left operand [x^T; 1] (rows + 1, N), x (N, I) (rows: I, or 0 for db alone), and its
+// epilogue: row r of C into dW (rows, columns) while r < rows, the ones row into db (columns,).
+__device__ __forceinline__ OnesRow<Transposed<Rows>> inputs_and_ones(const float* x, int I, int rows) {
+    return {{{x, x, I, ACT_IDENTITY, 0.f}}, rows};
+}
+
+struct WeightGradStore {
+    float* dW;
+    float* db;
+    int rows, columns;
+    __device__ void operator()(int r, int c, float v) const {
+        if (r < rows) dW[r * columns + c] += v;
+        else db[c] += v;
+    }
+};
+
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 0))
 dense_forward_kernel(const float* __restrict__ x, const float* __restrict__ W, const float* __restrict__ b,
                      float* __restrict__ y, int N, int I, int O, int act, float alpha, SPLIT_PARAMS) {
@@ -42,11 +58,8 @@ dense_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__ 
                          int has_db, int act, float alpha, SPLIT_PARAMS) {
     // C = [dW; db] (rows + has_db, O), A = [x^T; 1] read from x (N, I), B = g (N, O), K = N.
     const int rows = has_dw ? I : 0;
-    gemm(OnesRow<Transposed<Rows>>{{{x, x, I, ACT_IDENTITY, 0.f}}, rows}, Rows{dy, y, O, act, alpha},
-         rows + has_db, O, N, SPLIT, [&](int r, int c, float v) {
-             if (r < rows) dW[r * O + c] += v;
-             else db[c] += v;
-         });
+    gemm(inputs_and_ones(x, I, rows), Rows{dy, y, O, act, alpha}, rows + has_db, O, N, SPLIT,
+         WeightGradStore{dW, db, rows, O});
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
@@ -109,11 +122,8 @@ maxout_backward_dw_kernel(const float* __restrict__ x, const float* __restrict__
                           int has_dw, int has_db, SPLIT_PARAMS) {
     // C = [dW; db] (rows + has_db, U pieces), A = [x^T; 1] read from x (N, I), B = g (N, U pieces), K = N.
     const int width = units * pieces, rows = has_dw ? I : 0;
-    gemm(OnesRow<Transposed<Rows>>{{{x, x, I, ACT_IDENTITY, 0.f}}, rows}, MaxoutGrad{dy, argmax, units,
-         Divisor(pieces)}, rows + has_db, width, N, SPLIT, [&](int r, int c, float v) {
-             if (r < rows) dW[r * width + c] += v;
-             else db[c] += v;
-         });
+    gemm(inputs_and_ones(x, I, rows), MaxoutGrad{dy, argmax, units, Divisor(pieces)}, rows + has_db, width, N, SPLIT,
+         WeightGradStore{dW, db, rows, width});
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)

@@ -3,7 +3,6 @@
 Parity of every op against the float64 reference, and the whole-step parity against the NumPy backend, are in
 test_backend_parity.py, which runs every available backend, this one included when a GPU is there.
 """
-import re
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from gan_engine import GanEngineError, Sequential
 from gan_engine.backends import backend_status, cupy_cuda
 from gan_engine.layers import Dense
 
+from . import cuda_emulator
 from .conftest import EMULATED, _backend, _backend_params
 
 CUDA = dict((name, reason) for name, _, reason in backend_status())["cuda"]
@@ -57,7 +57,7 @@ def test_the_model_knows_every_gemm_kernel_and_its_blocks_an_sm():
     """Every kernel of gemm.cuh (a __launch_bounds__(GEMM_THREADS) kernel) has its blocks an SM at every tile
     shape, and a kernel that fits fewer blocks on an SM is modelled slower once the SM is full."""
     gemm_kernels = {name for text in cupy_cuda.kernels.sources().values()
-                    for name in re.findall(r"__launch_bounds__\(GEMM_THREADS(?:, \w+(?:\([^)]*\))?)?\)\s+(\w+)", text)}
+                    for bound, name, _ in cuda_emulator.KERNEL.findall(text) if bound == "GEMM_THREADS"}
     assert len(gemm_kernels) >= 9 and gemm_kernels == set(cupy_cuda.GEMM_BLOCKS_PER_SM)
     assert all(len(blocks) == len(cupy_cuda.GEMM_TILES) and min(blocks) >= 1
                for blocks in cupy_cuda.GEMM_BLOCKS_PER_SM.values())

@@ -66,7 +66,7 @@ GEMM_TILES = {
 # phases kernel at 64x64 holds 3 since its launch bounds (gemm.cuh's GEMM_MIN_BLOCKS; 2 at 109 registers before),
 # but its entry stays 2 until a GPU run refits the model (benchmarks/gemm_plans.py): with 3 the model picks split
 # 2 for the 28x28 DCGAN's phase products, the split the H200 measured slowest at 2 blocks an SM (82 us, where 4
-# took 77 and 1 took 68); with the old plans, an A/B against the old kernels compares the kernels alone.
+# took 77 and 1 took 68); with b71b663's plans, its steps and these compare kernels and launches, not plans.
 GEMM_BLOCKS_PER_SM = {
     "dense_forward_kernel": (1, 3, 5, 5, 4),
     "dense_backward_dw_kernel": (1, 3, 6, 5, 5),
@@ -311,17 +311,13 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
 
 
 def _weight_grads(dW, dw_shape, db, columns):
-    """A weight gradient kernel's (dW, db, has_dw, has_db) and its product's rows, from the arrays given (checked):
-    rows I + 1 for both, I for dW alone, 1 for db alone (dense.cu's [dW; db] += [x^T; 1] g). A buffer of the
-    backend's stands in for an array not given, which the kernel does not touch (its arguments must not overlap)."""
-    unused = _buffer("weight_grads_unused", 1)
-    if dW is not None:
-        check_array("dW", dW, dw_shape)
-    if db is not None:
-        check_array("db", db, (columns,))
+    """A weight gradient kernel's (dW, db, has_dw, has_db) and its product's rows, from the arrays given (checked;
+    _unused for one not given): rows I + 1 for both, I for dW alone, 1 for db alone (dense.cu's [dW; db] += [x^T;
+    1] g)."""
+    arrays = [check_array(label, a, shape) if a is not None else _unused(label)
+              for label, a, shape in (("dW", dW, dw_shape), ("db", db, (columns,)))]
     rows = dw_shape[0] * (dW is not None) + (db is not None)
-    return (unused if dW is None else dW, unused if db is None else db, np.int32(dW is not None),
-            np.int32(db is not None)), rows
+    return (*arrays, np.int32(dW is not None), np.int32(db is not None)), rows
 
 
 # ---- maxout (dense.cu) ---------------------------------------------------------------------------------------
