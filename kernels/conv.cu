@@ -27,6 +27,8 @@
 // The readers split a row or column number into its (channel, tap) or (image, pixel) parts with common.cuh's
 // Divisor (a multiply-high and a shift a division), made once a thread from the geometry: no division by a
 // run-time size in the main loop (there were 32 to 48 a K slice at 128 x 128 before; benchmarks/kernel_loops.py).
+// Where a channel's taps divide TILE_K (a 4 x 4 kernel: 16; a phase's 2 x 2), the readers of (channel, tap) numbers
+// step from slice to slice (gemm.cuh's ROW_STEPS, COL_STEPS): the next slice holds the same taps of the next channels.
 // The bias gradient is bias.cu's channel_grad_sum_kernel.
 // Grids (tiles, 1, splits) for C (M, Nc) above, block (16, 16) (gemm.cuh); the phases kernel: (the largest phase's
 // tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest
@@ -60,6 +62,11 @@ struct WindowHalf {
     int at, y, x;
 };
 
+// Channels one K slice moves on through (channel, tap) numbers when a channel's `taps` divide TILE_K, else 0.
+__device__ __forceinline__ int channels_a_slice(int taps) {
+    return taps > 0 && TILE_K % taps == 0 ? TILE_K / taps : 0;
+}
+
 __device__ __forceinline__ float window_at(const Image& image, const WindowHalf& a, const WindowHalf& b, int h,
                                            int w) {
     const int y = a.y + b.y, x = a.x + b.x;
@@ -71,11 +78,13 @@ __device__ __forceinline__ float window_at(const Image& image, const WindowHalf&
 // big[n, channel, by + i, bx + j] with (by, bx) = (sy sh - ph, sx sw - pw) the window's corner.
 struct Patches : Image {
     Divisor taps, kw, pixels, ws;  // kh kw, kw, hs ws, ws
-    static constexpr bool ROW_CONTIGUOUS = true;
+    int channels_on;               // channels_a_slice(kh kw)
+    static constexpr bool ROW_CONTIGUOUS = true, ROW_STEPS = true;
     using Row = WindowHalf;  // (channel hb + i) wb + j, i, j
     using Col = WindowHalf;  // (n cb hb + by) wb + bx, by, bx
     __device__ explicit Patches(const Image& image)
-        : Image(image), taps(w.kh * w.kw), kw(w.kw), pixels(w.hs * w.ws), ws(w.ws) {}
+        : Image(image), taps(w.kh * w.kw), kw(w.kw), pixels(w.hs * w.ws), ws(w.ws),
+          channels_on(channels_a_slice(w.kh * w.kw)) {}
     __device__ WindowHalf row(int r) const {
         unsigned tap, j;
         const int channel = taps.divmod(r, tap), i = kw.divmod(tap, j);
@@ -89,6 +98,10 @@ struct Patches : Image {
     }
     __device__ float at(const WindowHalf& row, const WindowHalf& col) const {
         return window_at(*this, row, col, w.hb, w.wb);
+    }
+    __device__ bool row_steps() const { return channels_on != 0; }
+    __device__ WindowHalf row_step(const WindowHalf& row) const {
+        return {row.at + channels_on * w.hb * w.wb, row.y, row.x};
     }
 };
 
@@ -121,7 +134,9 @@ __device__ Phase phase_of(const Window& w, int z) {
 // tj_count.
 struct PhaseTaps {
     Divisor taps, tj_count;
-    __device__ explicit PhaseTaps(const Phase& f) : taps(f.ti_count * f.tj_count), tj_count(f.tj_count) {}
+    int channels_on;  // channels_a_slice(ti_count tj_count)
+    __device__ explicit PhaseTaps(const Phase& f)
+        : taps(f.ti_count * f.tj_count), tj_count(f.tj_count), channels_on(channels_a_slice(f.ti_count * f.tj_count)) {}
     // channel, and (ti, tj) of tap number t.
     __device__ unsigned split(unsigned t, unsigned& ti, unsigned& tj) const {
         unsigned tap;
@@ -137,7 +152,7 @@ struct PhaseWeights {
     Window w;
     Phase f;
     PhaseTaps t;
-    static constexpr bool ROW_CONTIGUOUS = true;
+    static constexpr bool ROW_CONTIGUOUS = true, COL_STEPS = true;
     using Row = int;  // r kh kw
     using Col = int;  // (s cb kh + ry + sh ti) kw + rx + sw tj
     __device__ int row(int r) const { return r * w.kh * w.kw; }
@@ -147,6 +162,8 @@ struct PhaseWeights {
         return (channel * w.cb * w.kh + f.ry + w.sh * (int)ti) * w.kw + f.rx + w.sw * (int)tj;
     }
     __device__ float at(int row, int col) const { return W[row + col]; }
+    __device__ bool col_steps() const { return t.channels_on != 0; }
+    __device__ int col_step(int col) const { return col + t.channels_on * w.cb * w.kh * w.kw; }
 };
 
 // Element (r, c) = ((channel, ti, tj), (n, qy, qx)) of the phase's scattered matrix: small[n, channel, qy + oy - ti,
@@ -155,7 +172,7 @@ struct PhaseScattered : Image {
     Phase f;
     PhaseTaps t;
     Divisor pixels, wq;  // hq wq, wq
-    static constexpr bool ROW_CONTIGUOUS = true;
+    static constexpr bool ROW_CONTIGUOUS = true, ROW_STEPS = true;
     using Row = WindowHalf;  // (channel hs - ti) ws - tj, -ti, -tj
     using Col = WindowHalf;  // (n cs hs + qy + oy) ws + qx + ox, qy + oy, qx + ox
     __device__ PhaseScattered(const Image& image, const Phase& phase, const PhaseTaps& taps)
@@ -172,6 +189,10 @@ struct PhaseScattered : Image {
     }
     __device__ float at(const WindowHalf& row, const WindowHalf& col) const {
         return window_at(*this, row, col, w.hs, w.ws);
+    }
+    __device__ bool row_steps() const { return t.channels_on != 0; }
+    __device__ WindowHalf row_step(const WindowHalf& row) const {
+        return {row.at + t.channels_on * w.hs * w.ws, row.y, row.x};
     }
 };
 

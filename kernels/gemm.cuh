@@ -10,6 +10,8 @@
 // makes those halves once, before the K loop, and only the K side's half in the loop. row() and col() are plain
 // arithmetic, made for any index; at() is called only inside the operand. ROW_CONTIGUOUS says whether neighbouring
 // columns are neighbours in memory, which orders the loads so that neighbouring threads read neighbouring addresses.
+// A reader may also step the half on the K side from one slice to the next (COL_STEPS; see Slice): a window's taps
+// that divide TILE_K, where the next slice holds the same taps of the next channels, one add instead of a split.
 //
 // Tile. A block of GEMM_THREADS = 16 x 16 threads computes a TILE_M x TILE_N tile of C, THREAD_M x THREAD_N =
 // (TILE_M / 16) x (TILE_N / 16) values a thread, in registers. TILE_M and TILE_N (16, 32, 64 or 128) are fixed
@@ -49,7 +51,8 @@
 // and 80 at 3. 0 (and every other tile): no bound, ptxas's own choice; given 1 it lets the small tiles grow from
 // 40-57 registers to 90-124. A kernel asks where the cap costs it at most one local load a K slice (benchmarks/
 // kernel_loops.py --all-paths counts the spilled bytes): at 128 x 128, 2 blocks instead of 1 for the forward and
-// dW products and the gather and phases (dx kernels and the weight gradient spill inside their loops); at 64 x 64,
+// dW products and the gather and phases (dx kernels and the weight gradient spill inside their loops; the gather's
+// and the phases' loops that step their K halves reload 7 values a slice, in some 1770 instructions); at 64 x 64,
 // 3 for conv.cu's kernels (the phases kernel needs 91 registers unbounded, 2 blocks; the dense ones stay under 64
 // unbounded, 4 blocks).
 // GEMM_LAUNCH_BOUNDS 0 (-D, the backend's setting of that name) drops them all: an A/B of the bounds alone.
@@ -89,16 +92,39 @@ struct Rows {
     __device__ float at(int row, int col) const { return read(v, y, row + col, act, alpha); }
 };
 
+// Stepping halves. A reader whose column halves can step declares COL_STEPS = true and two functions:
+// col_steps(), whether col(c + TILE_K) = col_step(col(c)) for every c of this launch, and col_step(), that move
+// (ROW_STEPS, row_steps() and row_step() likewise for rows). Readers that declare nothing do not step.
+template <class V, class = void>
+struct ColSteps {
+    static constexpr bool value = false;
+};
+template <class V>
+struct ColSteps<V, decltype(void(V::COL_STEPS))> {
+    static constexpr bool value = V::COL_STEPS;
+};
+template <class V, class = void>
+struct RowSteps {
+    static constexpr bool value = false;
+};
+template <class V>
+struct RowSteps<V, decltype(void(V::ROW_STEPS))> {
+    static constexpr bool value = V::ROW_STEPS;
+};
+
 // The transpose of an operand: element (r, c) is m's (c, r).
 template <class M>
 struct Transposed {
     M m;
     static constexpr bool ROW_CONTIGUOUS = !M::ROW_CONTIGUOUS;
+    static constexpr bool COL_STEPS = RowSteps<M>::value;
     using Row = typename M::Col;
     using Col = typename M::Row;
     __device__ Row row(int r) const { return m.col(r); }
     __device__ Col col(int c) const { return m.row(c); }
     __device__ float at(const Row& row, const Col& col) const { return m.at(col, row); }
+    __device__ bool col_steps() const { return m.row_steps(); }
+    __device__ Col col_step(const Col& col) const { return m.row_step(col); }
 };
 
 // An operand with a row of ones below its first `rows` rows (element (rows, c) = 1): the product's row `rows` is
@@ -161,15 +187,20 @@ __device__ __forceinline__ void read_fragment(const float* row, int t, float* ou
 // shared memory as staged[k][x]. Neighbouring threads take neighbouring k where K runs along memory, else
 // neighbouring x. Either way a thread keeps its x (and its k offsets) slice after slice: where K runs along memory
 // its LOADS values lie at LOADS x and one k, else at one x and LOADS k. `start` makes the x halves of its elements
-// (View::row) once, XS of them; `read` then needs only the k halves of a slice (View::col).
+// (View::row) once, XS of them; `read` then needs only the k halves of a slice (View::col), KS of them, which it
+// keeps. When the view steps them (STEPS, and steady() for this launch), read<true> moves the last slice's k halves
+// on by one step each instead of making them anew: a window's bounds then stay the same slice after slice.
 template <int TILE, class View>
 struct Slice {
     static constexpr bool K_CONTIGUOUS = View::ROW_CONTIGUOUS;
+    static constexpr bool STEPS = ColSteps<View>::value;
     static constexpr int LOADS = TILE * TILE_K / GEMM_THREADS;
     static constexpr int XS = K_CONTIGUOUS ? LOADS : 1;
+    static constexpr int KS = K_CONTIGUOUS ? 1 : LOADS;
     float v[LOADS];
     typename View::Row xs[XS];
     bool inside[XS];  // x < extent
+    typename View::Col ks[KS];  // the k halves of the slice read last (kept where the view steps them)
 
     __device__ static int x_of(int l) {  // unsigned: a shift and a mask, no sign fix-ups
         const unsigned at = threadIdx.y * 16 + threadIdx.x + l * GEMM_THREADS;
@@ -188,17 +219,32 @@ struct Slice {
             xs[l] = view.row(x);
         }
     }
+    __device__ bool steady(const View& view) const {
+        if constexpr (STEPS) return view.col_steps();
+        return false;
+    }
+    // The half of k: the last slice's (`last`) stepped on, or made anew.
+    template <bool STEP>
+    __device__ typename View::Col k_half(const View& view, const typename View::Col& last, int k) const {
+        if constexpr (STEP && STEPS) return view.col_step(last);
+        return view.col(k);
+    }
+    // The slice k0 .. k0 + TILE_K; with STEP, the one after the slice read last.
+    template <bool STEP>
     __device__ void read(const View& view, int k0, int K) {
         if constexpr (K_CONTIGUOUS) {  // one k, LOADS x
             const int k = k0 + k_of(0);
-            const typename View::Col kc = view.col(k);
+            const typename View::Col kc = k_half<STEP>(view, ks[0], k);
+            if constexpr (STEPS) ks[0] = kc;
             #pragma unroll
             for (int l = 0; l < LOADS; ++l) v[l] = inside[l] && k < K ? view.at(xs[l], kc) : 0.f;
         } else {  // one x, LOADS k
             #pragma unroll
             for (int l = 0; l < LOADS; ++l) {
                 const int k = k0 + k_of(l);
-                v[l] = inside[0] && k < K ? view.at(xs[0], view.col(k)) : 0.f;
+                const typename View::Col kc = k_half<STEP>(view, ks[l], k);
+                if constexpr (STEPS) ks[l] = kc;
+                v[l] = inside[0] && k < K ? view.at(xs[0], kc) : 0.f;
             }
         }
     }
@@ -215,25 +261,16 @@ struct Slice {
 static_assert(CHUNK_ROWS * TILE_N <= SHARED_FLOATS && (THREAD_M < 8 || CHUNK_ROWS == TILE_M / 2),
               "a chunk of C fits in the slices' memory, and a thread's run of rows lies in one chunk");
 
-// acc = the thread's values of the tile at (row0, col0) of A[:, k_begin:k_end] @ B[k_begin:k_end, :].
-template <class OperandA, class OperandB>
-__device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, int K, int row0, int col0, int k_begin,
-                         int k_end, float* shared, float acc[THREAD_M][THREAD_N]) {
+// The slices k_begin .. k_end of the operands' views left and right (their x halves made: Slice::start) into acc,
+// each slice after the first read with read<STEP>.
+template <bool STEP, class Left, class Right>
+__device__ void multiply_slices(const Left& left, const Right& right, Slice<TILE_M, Left>& a,
+                                Slice<TILE_N, Right>& b, int K, int k_begin, int k_end, float* shared,
+                                float acc[THREAD_M][THREAD_N]) {
     auto As = reinterpret_cast<float(*)[TILE_K][TILE_M + SHARED_PAD]>(shared);
     auto Bs = reinterpret_cast<float(*)[TILE_K][TILE_N + SHARED_PAD]>(shared + SHARED_A);
-    #pragma unroll
-    for (int i = 0; i < THREAD_M; ++i)
-        #pragma unroll
-        for (int j = 0; j < THREAD_N; ++j) acc[i][j] = 0.f;
-    if (k_begin >= k_end) return;  // an empty split: the same for the whole block
-    const OperandA& left = A;              // (x, k) = A (row, k)
-    const Transposed<OperandB> right{B};  // (x, k) = B (k, column)
-    Slice<TILE_M, OperandA> a;
-    Slice<TILE_N, Transposed<OperandB>> b;
-    a.start(left, row0, M);
-    b.start(right, col0, Nc);
-    a.read(left, k_begin, K);
-    b.read(right, k_begin, K);
+    a.template read<false>(left, k_begin, K);
+    b.template read<false>(right, k_begin, K);
     a.stage(As[0]);
     b.stage(Bs[0]);
     __syncthreads();
@@ -242,8 +279,8 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
     for (int k0 = k_begin; k0 < k_end; k0 += TILE_K) {
         const bool more = k0 + TILE_K < k_end;
         if (more) {  // the next slice's global reads are in flight during this slice's multiply
-            a.read(left, k0 + TILE_K, K);
-            b.read(right, k0 + TILE_K, K);
+            a.template read<STEP>(left, k0 + TILE_K, K);
+            b.template read<STEP>(right, k0 + TILE_K, K);
         }
         #pragma unroll
         for (int kk = 0; kk < TILE_K; ++kk) {
@@ -262,6 +299,32 @@ __device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, in
         __syncthreads();
         buffer ^= 1;
     }
+}
+
+// acc = the thread's values of the tile at (row0, col0) of A[:, k_begin:k_end] @ B[k_begin:k_end, :].
+template <class OperandA, class OperandB>
+__device__ void multiply(const OperandA& A, const OperandB& B, int M, int Nc, int K, int row0, int col0, int k_begin,
+                         int k_end, float* shared, float acc[THREAD_M][THREAD_N]) {
+    #pragma unroll
+    for (int i = 0; i < THREAD_M; ++i)
+        #pragma unroll
+        for (int j = 0; j < THREAD_N; ++j) acc[i][j] = 0.f;
+    if (k_begin >= k_end) return;  // an empty split: the same for the whole block
+    const OperandA& left = A;              // (x, k) = A (row, k)
+    const Transposed<OperandB> right{B};  // (x, k) = B (k, column)
+    using SliceA = Slice<TILE_M, OperandA>;
+    using SliceB = Slice<TILE_N, Transposed<OperandB>>;
+    SliceA a;
+    SliceB b;
+    a.start(left, row0, M);
+    b.start(right, col0, Nc);
+    if constexpr (SliceA::STEPS || SliceB::STEPS) {  // the same for the whole block: a copy of the loop that steps
+        if ((!SliceA::STEPS || a.steady(left)) && (!SliceB::STEPS || b.steady(right))) {
+            multiply_slices<true>(left, right, a, b, K, k_begin, k_end, shared, acc);
+            return;
+        }
+    }
+    multiply_slices<false>(left, right, a, b, K, k_begin, k_end, shared, acc);
 }
 
 // The tile's rows chunk * CHUNK_ROWS .. + CHUNK_ROWS from the threads' registers into shared memory, row-major

@@ -101,7 +101,9 @@ CONV_SHAPES = [(1, 1, 1, 3, 3, 1, 1, 0, 0, True), (3, 2, 3, 17, 5, 3, 2, 1, 1, F
                (2, 3, 17, 8, 8, 4, 2, 1, 0, True), (1, 17, 3, 5, 6, 4, 2, 1, 1, False),
                (17, 4, 3, 4, 4, 4, 2, 1, 0, True), (2, 2, 3, 6, 6, 5, 1, 2, 0, True),
                (3, 5, 4, 7, 7, 3, 3, 0, 2, False),
-               (5, 3, 2, 9, 7, (3, 2), (2, 3), (1, 0), (1, 2), True)]  # kernel, stride, padding: (height, width)
+               (5, 3, 2, 9, 7, (3, 2), (2, 3), (1, 0), (1, 2), True),  # kernel, stride, padding: (height, width)
+               (2, 6, 9, 6, 6, 4, 2, 1, 0, True),  # stride phases of 2 x 2 taps over several K slices, both ways
+               (1, 5, 9, 7, 7, 3, 2, 1, 0, False)]  # phases of 4, 2 and 1 taps, several K slices
 
 
 def conv_cases():

@@ -5,8 +5,9 @@ import pytest
 
 from benchmarks import kernel_loops
 
-# Two functions in cuobjdump's layout: the first has a short loop without FFMAs and a longer one with them (the
-# one to report), the second no backward branch at all.
+# Three functions in cuobjdump's layout: the first has a short loop without FFMAs and a longer one with them (the
+# one to report), the second no backward branch at all, the third two copies of a loop with 2 FFMAs (report the
+# shorter, list the other).
 SASS = """
         Function : first_kernel
         /*0000*/                   MOV R1, c[0x0][0x28] ;
@@ -23,12 +24,23 @@ SASS = """
         /*0000*/                   FFMA R10, R8, R9, R10 ;
         /*0010*/                   BRA 0x20 ;
         /*0020*/                   EXIT ;
+        Function : copies_kernel
+        /*0000*/                   FFMA R10, R8, R9, R10 ;
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0020*/                   IADD3 R3, R3, 0x1, RZ ;
+        /*0030*/                   FFMA R13, R8, R9, R13 ;
+        /*0040*/              @P0 BRA 0x0 ;
+        /*0050*/                   FFMA R10, R8, R9, R10 ;
+        /*0060*/                   FFMA R13, R8, R9, R13 ;
+        /*0070*/              @P1 BRA 0x50 ;
+        /*0080*/                   EXIT ;
 """
 
 
 def test_the_loop_with_the_most_ffmas_is_counted():
     loops = kernel_loops.main_loops(SASS)
-    assert loops == {"first_kernel": (6, 2, 1, 1, 1)}  # 0x30..0x80: 6 instructions, FFMA, LDS, LDG, MUFU.RCP
+    assert loops == {"first_kernel": (6, 2, 1, 1, 1, ()),  # 0x30..0x80: 6 instructions, FFMA, LDS, LDG, MUFU.RCP
+                     "copies_kernel": (3, 2, 0, 0, 0, (5,))}  # 0x50..0x70; the copy 0x00..0x40 beside it
 
 
 # nvcc -Xptxas -v's report of two kernels (sm_90): the first spills, the second does not (a device function
@@ -61,6 +73,6 @@ def test_the_dense_kernels_loop_is_mostly_ffmas(capsys):
     kernel_loops.main(["dense.cu", "--tiles", "64x64"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if "dense_forward_kernel" in line]
     assert len(rows) == 1
-    instructions, ffma, divisions, registers = int(rows[0][2]), int(rows[0][3]), int(rows[0][6]), int(rows[0][7])
+    instructions, ffma, divisions, registers = int(rows[0][2]), int(rows[0][3]), int(rows[0][6]), int(rows[0][8])
     assert ffma == 64 * 64 * 16 // 256 and instructions > ffma and divisions == 0
     assert 16 < registers <= 255  # more than its 4 x 4 accumulators
