@@ -2,7 +2,7 @@
 model picks.
 
     python -m benchmarks.gemm_plans [CASE ...] [--repeats 20] [--rounds 5] [--json FILE]
-    python -m benchmarks.gemm_plans --fit FILE
+    python -m benchmarks.gemm_plans --fit FILE [--loops LOOPS]
 
 For each case (test_bench_step.CASES; default all), one eager step records the products of gemm.cuh that its
 launchers make (the kernel, the shape, the arguments). Each distinct product is then launched under every plan of
@@ -15,6 +15,9 @@ measurement. A GPU run; on the CPU emulator's stand-in for CuPy (tests) it check
 --fit FILE (no GPU needed) fits the model's numbers (cupy_cuda.GEMM_TILES, SPLIT_WAVE_US, FIXUP_BYTES_PER_US, with
 GEMM_BLOCKS_PER_SM as the driver reported them) to the measurements in FILE, least squares of the logs of modelled
 over measured times (a launch's own cost fitted beside them), and prints them with what the plans they choose take.
+--loops LOOPS (benchmarks/kernel_loops.py --json of the kernels that ran) fits one more number: how a slice's time
+follows its loop's instructions, (instructions / FFMAs) ** exponent (cupy_cuda.GEMM_SLICE_SCALE), which
+benchmarks/perf_model.py --loops takes to predict loops changed since.
 """
 import argparse
 import json
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from gan_engine.backends import cupy_cuda
 
+from . import kernel_loops
 from .kernel_ab import backend_settings, seconds_per_call
 from .test_bench_step import make_trainer, parse_cases
 
@@ -94,10 +98,25 @@ def kernel_attributes(module, kernel, tile):
             "local_bytes": attributes.get("local_size_bytes"), "blocks_per_sm": blocks}
 
 
-def fit(result):
+def slice_scales(loops, exponent):
+    """cupy_cuda.GEMM_SLICE_SCALE for kernel_loops' counts `loops` ({kernel: {"64x64": {"instructions": ...}}}): a
+    slice's time as (instructions / FFMAs) ** exponent, a loop of FFMAs alone 1."""
+    scales = {}
+    for kernel, tiles in loops.items():
+        for name, counts in tiles.items():
+            tile = tuple(int(v) for v in name.split("x"))
+            ffma = tile[0] * tile[1] * cupy_cuda.TILE_K // GEMM_THREADS
+            scales[kernel, tile] = (counts["instructions"] / ffma) ** exponent
+    return scales
+
+
+def fit(result, loops=None):
     """The model's numbers fitted to `result` (main's JSON): {tiles, blocks, split_wave_us, fixup_bytes_per_us,
-    launch_us, rms_log, us: {as_run, fitted, fastest}}, the last the measured microseconds of every distinct
-    product under the plans the model chose in the run, the fitted model's plans and the fastest ones."""
+    launch_us, loop_exponent, rms_log, bias: {kernel: mean log of modelled over measured}, us: {as_run, fitted,
+    fastest}}, the last the measured microseconds of every distinct product under the plans the model chose in the
+    run, the fitted model's plans and the fastest ones.
+    With `loops` (kernel_loops' counts of the kernels that ran), slice times follow them (slice_scales) by a fitted
+    exponent; without, loop_exponent is None."""
     from scipy.optimize import least_squares
 
     tiles = list(cupy_cuda.GEMM_TILES)
@@ -110,26 +129,38 @@ def fit(result):
     shapes = [(r["m"], r["n"], r["k"], r["layers"], result["multiprocessors"], r["group"], r["kernel"])
               for r in products.values()]
 
-    def numbers(x):  # x: alone and saturated per tile, SPLIT_WAVE_US, FIXUP_BYTES_PER_US / 1e4, launch_us
+    n = 2 * len(tiles)  # x: alone and saturated per tile, SPLIT_WAVE_US, FIXUP_BYTES_PER_US / 1e4, launch_us[,
+    # the loops' exponent]
+
+    def numbers(x):
         return {"GEMM_TILES": {t: (x[2 * i], x[2 * i + 1]) for i, t in enumerate(tiles)},
-                "GEMM_BLOCKS_PER_SM": blocks, "SPLIT_WAVE_US": x[-3], "FIXUP_BYTES_PER_US": x[-2] * 1e4}
+                "GEMM_BLOCKS_PER_SM": blocks, "SPLIT_WAVE_US": x[n], "FIXUP_BYTES_PER_US": x[n + 1] * 1e4,
+                "GEMM_SLICE_SCALE": slice_scales(loops, x[n + 3]) if loops else {}}
 
     def residuals(x):
         with backend_settings(numbers(x)):
-            return [math.log((x[-1] + plan.us) / row["us"]) for shape, r in zip(shapes, products.values())
+            return [math.log((x[n + 2] + plan.us) / row["us"]) for shape, r in zip(shapes, products.values())
                     for plan, row in zip(cupy_cuda.gemm_plans(*shape), r["plans"], strict=True)]
 
     start = [v for t in tiles for v in cupy_cuda.GEMM_TILES[t]] + [cupy_cuda.SPLIT_WAVE_US,
                                                                    cupy_cuda.FIXUP_BYTES_PER_US / 1e4, 2.0]
-    x = least_squares(residuals, start, bounds=(1e-3, math.inf), x_scale="jac").x
+    bounds = ([1e-3] * len(start), [math.inf] * len(start))
+    if loops:
+        start, bounds = start + [1.0], (bounds[0] + [-3.0], bounds[1] + [3.0])
+    x = least_squares(residuals, start, bounds=bounds, x_scale="jac").x
     fitted, misses = numbers(x), residuals(x)
     with backend_settings(fitted):
         chosen = [cupy_cuda.gemm_plan(*shape) for shape in shapes]
     took = [next(p["us"] for p in r["plans"] if tuple(p["tile"]) == c.tile and p["splits"] == c.splits)
             for c, r in zip(chosen, products.values())]
+    by_kernel = {}
+    for kernel, miss in zip((r["kernel"] for r in products.values() for _ in r["plans"]), misses):
+        by_kernel.setdefault(kernel, []).append(miss)
     return {"tiles": fitted["GEMM_TILES"], "blocks": blocks, "split_wave_us": fitted["SPLIT_WAVE_US"],
-            "fixup_bytes_per_us": fitted["FIXUP_BYTES_PER_US"], "launch_us": x[-1],
+            "fixup_bytes_per_us": fitted["FIXUP_BYTES_PER_US"], "launch_us": x[n + 2],
+            "loop_exponent": x[n + 3] if loops else None,
             "rms_log": math.sqrt(sum(r * r for r in misses) / len(misses)),
+            "bias": {kernel: statistics.mean(found) for kernel, found in sorted(by_kernel.items())},
             "us": {"as_run": sum(r["model"]["us"] for r in products.values()), "fitted": sum(took),
                    "fastest": sum(r["fastest"]["us"] for r in products.values())}}
 
@@ -139,7 +170,9 @@ def print_fit(fitted):
     print(f"{len(fitted['blocks'])} kernels; log residuals' root mean square {fitted['rms_log']:.3f}; a launch "
           f"{fitted['launch_us']:.2f} us\nthe distinct products, measured under the plans of the model as run: "
           f"{us['as_run']:.0f} us; of the fitted model: {us['fitted']:.0f} us; the fastest plans: "
-          f"{us['fastest']:.0f} us\n")
+          f"{us['fastest']:.0f} us")
+    print("a kernel's bias, the mean log of modelled over measured times: " +
+          ", ".join(f"{kernel.removesuffix('_kernel')} {bias:+.2f}" for kernel, bias in fitted["bias"].items()) + "\n")
     print("GEMM_TILES = {")
     for tile, (alone, saturated) in fitted["tiles"].items():
         print(f"    {tile}: ({alone:.2f}, {saturated:.2f}),")
@@ -147,6 +180,9 @@ def print_fit(fitted):
     for kernel, counts in sorted(fitted["blocks"].items()):
         print(f"    \"{kernel}\": {counts},")
     print(f"}}\nSPLIT_WAVE_US = {fitted['split_wave_us']:.2f}\nFIXUP_BYTES_PER_US = {fitted['fixup_bytes_per_us']:.3g}")
+    if fitted["loop_exponent"] is not None:
+        print(f"a slice's time: (its loop's instructions / FFMAs) ** {fitted['loop_exponent']:.2f} "
+              "(cupy_cuda.GEMM_SLICE_SCALE, perf_model's LOOP_EXPONENT)")
 
 
 def plan_name(row):
@@ -159,9 +195,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="replays of a plan's graph")
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--fit", metavar="FILE", help="fit the model to the measurements in FILE (a --json file)")
+    parser.add_argument("--loops", metavar="LOOPS", help="with --fit: kernel_loops --json of the kernels that ran")
     args = parse_cases(parser, argv)
     if args.fit:
-        print_fit(fit(json.loads(Path(args.fit).read_text())))
+        loops = kernel_loops.read_counts(args.loops) if args.loops else None
+        print_fit(fit(json.loads(Path(args.fit).read_text()), loops))
         return
     result = {"multiprocessors": cupy_cuda._multiprocessors(), "cases": {}, "kernels": []}
     for case in args.cases:

@@ -15,7 +15,8 @@ FFMAs a thread; what the loop holds beyond them is index math and loads. Beside 
 thread (which, with its shared memory, say how many blocks an SM runs at once) and the bytes it spills to local
 memory (the kernel as shipped with --all-paths; with plain loads it may need fewer).
 --kernels DIR counts another folder of kernels (an older commit's: `git archive REV kernels | tar -x -C OLD`, then
-OLD/kernels), to set before beside after. --json also writes the counts to FILE: {kernel: {"64x64": {...}}}.
+OLD/kernels), to set before beside after. --json also writes the counts to FILE, {kernel: {"64x64": {...}}}, for
+the models' --loops (benchmarks/gemm_plans.py --fit, benchmarks/perf_model.py).
 
 By default gemm.cuh's `read` is compiled as a plain load (a forward's operands), so the loop has one path:
 a kernel takes its activation as an argument, and the compiler makes a copy of the loop for each activation a
@@ -85,6 +86,15 @@ def resources(ptxas_log):
         if registers and name:
             found[name] = (int(registers.group(1)), found.get(name, (0, 0))[1])
     return found
+
+
+def read_counts(path):
+    """The counts of a --json file, {kernel: {"64x64": {...}}}; exits saying what is wrong with one that is not."""
+    try:
+        return json.loads(Path(path).read_text())["loops"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"{path} is not a benchmarks.kernel_loops --json file ({type(exc).__name__}: {exc}); make one with "
+                 "python -m benchmarks.kernel_loops --json FILE")
 
 
 def compile_and_read(source, tile, arch, folder, env):

@@ -1,7 +1,7 @@
 """A model of the CUDA backend's training step on a Hopper-class GPU (H100 / H200), before and after gemm.cuh's
 split-K and faster main loop, from the launches a step makes; a GPU run confirms or corrects it.
 
-    python -m benchmarks.perf_model [--steps FILE] [CASE ...]
+    python -m benchmarks.perf_model [--steps FILE] [--loops FITTED NOW] [CASE ...]
 
 Runs one step of each case (benchmarks/test_bench_step.py) through the backend's own launchers on the CPU
 emulator's stand-in for CuPy, with the kernels not run (benchmarks/launches.py, run=False), and counts per step:
@@ -21,7 +21,10 @@ the step's time as a CUDA graph, launch after launch on one stream, from these c
 - before, also: OLD_FOLDED_LAUNCHES small launches a step that the kernels now do in their last block, and a
   dense layer's bias gradient inside its dW kernel (no launch of its own).
 With --steps (a pytest-benchmark JSON of benchmarks/test_bench_cuda.py's steps), the measured graph step sits beside
-the prediction.
+the prediction. With --loops FITTED NOW (two benchmarks/kernel_loops.py --json files: the kernels GEMM_TILES was
+fitted to, and these), a product's slices take (NOW's instructions / FITTED's) ** LOOP_EXPONENT of the fitted time,
+for the kernel and tile that run it: the loops changed since the fit, priced as slice times followed instructions
+across the fitted kernels. Without it, the kernels are taken to be the fitted ones.
 """
 import argparse
 import json
@@ -39,6 +42,9 @@ BLOCKS_PER_SM = 8  # of a channel reduction's 256 threads
 OLD_SLICE_US = {"dense": 1.7, "conv": 3.5}
 OLD_TILE = (64, 64)
 OLD_FOLDED_LAUNCHES = 8  # a step's counter advances (3), Adam counts (2) and BCE reductions (3): own launches then
+# How a slice's time followed its loop's instructions over the H200's 1525 plans: python -m benchmarks.gemm_plans
+# --fit gemm_plans.json --loops loops-2786e90.json (benchmarks/results/model-loop-instructions-2026-11-28/).
+LOOP_EXPONENT = 0.94
 
 
 def step_launches(case):
@@ -105,10 +111,22 @@ def launch_cost(launch, before=False):
     return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
 
 
-def summarise(case):
-    """{case, launches (before), gflop, mbytes, serial slices before/after, predicted us before/after}."""
-    launches = step_launches(case)
-    now = [launch_cost(x) for x in launches]
+def loop_scales(fitted, now):
+    """cupy_cuda.GEMM_SLICE_SCALE for kernel_loops' counts of the fitted kernels and of these: (now / fitted) **
+    LOOP_EXPONENT for every kernel and tile both count."""
+    return {(kernel, tuple(int(v) for v in tile.split("x"))):
+            (counts["instructions"] / fitted[kernel][tile]["instructions"]) ** LOOP_EXPONENT
+            for kernel, tiles in now.items() for tile, counts in tiles.items() if tile in fitted.get(kernel, {})}
+
+
+def summarise(case, scales=None):
+    """{case, launches (before), gflop, mbytes, serial slices before/after, predicted us before/after}; `scales`:
+    the products' slice times relative to the fitted kernels' (loop_scales)."""
+    from .kernel_ab import backend_settings
+
+    launches = step_launches(case)  # the plans the backend picks (with its own model)
+    with backend_settings({"GEMM_SLICE_SCALE": scales or {}}):
+        now = [launch_cost(x) for x in launches]
     old = [launch_cost(x, before=True) for x in launches]
     return {"case": case, "launches": len(launches), "gflop": sum(f for _, f, _ in now) / 1e9,
             "mbytes": sum(_bytes(x) for x in launches) / 1e6,
@@ -127,19 +145,26 @@ def measured_steps(path):
 
 
 def main(argv=None):
+    from .kernel_loops import read_counts
     from .test_bench_step import parse_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", help="a benchmarks/test_bench_cuda.py JSON with measured CUDA-graph steps")
+    parser.add_argument("--loops", nargs=2, metavar=("FITTED", "NOW"),
+                        help="kernel_loops --json files of the fitted kernels and of these")
     args = parse_cases(parser, argv)
     measured = measured_steps(args.steps) if args.steps else {}
+    scales = None
+    if args.loops:
+        scales = loop_scales(*map(read_counts, args.loops))
     print(f"per launch {LAUNCH_US} us; memory {BANDWIDTH_BYTES_PER_US / 1e6:.1f} TB/s; reductions {REDUCE_PASS_US} us "
-          f"a pass; old GEMM slices {OLD_SLICE_US} us on {OLD_TILE[0]}x{OLD_TILE[1]} tiles, unsplit")
+          f"a pass; old GEMM slices {OLD_SLICE_US} us on {OLD_TILE[0]}x{OLD_TILE[1]} tiles, unsplit; loops "
+          + (f"priced by their instructions ** {LOOP_EXPONENT}" if scales else "as fitted"))
     print("| case | launches before -> after | GFLOP | MB | serial K slices before -> after | predicted step before -> "
           "after | measured (graph) |")
     print("|---|---|---|---|---|---|---|")
     for case in args.cases:
-        s = summarise(case)
+        s = summarise(case, scales)
         seen = f"{measured[case]:.0f} us" if case in measured else "-"
         print(f"| {case} | {s['launches_before']} -> {s['launches']} | {s['gflop']:.2f} | {s['mbytes']:.1f} | "
               f"{s['slices_before']} -> {s['slices_after']} | {s['us_before']:.0f} -> {s['us_after']:.0f} us | "

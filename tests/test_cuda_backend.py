@@ -67,6 +67,22 @@ def test_the_model_knows_every_gemm_kernel_and_its_blocks_an_sm():
     assert two > three
 
 
+def test_a_slice_scale_prices_one_kernels_slices_alone(monkeypatch):
+    """GEMM_SLICE_SCALE (empty in the backend: its plans are the fitted model's) multiplies the slice time of its
+    kernel at its tile, not the split's fixed costs nor another kernel's."""
+    assert cupy_cuda.GEMM_SLICE_SCALE == {}
+    whole, split = (64, 6272, 100, (64, 64), 1), (64, 1, 6272, (32, 32), 8)
+    before = [cupy_cuda.gemm_time(*shape, kernel=k) for shape in (whole, split)
+              for k in ("dense_forward_kernel", "window_gather_kernel")]
+    monkeypatch.setattr(cupy_cuda, "GEMM_SLICE_SCALE", {("dense_forward_kernel", (64, 64)): 0.5,
+                                                         ("dense_forward_kernel", (32, 32)): 0.5})
+    after = [cupy_cuda.gemm_time(*shape, kernel=k) for shape in (whole, split)
+             for k in ("dense_forward_kernel", "window_gather_kernel")]
+    assert after[0] == pytest.approx(before[0] / 2) and after[1] == before[1] and after[3] == before[3]
+    fixed = before[2] - 2 * (before[2] - after[2])  # the split's own costs: what halving the slices leaves
+    assert before[2] / 2 < after[2] < before[2] and fixed > 0
+
+
 def test_grouped_tiles_own_whole_groups_of_columns():
     """gemm_grouped (maxout's forward): a 64-wide tile owns 12 units of 5 pieces (60 columns), so 200 units take 17
     column tiles; pieces wider than a tile rule that tile out."""

@@ -79,6 +79,10 @@ GEMM_BLOCKS_PER_SM = {
     "window_weight_grad_kernel": (1, 3, 6, 5, 5),
 }
 DEFAULT_GEMM_KERNEL = "dense_forward_kernel"  # whose blocks an SM a plan assumes when no kernel is named
+# (kernel, tile) -> a K slice's time over GEMM_TILES' for that kernel's loop; none here, so 1. The benchmarks set
+# it: gemm_plans --fit --loops to fit slice times to the loops' instructions, perf_model --loops to predict loops
+# changed since the fit.
+GEMM_SLICE_SCALE = {}
 MAX_PIECES = max(n for _, n in GEMM_TILES)  # maxout's pieces a unit: they must fit in a tile's columns
 SPLIT_WAVE_US = 2.5       # a split product's extra per wave of blocks: partial sums out, arrivals counted
 FIXUP_BYTES_PER_US = 3.8e4  # the last block of a split tile reads the partials at about 38 GB/s (one SM)
@@ -118,11 +122,11 @@ def gemm_schedule(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTI
 
 
 def gemm_time(m, n, k, tile, splits, layers=1, multiprocessors=DEFAULT_MULTIPROCESSORS, kernel=DEFAULT_GEMM_KERNEL):
-    """Modelled microseconds of that product (gemm_schedule's waves, GEMM_TILES' slice times; launch cost left
-    out)."""
+    """Modelled microseconds of that product (gemm_schedule's waves, GEMM_TILES' slice times scaled by
+    GEMM_SLICE_SCALE; launch cost left out)."""
     alone, saturated = GEMM_TILES[tile]
     waves, together, slices = gemm_schedule(m, n, k, tile, splits, layers, multiprocessors, kernel)
-    us = waves * slices * max(alone, together * saturated)
+    us = waves * slices * max(alone, together * saturated) * GEMM_SLICE_SCALE.get((kernel, tile), 1.0)
     if splits > 1:
         us += waves * SPLIT_WAVE_US + splits * tile[0] * tile[1] * 4 / FIXUP_BYTES_PER_US
     return us
