@@ -196,6 +196,11 @@ struct PhaseScattered : Image {
     }
 };
 
+// The K sides the gather and the phases kernels read (gemm.cuh's Slice of A itself and of B transposed) step.
+static_assert(Slice<TILE_N, Transposed<Patches>>::STEPS && Slice<TILE_M, PhaseWeights>::STEPS &&
+                  Slice<TILE_N, Transposed<PhaseScattered>>::STEPS,
+              "the window readers step their K halves from slice to slice");
+
 // Element (r, c) = (channel, (n, pixel)) of an image v (N, C, P) seen as a (C, N P) matrix.
 struct Channels {
     const float* v;
