@@ -36,7 +36,8 @@ GEMM_THREADS = math.prod(cupy_cuda.GEMM_BLOCK)
 
 def step_products(case):
     """The distinct products of one eager training step of `case` (after two warm-up steps), in launch order:
-    dicts of module, kernel, m, n, k, layers, group and the launcher's arguments (args, kept alive here)."""
+    dicts of module, kernel, m, n, k, layers, group and the launcher's arguments (args, kept alive here). A layer's
+    weight and input gradients, one launch in a step (GEMM_PAIRS), are recorded as their own kernels' products."""
     trainer = make_trainer("cuda", case, graph=False)
     for _ in range(2):
         trainer.step()
@@ -47,11 +48,8 @@ def step_products(case):
         products.setdefault(key, dict(zip(("module", "kernel", "m", "n", "k", "layers", "group"), key), args=args))
         original(module, kernel, m, n, k, args, layers, group)
 
-    cupy_cuda._gemm = recording
-    try:
+    with backend_settings({"GEMM_PAIRS": 0, "_gemm": recording}):
         trainer.step()
-    finally:
-        cupy_cuda._gemm = original
     return list(products.values())
 
 

@@ -3,9 +3,10 @@
     with record(cupy_cuda, timed=True) as launches:
         trainer.step()
 
-wraps `cupy_cuda._function` (and `_gemm`) for the duration, so every kernel launch is noted as a Launch: the .cu
-module, the kernel, the tile shape it was compiled with, its grid and block, its arguments (the launcher's own,
-so the scalars give the shapes) and, for gemm.cuh's products, the product's shape and plan. With `timed` (a real
+wraps `cupy_cuda._function` (and `_gemm`, `_gemm_pair`) for the duration, so every kernel launch is noted as a
+Launch: the .cu module, the kernel, the tile shape it was compiled with, its grid and block, its arguments (the
+launcher's own, so the scalars give the shapes) and, for gemm.cuh's products, the product's shape and plan (a pair
+kernel's two products: `pair`). With `timed` (a real
 GPU) each launch is bracketed by two CUDA events, and `Launch.milliseconds()` reads the time between them once
 the device has finished. With `run=False` nothing is compiled or launched: the launchers' checks and allocations
 run, the kernels do not, which is enough to count what a step launches (benchmarks/perf_model.py). Copies and
@@ -25,6 +26,7 @@ class Launch:
     block: tuple        # (x, y, z)
     args: tuple         # as the launcher passed them
     product: tuple = None  # gemm.cuh's products: (m, n, k, layers, GemmPlan)
+    pair: tuple = None     # a pair kernel's two products: ((kernel, m, n, k, GemmPlan), (...)) as their own kernels'
     events: tuple = field(default=None, repr=False)  # (start, end) CUDA events when timed
 
     @property
@@ -42,20 +44,29 @@ class Launch:
 def record(cupy_cuda, timed=False, run=True):
     """Record every kernel launch of the CUDA backend `cupy_cuda` inside the block; yields the list of Launches.
     `timed`: bracket each with CUDA events; `run=False`: record without compiling or launching anything."""
-    launches, products = [], []
-    original_function, original_gemm = cupy_cuda._function, cupy_cuda._gemm
+    launches, products = [], []  # products: the next launch's ("product" or "pair", what it multiplies)
+    original_function, original_gemm, original_pair = cupy_cuda._function, cupy_cuda._gemm, cupy_cuda._gemm_pair
 
     def gemm(module, kernel, m, n, k, args, layers=1, group=1):
         plan = cupy_cuda.gemm_plan(m, n, k, layers, cupy_cuda._multiprocessors(), group, kernel)
-        products.append((m, n, k, layers, plan))
+        products.append(("product", (m, n, k, layers, plan)))
         original_gemm(module, kernel, m, n, k, args, layers, group)
+
+    def gemm_pair(module, kernel, first, second, args):
+        plans = cupy_cuda.gemm_pair_plans(*((m, n, k, name) for name, m, n, k in (first, second)),
+                                          cupy_cuda._multiprocessors())
+        products.append(("pair", tuple((*product, plan) for product, plan in zip((first, second), plans))))
+        original_pair(module, kernel, first, second, args)
 
     def function(module, kernel, tile=None):
         compiled = original_function(module, kernel, tile) if run else None
 
         def launch(grid, block, args, **options):
             grid, block = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
-            entry = Launch(module, kernel, tile, grid, block, tuple(args), products.pop() if products else None)
+            entry = Launch(module, kernel, tile, grid, block, tuple(args))
+            if products:
+                what, multiplied = products.pop()
+                setattr(entry, what, multiplied)
             if timed:
                 import cupy as cp
 
@@ -69,8 +80,8 @@ def record(cupy_cuda, timed=False, run=True):
 
         return launch
 
-    cupy_cuda._function, cupy_cuda._gemm = function, gemm
+    cupy_cuda._function, cupy_cuda._gemm, cupy_cuda._gemm_pair = function, gemm, gemm_pair
     try:
         yield launches
     finally:
-        cupy_cuda._function, cupy_cuda._gemm = original_function, original_gemm
+        cupy_cuda._function, cupy_cuda._gemm, cupy_cuda._gemm_pair = original_function, original_gemm, original_pair

@@ -74,25 +74,47 @@ def _bytes(launch):
         return 2 * launch.args[2].nbytes
     if launch.kernel == "draw_rows_kernel":  # the same, and the indices (args[1]) written
         return 2 * launch.args[2].nbytes + launch.args[1].nbytes
-    arrays = launch.args[:-3] if launch.product is not None else launch.args  # (partial, arrivals, splits) last
+    splits = 3 if launch.product is not None else 6 if launch.pair is not None else 0  # (partial, arrivals, splits)
+    arrays = launch.args[:len(launch.args) - splits]  # each product's, last
     return sum(a.nbytes for a in arrays if hasattr(a, "nbytes") and a.size > 1)
 
 
+def product_cost(module, kernel, m, n, k, layers, plan, before=False):
+    """(predicted microseconds, launch left out; FLOPs; serial K slices) of one of gemm.cuh's products run by
+    `kernel`, now or with the old GEMM ("before")."""
+    from gan_engine.backends import cupy_cuda
+
+    flops = 2 * m * n * k * layers
+    if before:
+        slices = math.ceil(k / cupy_cuda.TILE_K)
+        blocks = math.ceil(m / OLD_TILE[0]) * math.ceil(n / OLD_TILE[1]) * layers
+        waves = math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS)
+        return waves * slices * OLD_SLICE_US[module], flops, waves * slices
+    shape = (m, n, k, plan.tile, plan.splits, layers, cupy_cuda.DEFAULT_MULTIPROCESSORS, kernel)
+    waves, _, per_block = cupy_cuda.gemm_schedule(*shape)
+    return cupy_cuda.gemm_time(*shape), flops, waves * per_block
+
+
 def launch_cost(launch, before=False):
-    """(predicted microseconds, FLOPs, serial K slices) of one launch, now or with the old GEMM ("before")."""
+    """(predicted microseconds, FLOPs, serial K slices, launches) of one launch, now or with the old GEMM
+    ("before"). A pair kernel's two products: before, a launch each; now, side by side (the longer one's time and
+    slices) where all their blocks fit on the GPU at once, else one after the other."""
     from gan_engine.backends import cupy_cuda
 
     if launch.product is not None:
-        m, n, k, layers, plan = launch.product
-        flops = 2 * m * n * k * layers
+        us, flops, slices = product_cost(launch.module, launch.kernel, *launch.product, before)
+        return LAUNCH_US + us, flops, slices, 1
+    if launch.pair is not None:
+        costs = [product_cost(launch.module, kernel if before else launch.kernel, m, n, k, 1, plan, before)
+                 for kernel, m, n, k, plan in launch.pair]
+        us, flops, slices = (list(column) for column in zip(*costs))
         if before:
-            slices = math.ceil(k / cupy_cuda.TILE_K)
-            blocks = math.ceil(m / OLD_TILE[0]) * math.ceil(n / OLD_TILE[1]) * layers
-            waves = math.ceil(blocks / cupy_cuda.DEFAULT_MULTIPROCESSORS)
-            return LAUNCH_US + waves * slices * OLD_SLICE_US[launch.module], flops, waves * slices
-        shape = (m, n, k, plan.tile, plan.splits, layers, cupy_cuda.DEFAULT_MULTIPROCESSORS, launch.kernel)
-        waves, _, per_block = cupy_cuda.gemm_schedule(*shape)
-        return LAUNCH_US + cupy_cuda.gemm_time(*shape), flops, waves * per_block
+            return 2 * LAUNCH_US + sum(us), sum(flops), sum(slices), 2
+        tile = launch.pair[0][-1].tile
+        resident = cupy_cuda.GEMM_BLOCKS_PER_SM[launch.kernel][list(cupy_cuda.GEMM_TILES).index(tile)]
+        together = launch.blocks <= resident * cupy_cuda.DEFAULT_MULTIPROCESSORS
+        join = max if together else sum
+        return LAUNCH_US + join(us), sum(flops), join(slices), 1
     if launch.kernel in PASSES:
         # batch norm in one launch (a channel in one chunk): the statistics kernel normalises too, the sums' one
         # writes dx (their last argument says so)
@@ -103,12 +125,12 @@ def launch_cost(launch, before=False):
                    "batchnorm_grad_sums_kernel": 2 * one_launch, "batchnorm_backward_kernel": 2,
                    "channel_grad_sum_kernel": launch.args[0].ndim > 2}[launch.kernel]
             values = launch.args[0].size // launch.grid[0]
-            return (LAUNCH_US + old * math.ceil(values / 256) * REDUCE_PASS_US if old else 0.0), 0, 0
+            return (LAUNCH_US + old * math.ceil(values / 256) * REDUCE_PASS_US if old else 0.0), 0, 0, int(old > 0)
         values = launch.args[0].size // (launch.grid[0] * launch.grid[1])
         waves = math.ceil(launch.blocks / (BLOCKS_PER_SM * cupy_cuda.DEFAULT_MULTIPROCESSORS))
         passes = PASSES[launch.kernel] + one_launch * ONE_LAUNCH_PASSES.get(launch.kernel, 0)
-        return LAUNCH_US + waves * passes * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0
-    return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0
+        return LAUNCH_US + waves * passes * math.ceil(values / 256) * REDUCE_PASS_US, 0, 0, 1
+    return LAUNCH_US + _bytes(launch) / BANDWIDTH_BYTES_PER_US, 0, 0, 1
 
 
 def loop_scales(fitted, now):
@@ -128,12 +150,12 @@ def summarise(case, scales=None):
     with backend_settings({"GEMM_SLICE_SCALE": scales or {}}):
         now = [launch_cost(x) for x in launches]
     old = [launch_cost(x, before=True) for x in launches]
-    return {"case": case, "launches": len(launches), "gflop": sum(f for _, f, _ in now) / 1e9,
+    return {"case": case, "launches": len(launches), "gflop": sum(f for _, f, _, _ in now) / 1e9,
             "mbytes": sum(_bytes(x) for x in launches) / 1e6,
-            "slices_before": sum(s for _, _, s in old), "slices_after": sum(s for _, _, s in now),
-            "launches_before": sum(us > 0 for us, _, _ in old) + OLD_FOLDED_LAUNCHES,
-            "us_before": sum(us for us, _, _ in old) + OLD_FOLDED_LAUNCHES * LAUNCH_US,
-            "us_after": sum(us for us, _, _ in now)}
+            "slices_before": sum(s for _, _, s, _ in old), "slices_after": sum(s for _, _, s, _ in now),
+            "launches_before": sum(n for *_, n in old) + OLD_FOLDED_LAUNCHES,
+            "us_before": sum(us for us, *_ in old) + OLD_FOLDED_LAUNCHES * LAUNCH_US,
+            "us_after": sum(us for us, *_ in now)}
 
 
 def measured_steps(path):

@@ -32,8 +32,9 @@
 // epilogues may accumulate (`+=`) into their output.
 //
 // Grid: x = the tile (row tile * column tiles + column tile; blocks past the last tile return at once), z = the
-// split (a kernel may fold more into z, as conv.cu does the stride phases); block (16, 16). Sizes: M Nc, M K, K Nc
-// and count M Nc below 2^31 (32-bit index math; the launchers check).
+// split (a kernel may fold more into z, as conv.cu does the stride phases, and dense.cu a second product: a pair,
+// PAIR_PARAMS); block (16, 16). Sizes: M Nc, M K, K Nc and count M Nc below 2^31 (32-bit index math; the
+// launchers check).
 #pragma once
 #include "common.cuh"
 #include "reduce.cuh"
@@ -154,6 +155,14 @@ struct Split {
 };
 #define SPLIT_PARAMS float *__restrict__ partial, int *__restrict__ arrivals, int splits
 #define SPLIT Split{partial, arrivals, splits, (int)blockIdx.z % splits}
+// Two products in one launch (a layer's weight and input gradients, which read the same gradient): grid z holds
+// the first's splits, then the second's, each product its own partial sums and arrival counters; grid x the larger
+// tile count (a block past its product's tiles returns at once). The tile shape is the module's, the same for both.
+#define PAIR_PARAMS float *__restrict__ partial, int *__restrict__ arrivals, int splits, \
+                    float *__restrict__ partial2, int *__restrict__ arrivals2, int splits2
+#define IN_FIRST ((int)blockIdx.z < splits)
+#define FIRST_SPLIT Split{partial, arrivals, splits, (int)blockIdx.z}
+#define SECOND_SPLIT Split{partial2, arrivals2, splits2, (int)blockIdx.z - splits}
 
 // Position in the tile of thread t's value i of its THREAD values along a side TILE long: runs of up to 4.
 template <int TILE, int THREAD>
@@ -358,10 +367,11 @@ __device__ void for_each_value(const float acc[THREAD_M][THREAD_N], int M, int N
     }
 }
 
+// gemm in the block's shared memory `shared` (SHARED_FLOATS floats, 16-byte aligned): a kernel that runs two
+// products (a pair) gives both one array, where gemm's own would be one an instantiation, twice the memory.
 template <class OperandA, class OperandB, class Epilogue>
-__device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K, const Split& split,
-                     const Epilogue& epilogue) {
-    __shared__ __align__(16) float shared[SHARED_FLOATS];
+__device__ void gemm_with(float* shared, const OperandA& A, const OperandB& B, int M, int Nc, int K,
+                          const Split& split, const Epilogue& epilogue) {
     if (M <= 0 || Nc <= 0) return;
     const int tiles_n = (Nc + TILE_N - 1) / TILE_N, tile = blockIdx.x;
     const int row0 = tile / tiles_n * TILE_M, col0 = tile % tiles_n * TILE_N;
@@ -385,6 +395,13 @@ __device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K,
         for (int s = 0; s < split.count; ++s) sum += __ldcg(&split.partial[(s * M + r) * Nc + c]);
         epilogue(r, c, sum);
     }
+}
+
+template <class OperandA, class OperandB, class Epilogue>
+__device__ void gemm(const OperandA& A, const OperandB& B, int M, int Nc, int K, const Split& split,
+                     const Epilogue& epilogue) {
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    gemm_with(shared, A, B, M, Nc, K, split, epilogue);
 }
 
 // Grouped columns (a maxout unit's pieces): gemm_grouped computes C (M, groups group) = A @ B like gemm, but hands

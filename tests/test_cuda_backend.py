@@ -221,6 +221,54 @@ def test_a_split_product_is_deterministic_and_leaves_its_counters_at_zero(cuda_b
     assert arrivals and all(not cuda_backend.to_numpy(a).any() for a in arrivals)
 
 
+def test_a_layers_two_gradients_in_one_launch_are_the_two_launches_bits(cuda_backend, monkeypatch):
+    """GEMM_PAIRS: a dense or maxout layer's [dW; db] and dx in one launch (gemm.cuh's pair: grid z the first
+    product's splits, then the second's) give the bits of a launch each, at the same plans (here forced: 32x32,
+    uneven splits of 3), and add into dW and db as those do."""
+    from benchmarks.launches import record
+
+    monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None, group=1, kernel=None:
+                        cupy_cuda.GemmPlan((32, 32), 3, -(-m // 32) * cupy_cuda.column_tiles(n, 32, group), 0.0))
+    rng = np.random.default_rng(0)
+    n, i, units, pieces = 37, 45, 13, 3
+    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in (
+        ("x", (n, i)), ("W", (i, units)), ("dy", (n, units)), ("Wm", (i, units * pieces)), ("dW", (i, units)),
+        ("db", (units,)), ("dWm", (i, units * pieces)), ("dbm", (units * pieces,)))}
+    y = np.tanh(rng.standard_normal((n, units))).astype(np.float32)
+    argmax = rng.integers(0, pieces, (n, units)).astype(np.int32)
+    results = []
+    for pairs in (1, 0):
+        monkeypatch.setattr(cupy_cuda, "GEMM_PAIRS", pairs)
+        a = {name: cuda_backend.asarray(v) for name, v in arrays.items()}
+        dx, dxm = (cuda_backend.asarray(np.full((n, i), np.nan, np.float32)) for _ in range(2))
+        with record(cupy_cuda) as launched:
+            cuda_backend.dense_backward(a["x"], a["W"], cuda_backend.asarray(y), a["dy"], "tanh", 0.2, a["dW"],
+                                        a["db"], dx)
+            cuda_backend.maxout_backward(a["x"], a["Wm"], a["dy"], cuda_backend.asarray(argmax), pieces, a["dWm"],
+                                         a["dbm"], dxm)
+        assert len(launched) == (2 if pairs else 4)
+        results.append([cuda_backend.to_numpy(v) for v in (a["dW"], a["db"], dx, a["dWm"], a["dbm"], dxm)])
+    for paired, single in zip(*results):
+        assert np.array_equal(paired, single) and np.isfinite(paired).all()
+    assert not np.array_equal(results[0][0], arrays["dW"])  # added into
+
+
+def test_a_pair_launch_takes_the_slower_products_tile():
+    """Where a layer's two products would pick different tile shapes, their launch (one module, one shape) takes
+    the slower one's plan, and the other product's fastest split at that tile."""
+    head_dw, head_dx = (6273, 1, 64, "dense_backward_dw_kernel"), (64, 6272, 1, "dense_backward_dx_kernel")
+    alone = [cupy_cuda.gemm_plan(m, n, k, kernel=kernel) for m, n, k, kernel in (head_dw, head_dx)]
+    assert alone[0].tile != alone[1].tile  # the 28x28 DCGAN's head: a tall dW, a wide dx
+    plans = cupy_cuda.gemm_pair_plans(head_dw, head_dx)
+    slow = int(alone[1].us > alone[0].us)
+    assert plans[slow] == alone[slow] and plans[1 - slow].tile == alone[slow].tile
+    m, n, k, kernel = (head_dw, head_dx)[1 - slow]
+    at_tile = [p for p in cupy_cuda.gemm_plans(m, n, k, kernel=kernel) if p.tile == alone[slow].tile]
+    assert plans[1 - slow].us == min(p.us for p in at_tile)
+    same = (64, 128, 784, "dense_backward_dx_kernel")
+    assert cupy_cuda.gemm_pair_plans(same, same) == [cupy_cuda.gemm_plan(64, 128, 784, kernel=same[3])] * 2
+
+
 def test_the_launch_bounds_setting_compiles_modules_of_its_own(cuda_backend, monkeypatch):
     """GEMM_LAUNCH_BOUNDS reaches the GEMM modules' compilation (-D, read by gemm.cuh's GEMM_MIN_BLOCKS), and each
     setting keeps its own modules, so kernel_ab --set GEMM_LAUNCH_BOUNDS=0 compares the bounds alone."""

@@ -19,7 +19,8 @@ def test_a_dry_recording_sees_the_launches_a_running_step_makes(monkeypatch):
     with record(backend) as ran:  # the kernels run (on the emulator)
         trainer.step()
     assert [(x.kernel, x.tile, x.grid) for x in dry] == [(x.kernel, x.tile, x.grid) for x in ran]
-    assert all((x.product is not None) == (x.tile is not None) for x in ran)  # every GEMM (compiled for a tile)
+    assert all((x.product is not None or x.pair is not None) == (x.tile is not None) for x in ran)  # every GEMM
+    assert any(x.pair is not None for x in ran)  # a layer's dW and dx in one launch
     assert not any("bias" in x.kernel for x in ran)  # a dense layer's bias gradient: a row of its dW GEMM
 
 

@@ -46,6 +46,7 @@ MAX_PARTIAL = 2 ** 24     # values of a split product's partial sums (64 MB)
 MIN_CHUNK = 2048          # values of a channel reduction's block, at least (8 a thread)
 GEMM_LAUNCH_BOUNDS = 1  # gemm.cuh: the GEMM kernels' blocks an SM asked of ptxas (0: none; kernel_ab --set)
 BATCHNORM_ONE_LAUNCH = 1  # a channel in one chunk: statistics and normalisation in one launch, sums and dx in one
+GEMM_PAIRS = 1  # a dense or maxout layer's weight and input gradients in one launch where both are wanted (0: two)
 MAX_GRID_Z = 65535        # CUDA's limit on grid.y and grid.z (splits x layers, chunks); grid.x holds the tiles
 
 # gemm.cuh's tile shapes (TILE_M, TILE_N) and a model of their speed on a Hopper-class GPU (H100 / H200: 132 SMs
@@ -77,6 +78,9 @@ GEMM_BLOCKS_PER_SM = {
     "window_gather_kernel": (1, 3, 5, 5, 4),
     "window_scatter_phases_kernel": (1, 2, 4, 3, 3),
     "window_weight_grad_kernel": (1, 3, 6, 5, 5),
+    # not timed yet: the fewer of its two products' kernels' and of its own registers' count (nvcc 13.0, sm_90)
+    "dense_backward_kernel": (1, 3, 5, 4, 4),
+    "maxout_backward_kernel": (1, 2, 5, 4, 5),
 }
 DEFAULT_GEMM_KERNEL = "dense_forward_kernel"  # whose blocks an SM a plan assumes when no kernel is named
 # (kernel, tile) -> a K slice's time over GEMM_TILES' for that kernel's loop; none here, so 1. The benchmarks set
@@ -271,6 +275,34 @@ def _gemm(module, kernel, m, n, k, args, layers=1, group=1):
         *args, partial, arrivals, np.int32(plan.splits)))
 
 
+def gemm_pair_plans(first, second, multiprocessors=DEFAULT_MULTIPROCESSORS):
+    """The two GemmPlans of products launched together (_gemm_pair), first and second (m, n, k, kernel) each as
+    its own kernel plans it: gemm_plan's where the two agree on the tile shape (the launch has one) and their splits
+    fit in grid z together, else the slower one's plan, and the other's fastest split that fits at that tile."""
+    plans = [gemm_plan(m, n, k, 1, multiprocessors, 1, kernel) for m, n, k, kernel in (first, second)]
+    if plans[0].tile != plans[1].tile or plans[0].splits + plans[1].splits > MAX_GRID_Z:
+        slow = int(plans[1].us > plans[0].us)
+        m, n, k, kernel = (first, second)[1 - slow]
+        plans[1 - slow] = min((p for p in gemm_plans(m, n, k, 1, multiprocessors, 1, kernel)
+                               if p.tile == plans[slow].tile and p.splits + plans[slow].splits <= MAX_GRID_Z),
+                              key=lambda p: p.us)
+    return plans
+
+
+def _gemm_pair(module, kernel, first, second, args):
+    """Launch gemm.cuh pair kernel `kernel` of `module` (its arguments `args` before the splits'): the products
+    first and second, (kernel, m, n, k) as their own kernels take them, in one grid (gemm.cuh's PAIR_PARAMS), each
+    its own partial sums and arrival counters."""
+    plans = gemm_pair_plans(*((m, n, k, name) for name, m, n, k in (first, second)), _multiprocessors())
+    sizes = [plan.splits * m * n if plan.splits > 1 else 1 for plan, (_, m, n, _) in zip(plans, (first, second))]
+    partial, arrivals = _buffer("partial", sum(sizes)), _arrivals(plans[0].tiles + plans[1].tiles)
+    grid = (max(plan.tiles for plan in plans), 1, plans[0].splits + plans[1].splits)
+    _function(module, kernel, plans[0].tile)(grid, GEMM_BLOCK, (
+        *args, partial[:sizes[0]], arrivals[:plans[0].tiles], np.int32(plans[0].splits),
+        partial[sizes[0]:sum(sizes)], arrivals[plans[0].tiles:plans[0].tiles + plans[1].tiles],
+        np.int32(plans[1].splits)))
+
+
 def _unused(label="unused"):
     """A pointer for an argument `label` the kernel will not touch (a flag says so): a buffer of its own, never an
     alias of another argument, so no two pointers of a launch overlap where one is written (`__restrict__`)."""
@@ -297,12 +329,21 @@ def dense_forward(x, W, b, activation="identity", alpha=0.2, out=None):
 
 def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=None, dx=None):
     """dW (I, O) += x^T g, db (O,) += sum_n g, dx (N, I) = g W^T, g = dy * act'(y) made as the kernels load dy, for
-    those given: dW and db in one GEMM ([dW; db] += [x^T; 1] g), dx in another. Returns dx."""
+    those given: dW and db in one GEMM ([dW; db] += [x^T; 1] g), dx in another, both in one launch (GEMM_PAIRS).
+    Returns dx."""
     n, i = check_array("x", x).shape
     o = check_array("W", W, (i, W.shape[1])).shape[1]
     check_array("y", y, (n, o))
     check_array("dy", dy, (n, o))
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
+    if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
+        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
+        check_array("dx", dx, (n, i))
+        _gemm_pair("dense", "dense_backward_kernel", ("dense_backward_dw_kernel", rows, o, n),
+                   ("dense_backward_dx_kernel", n, i, o), (
+                       x, y, dy, W, dW_arg, db_arg, dx, np.int32(n), np.int32(i), np.int32(o), has_dw, has_db, code,
+                       alpha))
+        return dx
     if dW is not None or db is not None:
         (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
         _gemm("dense", "dense_backward_dw_kernel", rows, o, n, (
@@ -345,13 +386,21 @@ def maxout_forward(x, W, b, pieces, argmax, out=None):
 
 def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
     """dW (I, U pieces) += x^T g, db += sum_n g, dx (N, I) = g W^T, g = dy at the winning pieces made as the
-    kernels load it, for those given: dW and db in one GEMM, dx in another. Returns dx."""
+    kernels load it, for those given: dW and db in one GEMM, dx in another, both in one launch (GEMM_PAIRS).
+    Returns dx."""
     n, i = check_array("x", x).shape
     width = check_array("W", W, (i, W.shape[1])).shape[1]
     units = width // pieces
     check_array("dy", dy, (n, units))
     check_array("argmax", argmax, (n, units), np.int32)
     sizes = (np.int32(n), np.int32(i), np.int32(units), np.int32(pieces))
+    if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
+        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
+        check_array("dx", dx, (n, i))
+        _gemm_pair("dense", "maxout_backward_kernel", ("maxout_backward_dw_kernel", rows, width, n),
+                   ("maxout_backward_dx_kernel", n, i, width), (
+                       x, dy, argmax, W, dW_arg, db_arg, dx, *sizes, has_dw, has_db))
+        return dx
     if dW is not None or db is not None:
         (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
         _gemm("dense", "maxout_backward_dw_kernel", rows, width, n, (
