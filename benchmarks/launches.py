@@ -26,7 +26,7 @@ class Launch:
     block: tuple        # (x, y, z)
     args: tuple         # as the launcher passed them
     product: tuple = None  # gemm.cuh's products: (m, n, k, layers, GemmPlan)
-    pair: tuple = None     # a pair kernel's two products: ((kernel, m, n, k, GemmPlan), (...)) as their own kernels'
+    pair: tuple = None     # a pair kernel's products: ((kernel, m, n, k, layers, GemmPlan), (...)) as their own'
     events: tuple = field(default=None, repr=False)  # (start, end) CUDA events when timed
 
     @property
@@ -53,8 +53,7 @@ def record(cupy_cuda, timed=False, run=True):
         original_gemm(module, kernel, m, n, k, args, layers, group)
 
     def gemm_pair(module, kernel, first, second, args):
-        plans = cupy_cuda.gemm_pair_plans(*((m, n, k, name) for name, m, n, k in (first, second)),
-                                          cupy_cuda._multiprocessors())
+        plans = cupy_cuda.gemm_pair_plans(first, second, cupy_cuda._multiprocessors())
         products.append(("pair", tuple((*product, plan) for product, plan in zip((first, second), plans))))
         original_pair(module, kernel, first, second, args)
 

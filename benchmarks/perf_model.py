@@ -97,16 +97,17 @@ def product_cost(module, kernel, m, n, k, layers, plan, before=False):
 
 def launch_cost(launch, before=False):
     """(predicted microseconds, FLOPs, serial K slices, launches) of one launch, now or with the old GEMM
-    ("before"). A pair kernel's two products: before, a launch each; now, side by side (the longer one's time and
-    slices) where all their blocks fit on the GPU at once, else one after the other."""
+    ("before"). A pair kernel's two products, each priced as its own kernel's: before, a launch each; now, side by
+    side (the longer one's time and slices) where all the pair's blocks fit on the GPU at once, else one after the
+    other."""
     from gan_engine.backends import cupy_cuda
 
     if launch.product is not None:
         us, flops, slices = product_cost(launch.module, launch.kernel, *launch.product, before)
         return LAUNCH_US + us, flops, slices, 1
     if launch.pair is not None:
-        costs = [product_cost(launch.module, kernel if before else launch.kernel, m, n, k, 1, plan, before)
-                 for kernel, m, n, k, plan in launch.pair]
+        costs = [product_cost(launch.module, kernel, m, n, k, layers, plan, before)  # as its own kernel's (its
+                 for kernel, m, n, k, layers, plan in launch.pair]                  # loop, its blocks an SM)
         us, flops, slices = (list(column) for column in zip(*costs))
         if before:
             return 2 * LAUNCH_US + sum(us), sum(flops), sum(slices), 2

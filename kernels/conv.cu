@@ -23,6 +23,8 @@
 //                              summed over the taps that reach it and the small channels
 //   window_weight_grad_kernel  dW (Cs, (Cb, i, j)) += small (Cs, (n, sy, sx)) @ patches(big)^T
 //                              conv2d_backward's dW (small is g) and conv_transpose2d_backward's (big is g)
+//   conv2d_backward_kernel     a convolution's dW and its dx by stride phases in one launch (gemm.cuh's pair)
+//   conv_transpose2d_backward_kernel  a transposed convolution's dW and its gathered dx in one launch
 //
 // The readers split a row or column number into its (channel, tap) or (image, pixel) parts with common.cuh's
 // Divisor (a multiply-high and a shift a division), made once a thread from the geometry: no division by a
@@ -38,6 +40,10 @@
 // emulator: shared_writes window_gather_kernel arrivals
 // emulator: shared_writes window_scatter_phases_kernel arrivals
 // emulator: shared_writes window_weight_grad_kernel arrivals
+// emulator: shared_writes conv2d_backward_kernel arrivals
+// emulator: shared_writes conv2d_backward_kernel arrivals2
+// emulator: shared_writes conv_transpose2d_backward_kernel arrivals
+// emulator: shared_writes conv_transpose2d_backward_kernel arrivals2
 #include "gemm.cuh"
 
 // The most big channels window_scatter_thin_kernel takes.
@@ -234,49 +240,93 @@ struct ImageStore {
                       int pw
 #define WINDOW Window{n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, ph, pw}
 
+// The products of the kernels below, in the block's shared memory `shared` (gemm.cuh's gemm_with).
+__device__ void window_gather(float* shared, const float* W, const float* big, const float* big_y, const float* b,
+                              float* small, const Window& w, int act, float alpha, int gradient, int has_bias,
+                              const Split& split) {
+    const int K = w.cb * w.kh * w.kw;
+    gemm_with(shared, Rows{W, W, K, ACT_IDENTITY, 0.f},
+              Patches(Image{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}), w.cs, w.n * w.hs * w.ws, K, split,
+              ImageStore{small, b, w.cs, Divisor(w.hs * w.ws), has_bias, gradient ? ACT_IDENTITY : act, alpha});
+}
+
+// z: the block's place in grid z, phase z / splits and split z % splits; each phase its own partial sums and
+// counters.
+__device__ void window_scatter_phases(float* shared, const float* W, const float* small, const float* small_y,
+                                      const float* b, float* big, const Window& w, int act, float alpha, int gradient,
+                                      int has_bias, int z, float* partial, int* arrivals, int splits) {
+    const int phase = z / splits;
+    const Phase f = phase_of(w, phase);
+    const int M = w.cb, Nc = w.n * f.hq * f.wq, K = w.cs * f.ti_count * f.tj_count;
+    const int largest = w.n * ((w.hb + w.sh - 1) / w.sh) * ((w.wb + w.sw - 1) / w.sw);  // the largest phase's Nc
+    const int tiles = (M + TILE_M - 1) / TILE_M * ((largest + TILE_N - 1) / TILE_N);
+    const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits, z % splits};
+    const int out_act = gradient ? ACT_IDENTITY : act;
+    const PhaseTaps taps(f);
+    const PhaseScattered scattered(Image{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f, taps);
+    gemm_with(shared, PhaseWeights{W, w, f, taps}, scattered, M, Nc, K, split, [&](int r, int c, float v) {
+        unsigned q, qx;
+        const unsigned image = scattered.pixels.divmod(c, q), qy = scattered.wq.divmod(q, qx);
+        const int by = f.py + w.sh * qy, bx = f.px + w.sw * qx;
+        big[((image * w.cb + r) * w.hb + by) * w.wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
+    });
+}
+
+__device__ void window_weight_grad(float* shared, const float* small, const float* small_y, const float* big,
+                                   const float* big_y, float* dW, const Window& w, int small_act, int big_act,
+                                   float alpha, const Split& split) {
+    const int M = w.cs, Nc = w.cb * w.kh * w.kw, K = w.n * w.hs * w.ws;
+    gemm_with(shared, Channels{small, small_y, w.cs, Divisor(w.hs * w.ws), small_act, alpha},
+              Transposed<Patches>{Patches(Image{big, big_y, w, big_act, alpha})}, M, Nc, K, split,
+              [&](int r, int c, float v) { dW[r * Nc + c] += v; });
+}
+
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 3))
 window_gather_kernel(const float* __restrict__ W, const float* __restrict__ big, const float* __restrict__ big_y,
                      const float* __restrict__ b, float* __restrict__ small, WINDOW_PARAMS, int act, float alpha,
                      int gradient, int has_bias, SPLIT_PARAMS) {
-    const Window w = WINDOW;
-    const int K = cb * kh * kw;
-    gemm(Rows{W, W, K, ACT_IDENTITY, 0.f}, Patches(Image{big, big_y, w, gradient ? act : ACT_IDENTITY, alpha}), cs,
-         n * hs * ws, K, SPLIT,
-         ImageStore{small, b, cs, Divisor(hs * ws), has_bias, gradient ? ACT_IDENTITY : act, alpha});
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    window_gather(shared, W, big, big_y, b, small, WINDOW, act, alpha, gradient, has_bias, SPLIT);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(2, 3))
 window_scatter_phases_kernel(const float* __restrict__ W, const float* __restrict__ small,
                              const float* __restrict__ small_y, const float* __restrict__ b, float* __restrict__ big,
                              WINDOW_PARAMS, int act, float alpha, int gradient, int has_bias, SPLIT_PARAMS) {
-    const Window w = WINDOW;
-    const int phase = blockIdx.z / splits;
-    const Phase f = phase_of(w, phase);
-    const int M = cb, Nc = n * f.hq * f.wq, K = cs * f.ti_count * f.tj_count;
-    const int largest = n * ((hb + sh - 1) / sh) * ((wb + sw - 1) / sw);  // the largest phase's Nc
-    const int tiles = (M + TILE_M - 1) / TILE_M * ((largest + TILE_N - 1) / TILE_N);
-    const Split split{partial + phase * splits * M * largest, arrivals + phase * tiles, splits,
-                      (int)blockIdx.z % splits};
-    const int out_act = gradient ? ACT_IDENTITY : act;
-    const PhaseTaps taps(f);
-    const PhaseScattered scattered(Image{small, small_y, w, gradient ? act : ACT_IDENTITY, alpha}, f, taps);
-    gemm(PhaseWeights{W, w, f, taps}, scattered, M, Nc, K, split, [&](int r, int c, float v) {
-        unsigned q, qx;
-        const unsigned image = scattered.pixels.divmod(c, q), qy = scattered.wq.divmod(q, qx);
-        const int by = f.py + sh * qy, bx = f.px + sw * qx;
-        big[((image * cb + r) * hb + by) * wb + bx] = act_forward(has_bias ? v + b[r] : v, out_act, alpha);
-    });
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    window_scatter_phases(shared, W, small, small_y, b, big, WINDOW, act, alpha, gradient, has_bias, blockIdx.z,
+                          partial, arrivals, splits);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(0, 3))
 window_weight_grad_kernel(const float* __restrict__ small, const float* __restrict__ small_y,
                           const float* __restrict__ big, const float* __restrict__ big_y, float* __restrict__ dW,
                           WINDOW_PARAMS, int small_act, int big_act, float alpha, SPLIT_PARAMS) {
-    const Window w = WINDOW;
-    const int M = cs, Nc = cb * kh * kw, K = n * hs * ws;
-    gemm(Channels{small, small_y, cs, Divisor(hs * ws), small_act, alpha},
-         Transposed<Patches>{Patches(Image{big, big_y, w, big_act, alpha})}, M, Nc, K, SPLIT,
-         [&](int r, int c, float v) { dW[r * Nc + c] += v; });
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    window_weight_grad(shared, small, small_y, big, big_y, dW, WINDOW, small_act, big_act, alpha, SPLIT);
+}
+
+// A layer's weight and input gradients in one launch (gemm.cuh's pair), g = dy act'(y): a convolution's (x the big
+// image, y the small; dx by stride phases: its big image has more than THIN_CHANNELS channels) and a transposed
+// one's (x small, y big; dx gathered).
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(0, 3))
+conv2d_backward_kernel(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
+                       const float* __restrict__ W, float* __restrict__ dW, const float* __restrict__ unused,
+                       float* __restrict__ dx, WINDOW_PARAMS, int act, float alpha, PAIR_PARAMS) {
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    if (IN_FIRST) window_weight_grad(shared, dy, y, x, x, dW, WINDOW, act, ACT_IDENTITY, alpha, FIRST_SPLIT);
+    else window_scatter_phases(shared, W, dy, y, unused, dx, WINDOW, act, alpha, 1, 0, blockIdx.z - splits,
+                               partial2, arrivals2, splits2);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, GEMM_MIN_BLOCKS(0, 3))
+conv_transpose2d_backward_kernel(const float* __restrict__ x, const float* __restrict__ y,
+                                 const float* __restrict__ dy, const float* __restrict__ W, float* __restrict__ dW,
+                                 const float* __restrict__ unused, float* __restrict__ dx, WINDOW_PARAMS, int act,
+                                 float alpha, PAIR_PARAMS) {
+    __shared__ __align__(16) float shared[SHARED_FLOATS];
+    if (IN_FIRST) window_weight_grad(shared, x, x, dy, y, dW, WINDOW, ACT_IDENTITY, act, alpha, FIRST_SPLIT);
+    else window_gather(shared, W, dy, y, unused, dx, WINDOW, act, alpha, 1, 0, SECOND_SPLIT);
 }
 
 // Big pixel (by, bx) meets the taps i = by + ph - sh sy of the small rows sy, every sh-th tap from (by + ph) mod sh

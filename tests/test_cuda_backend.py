@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gan_engine import GanEngineError, Sequential
-from gan_engine.backends import backend_status, cupy_cuda
+from gan_engine.backends import backend_status, cupy_cuda, get_backend
 from gan_engine.layers import Dense
 
 from . import cuda_emulator
@@ -253,20 +253,57 @@ def test_a_layers_two_gradients_in_one_launch_are_the_two_launches_bits(cuda_bac
     assert not np.array_equal(results[0][0], arrays["dW"])  # added into
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv2d", "conv_transpose2d"])
+def test_a_convolutions_two_gradients_in_one_launch_are_the_two_launches_bits(cuda_backend, transposed,
+                                                                              monkeypatch):
+    """A convolution's dW and dx by stride phases (7 big channels: not the thin kernel), and a transposed one's dW
+    and gathered dx, in one launch (GEMM_PAIRS): the bits of a launch each at the same (forced) plans."""
+    from benchmarks.launches import record
+
+    monkeypatch.setattr(cupy_cuda, "gemm_plan", lambda m, n, k, layers=1, multiprocessors=None, group=1, kernel=None:
+                        cupy_cuda.GemmPlan((32, 32), 3, -(-m // 32) * cupy_cuda.column_tiles(n, 32, group), 0.0))
+    rng = np.random.default_rng(1)
+    n, big, small, side = 3, 7, 9, 8  # a 4x4 kernel, stride 2, padding 1: 8x8 <-> 4x4
+    x = rng.standard_normal((n, small, side // 2, side // 2) if transposed else (n, big, side, side))
+    W = rng.standard_normal((small, big, 4, 4)) / 8
+    if transposed:
+        y = np.tanh(get_backend("numpy").conv_transpose2d_forward(x, W, None, 2, 1))
+        run = cuda_backend.conv_transpose2d_backward
+    else:
+        y = np.tanh(get_backend("numpy").conv2d_forward(x, W, None, 2, 1))
+        run = cuda_backend.conv2d_backward
+    dy = rng.standard_normal(y.shape)
+    results = []
+    for pairs in (1, 0):
+        monkeypatch.setattr(cupy_cuda, "GEMM_PAIRS", pairs)
+        a = [cuda_backend.asarray(v.astype(np.float32)) for v in (x, W, y, dy, np.ones(W.shape))]
+        dx = cuda_backend.asarray(np.full(x.shape, np.nan, np.float32))
+        with record(cupy_cuda) as launched:
+            run(a[0], a[1], a[2], a[3], 2, 1, "tanh", 0.2, dW=a[4], dx=dx)
+        assert [launch.kernel.endswith("_backward_kernel") for launch in launched] == ([True] if pairs else
+                                                                                       [False, False])
+        results.append([cuda_backend.to_numpy(v) for v in (a[4], dx)])
+    for paired, single in zip(*results):
+        assert np.array_equal(paired, single) and np.isfinite(paired).all()
+
+
 def test_a_pair_launch_takes_the_slower_products_tile():
     """Where a layer's two products would pick different tile shapes, their launch (one module, one shape) takes
     the slower one's plan, and the other product's fastest split at that tile."""
-    head_dw, head_dx = (6273, 1, 64, "dense_backward_dw_kernel"), (64, 6272, 1, "dense_backward_dx_kernel")
-    alone = [cupy_cuda.gemm_plan(m, n, k, kernel=kernel) for m, n, k, kernel in (head_dw, head_dx)]
+    head_dw, head_dx = ("dense_backward_dw_kernel", 6273, 1, 64, 1), ("dense_backward_dx_kernel", 64, 6272, 1, 1)
+    alone = [cupy_cuda.gemm_plan(m, n, k, layers, kernel=kernel) for kernel, m, n, k, layers in (head_dw, head_dx)]
     assert alone[0].tile != alone[1].tile  # the 28x28 DCGAN's head: a tall dW, a wide dx
     plans = cupy_cuda.gemm_pair_plans(head_dw, head_dx)
     slow = int(alone[1].us > alone[0].us)
     assert plans[slow] == alone[slow] and plans[1 - slow].tile == alone[slow].tile
-    m, n, k, kernel = (head_dw, head_dx)[1 - slow]
-    at_tile = [p for p in cupy_cuda.gemm_plans(m, n, k, kernel=kernel) if p.tile == alone[slow].tile]
+    kernel, m, n, k, layers = (head_dw, head_dx)[1 - slow]
+    at_tile = [p for p in cupy_cuda.gemm_plans(m, n, k, layers, kernel=kernel) if p.tile == alone[slow].tile]
     assert plans[1 - slow].us == min(p.us for p in at_tile)
-    same = (64, 128, 784, "dense_backward_dx_kernel")
-    assert cupy_cuda.gemm_pair_plans(same, same) == [cupy_cuda.gemm_plan(64, 128, 784, kernel=same[3])] * 2
+    same = ("dense_backward_dx_kernel", 64, 128, 784, 1)
+    assert cupy_cuda.gemm_pair_plans(same, same) == [cupy_cuda.gemm_plan(64, 128, 784, kernel=same[0])] * 2
+    deep = ("window_scatter_phases_kernel", 1, 1, 2 ** 20, 4)  # splits x 4 phases and the other's: grid z's limit
+    plans = cupy_cuda.gemm_pair_plans(deep, deep)
+    assert plans[0].tile == plans[1].tile and (plans[0].splits + plans[1].splits) * 4 <= cupy_cuda.MAX_GRID_Z
 
 
 def test_the_launch_bounds_setting_compiles_modules_of_its_own(cuda_backend, monkeypatch):

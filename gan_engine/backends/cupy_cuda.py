@@ -81,6 +81,8 @@ GEMM_BLOCKS_PER_SM = {
     # not timed yet: the fewer of its two products' kernels' and of its own registers' count (nvcc 13.0, sm_90)
     "dense_backward_kernel": (1, 3, 5, 4, 4),
     "maxout_backward_kernel": (1, 2, 5, 4, 5),
+    "conv2d_backward_kernel": (1, 2, 4, 3, 3),
+    "conv_transpose2d_backward_kernel": (1, 3, 5, 5, 4),
 }
 DEFAULT_GEMM_KERNEL = "dense_forward_kernel"  # whose blocks an SM a plan assumes when no kernel is named
 # (kernel, tile) -> a K slice's time over GEMM_TILES' for that kernel's loop; none here, so 1. The benchmarks set
@@ -276,31 +278,43 @@ def _gemm(module, kernel, m, n, k, args, layers=1, group=1):
 
 
 def gemm_pair_plans(first, second, multiprocessors=DEFAULT_MULTIPROCESSORS):
-    """The two GemmPlans of products launched together (_gemm_pair), first and second (m, n, k, kernel) each as
-    its own kernel plans it: gemm_plan's where the two agree on the tile shape (the launch has one) and their splits
-    fit in grid z together, else the slower one's plan, and the other's fastest split that fits at that tile."""
-    plans = [gemm_plan(m, n, k, 1, multiprocessors, 1, kernel) for m, n, k, kernel in (first, second)]
-    if plans[0].tile != plans[1].tile or plans[0].splits + plans[1].splits > MAX_GRID_Z:
+    """The two GemmPlans of products launched together (_gemm_pair), first and second (kernel, m, n, k, layers)
+    each as its own kernel plans it: gemm_plan's where the two agree on the tile shape (the launch has one) and
+    their blocks fit in grid z together, else the slower one's plan, and the other's fastest split that fits at
+    that tile."""
+    plans = [gemm_plan(m, n, k, layers, multiprocessors, 1, kernel) for kernel, m, n, k, layers in (first, second)]
+    depth = [product[4] for product in (first, second)]  # grid z a split takes
+
+    def fits(one, other):
+        return one.splits * depth[0] + other.splits * depth[1] <= MAX_GRID_Z
+
+    if plans[0].tile != plans[1].tile or not fits(*plans):
         slow = int(plans[1].us > plans[0].us)
-        m, n, k, kernel = (first, second)[1 - slow]
-        plans[1 - slow] = min((p for p in gemm_plans(m, n, k, 1, multiprocessors, 1, kernel)
-                               if p.tile == plans[slow].tile and p.splits + plans[slow].splits <= MAX_GRID_Z),
-                              key=lambda p: p.us)
+        kernel, m, n, k, layers = (first, second)[1 - slow]
+
+        def in_order(p):  # p in the other product's place
+            return (p, plans[slow]) if slow == 1 else (plans[slow], p)
+
+        plans[1 - slow] = min((p for p in gemm_plans(m, n, k, layers, multiprocessors, 1, kernel)
+                               if p.tile == plans[slow].tile and fits(*in_order(p))), key=lambda p: p.us)
     return plans
 
 
 def _gemm_pair(module, kernel, first, second, args):
     """Launch gemm.cuh pair kernel `kernel` of `module` (its arguments `args` before the splits'): the products
-    first and second, (kernel, m, n, k) as their own kernels take them, in one grid (gemm.cuh's PAIR_PARAMS), each
-    its own partial sums and arrival counters."""
-    plans = gemm_pair_plans(*((m, n, k, name) for name, m, n, k in (first, second)), _multiprocessors())
-    sizes = [plan.splits * m * n if plan.splits > 1 else 1 for plan, (_, m, n, _) in zip(plans, (first, second))]
-    partial, arrivals = _buffer("partial", sum(sizes)), _arrivals(plans[0].tiles + plans[1].tiles)
-    grid = (max(plan.tiles for plan in plans), 1, plans[0].splits + plans[1].splits)
+    first and second, (kernel, m, n, k, layers) as their own kernels take them, in one grid (gemm.cuh's
+    PAIR_PARAMS; grid z the first's splits x layers, then the second's), each its own partial sums and arrival
+    counters."""
+    plans = gemm_pair_plans(first, second, _multiprocessors())
+    sizes = [plan.splits * m * n * layers if plan.splits > 1 else 1
+             for plan, (_, m, n, _, layers) in zip(plans, (first, second))]
+    counters = [plan.tiles * layers for plan, (*_, layers) in zip(plans, (first, second))]
+    partial, arrivals = _buffer("partial", sum(sizes)), _arrivals(sum(counters))
+    grid = (max(plan.tiles for plan in plans), 1,
+            sum(plan.splits * layers for plan, (*_, layers) in zip(plans, (first, second))))
     _function(module, kernel, plans[0].tile)(grid, GEMM_BLOCK, (
-        *args, partial[:sizes[0]], arrivals[:plans[0].tiles], np.int32(plans[0].splits),
-        partial[sizes[0]:sum(sizes)], arrivals[plans[0].tiles:plans[0].tiles + plans[1].tiles],
-        np.int32(plans[1].splits)))
+        *args, partial[:sizes[0]], arrivals[:counters[0]], np.int32(plans[0].splits),
+        partial[sizes[0]:sum(sizes)], arrivals[counters[0]:sum(counters)], np.int32(plans[1].splits)))
 
 
 def _unused(label="unused"):
@@ -339,8 +353,8 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
         (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
         check_array("dx", dx, (n, i))
-        _gemm_pair("dense", "dense_backward_kernel", ("dense_backward_dw_kernel", rows, o, n),
-                   ("dense_backward_dx_kernel", n, i, o), (
+        _gemm_pair("dense", "dense_backward_kernel", ("dense_backward_dw_kernel", rows, o, n, 1),
+                   ("dense_backward_dx_kernel", n, i, o, 1), (
                        x, y, dy, W, dW_arg, db_arg, dx, np.int32(n), np.int32(i), np.int32(o), has_dw, has_db, code,
                        alpha))
         return dx
@@ -397,8 +411,8 @@ def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
     if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
         (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
         check_array("dx", dx, (n, i))
-        _gemm_pair("dense", "maxout_backward_kernel", ("maxout_backward_dw_kernel", rows, width, n),
-                   ("maxout_backward_dx_kernel", n, i, width), (
+        _gemm_pair("dense", "maxout_backward_kernel", ("maxout_backward_dw_kernel", rows, width, n, 1),
+                   ("maxout_backward_dx_kernel", n, i, width, 1), (
                        x, dy, argmax, W, dW_arg, db_arg, dx, *sizes, has_dw, has_db))
         return dx
     if dW is not None or db is not None:
@@ -434,18 +448,29 @@ def _bias(b, channels):
     return check_array("b", b, (channels,)), np.int32(1)
 
 
-def _window_gemm(onto, window, args):
-    """Launch conv.cu's GEMM that writes the "small" image (gather) or the "big" one (scatter, a product per
-    stride phase; a thread a pixel for a big image of THIN_CHANNELS channels or fewer) with the kernel arguments
-    `args` (before the split's)."""
+def _window_product(onto, window):
+    """(kernel, m, n, k, layers) of conv.cu's GEMM that writes the "small" image (gather) or the "big" one
+    (scatter: the largest stride phase's product, a grid layer per phase); None for a big image of THIN_CHANNELS
+    channels or fewer, which is no GEMM."""
     n, cb, hb, wb, cs, hs, ws, kh, kw, sh, sw, _, _ = (int(v) for v in window)
     if onto == "small":
-        _gemm("conv", "window_gather_kernel", cs, n * hs * ws, cb * kh * kw, args)
-    elif cb <= THIN_CHANNELS:
+        return "window_gather_kernel", cs, n * hs * ws, cb * kh * kw, 1
+    if cb <= THIN_CHANNELS:
+        return None
+    phase_pixels, phase_taps = -(-hb // sh) * -(-wb // sw), -(-kh // sh) * -(-kw // sw)  # the largest phase's
+    return "window_scatter_phases_kernel", cb, n * phase_pixels, cs * phase_taps, sh * sw
+
+
+def _window_gemm(onto, window, args):
+    """Launch conv.cu's kernel that writes the "small" image or the "big" one (_window_product's GEMM, or a thread
+    a pixel: window_scatter_thin_kernel) with the kernel arguments `args` (before the split's)."""
+    product = _window_product(onto, window)
+    if product is None:
+        n, _, hb, wb = (int(v) for v in window[:4])
         _function("conv", "window_scatter_thin_kernel")(elementwise_grid(n * hb * wb), (THREADS,), args)
-    else:  # the largest phase's product, a grid layer per phase
-        _gemm("conv", "window_scatter_phases_kernel", cb, n * -(-hb // sh) * -(-wb // sw),
-              cs * -(-kh // sh) * -(-kw // sw), args, layers=sh * sw)
+    else:
+        kernel, m, n, k, layers = product
+        _gemm("conv", kernel, m, n, k, args, layers=layers)
 
 
 def _window_forward(onto, x, W, b, out, shape, window, activation, alpha):
@@ -459,21 +484,27 @@ def _window_forward(onto, x, W, b, out, shape, window, activation, alpha):
 
 def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db, dx):
     """conv.cu's backward of a convolution (x the big image, y the small) or a transposed one (x small, y big):
-    db, dW and dx, g = dy act'(y) made as the kernels load dy."""
+    db, dW and dx, g = dy act'(y) made as the kernels load dy; dW and a GEMM's dx in one launch (GEMM_PAIRS)."""
     check_array("dy", dy, y.shape)
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
     if db is not None:
         _channel_grad_sum(y, dy, db, code, alpha)
+    onto = "small" if transposed else "big"  # dx: g's windows onto it
+    n, _, _, _, _, hs, ws = (int(v) for v in window[:7])
+    weight_grad = ("window_weight_grad_kernel", W.shape[0], W.size // W.shape[0], n * hs * ws, 1)
     if dW is not None:
         check_array("dW", dW, W.shape)
-        small, big, acts = ((x, x), (dy, y), (0, code)) if transposed else ((dy, y), (x, x), (code, 0))
-        n, _, _, _, _, hs, ws = (int(v) for v in window[:7])
-        _gemm("conv", "window_weight_grad_kernel", W.shape[0], W.size // W.shape[0], n * hs * ws, (
-            *small, *big, dW, *window, *map(np.int32, acts), alpha))
     if dx is not None:
         check_array("dx", dx, x.shape)
-        _window_gemm("small" if transposed else "big", window, (  # g's windows onto dx
-            W, dy, y, _unused(), dx, *window, code, alpha, np.int32(1), np.int32(0)))
+    if dW is not None and dx is not None and GEMM_PAIRS and _window_product(onto, window) is not None:
+        _gemm_pair("conv", "conv_transpose2d_backward_kernel" if transposed else "conv2d_backward_kernel",
+                   weight_grad, _window_product(onto, window), (x, y, dy, W, dW, _unused(), dx, *window, code, alpha))
+        return dx
+    if dW is not None:
+        small, big, acts = ((x, x), (dy, y), (0, code)) if transposed else ((dy, y), (x, x), (code, 0))
+        _gemm("conv", *weight_grad[:4], (*small, *big, dW, *window, *map(np.int32, acts), alpha))
+    if dx is not None:
+        _window_gemm(onto, window, (W, dy, y, _unused(), dx, *window, code, alpha, np.int32(1), np.int32(0)))
     return dx
 
 
