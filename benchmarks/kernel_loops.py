@@ -8,12 +8,12 @@ Compiles kernels/*.cu (dense.cu and conv.cu by default) for each tile shape with
 site-packages/nvidia/cu13/bin, which is searched too), and prints, for each kernel, its main loop: the backward
 branch whose body holds the most FFMAs (gemm.cuh's multiply, one K slice an iteration). Per slice: instructions,
 FFMAs, shared-memory reads, global reads, and integer divisions by a run-time value (each a MUFU.RCP and some 15
-more instructions). A kernel whose readers step their K halves (gemm.cuh's COL_STEPS) has two copies of the loop,
+more instructions). A kernel whose readers step their K halves (gemm.cuh's STEPS) has two copies of the loop,
 one that steps and one that makes the halves anew (a launch whose windows' taps do not divide 16): the shorter is
 counted, the others' instructions are listed beside it. A slice of a TILE_M x TILE_N tile is TILE_M TILE_N 16 / 256
-FFMAs a thread; what the loop holds beyond them is index math and loads. Beside them, what ptxas reports of the kernel built: its registers a
-thread (which, with its shared memory, say how many blocks an SM runs at once) and the bytes it spills to local
-memory (the kernel as shipped with --all-paths; with plain loads it may need fewer).
+FFMAs a thread; what the loop holds beyond them is index math and loads. Beside them, what ptxas reports of the
+kernel built: its registers a thread (which, with its shared memory, say how many blocks an SM runs at once) and
+the bytes it spills to local memory (the kernel as shipped with --all-paths; with plain loads it may need fewer).
 --kernels DIR counts another folder of kernels (an older commit's: `git archive REV kernels | tar -x -C OLD`, then
 OLD/kernels), to set before beside after. --json also writes the counts to FILE, {kernel: {"64x64": {...}}}, for
 the models' --loops (benchmarks/gemm_plans.py --fit, benchmarks/perf_model.py).

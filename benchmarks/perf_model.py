@@ -137,9 +137,10 @@ def launch_cost(launch, before=False):
 def loop_scales(fitted, now):
     """cupy_cuda.GEMM_SLICE_SCALE for kernel_loops' counts of the fitted kernels and of these: (now / fitted) **
     LOOP_EXPONENT for every kernel and tile both count."""
-    return {(kernel, tuple(int(v) for v in tile.split("x"))):
-            (counts["instructions"] / fitted[kernel][tile]["instructions"]) ** LOOP_EXPONENT
-            for kernel, tiles in now.items() for tile, counts in tiles.items() if tile in fitted.get(kernel, {})}
+    from .gemm_plans import slice_scales
+
+    fitted, now = slice_scales(fitted, LOOP_EXPONENT), slice_scales(now, LOOP_EXPONENT)
+    return {key: scale / fitted[key] for key, scale in now.items() if key in fitted}
 
 
 def summarise(case, scales=None):

@@ -30,7 +30,7 @@
 // Divisor (a multiply-high and a shift a division), made once a thread from the geometry: no division by a
 // run-time size in the main loop (there were 32 to 48 a K slice at 128 x 128 before; benchmarks/kernel_loops.py).
 // Where a channel's taps divide TILE_K (a 4 x 4 kernel: 16; a phase's 2 x 2), the readers of (channel, tap) numbers
-// step from slice to slice (gemm.cuh's ROW_STEPS, COL_STEPS): the next slice holds the same taps of the next channels.
+// step from slice to slice (gemm.cuh's STEPS): the next slice holds the same taps of the next channels.
 // The bias gradient is bias.cu's channel_grad_sum_kernel.
 // Grids (tiles, 1, splits) for C (M, Nc) above, block (16, 16) (gemm.cuh); the phases kernel: (the largest phase's
 // tiles, 1, sh sw splits), its partial sums and arrival counters a block per phase, each as large as the largest
@@ -85,7 +85,8 @@ __device__ __forceinline__ float window_at(const Image& image, const WindowHalf&
 struct Patches : Image {
     Divisor taps, kw, pixels, ws;  // kh kw, kw, hs ws, ws
     int channels_on;               // channels_a_slice(kh kw)
-    static constexpr bool ROW_CONTIGUOUS = true, ROW_STEPS = true;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    static constexpr int STEPS = STEPS_ROWS;
     using Row = WindowHalf;  // (channel hb + i) wb + j, i, j
     using Col = WindowHalf;  // (n cb hb + by) wb + bx, by, bx
     __device__ explicit Patches(const Image& image)
@@ -158,7 +159,8 @@ struct PhaseWeights {
     Window w;
     Phase f;
     PhaseTaps t;
-    static constexpr bool ROW_CONTIGUOUS = true, COL_STEPS = true;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    static constexpr int STEPS = STEPS_COLS;
     using Row = int;  // r kh kw
     using Col = int;  // (s cb kh + ry + sh ti) kw + rx + sw tj
     __device__ int row(int r) const { return r * w.kh * w.kw; }
@@ -178,7 +180,8 @@ struct PhaseScattered : Image {
     Phase f;
     PhaseTaps t;
     Divisor pixels, wq;  // hq wq, wq
-    static constexpr bool ROW_CONTIGUOUS = true, ROW_STEPS = true;
+    static constexpr bool ROW_CONTIGUOUS = true;
+    static constexpr int STEPS = STEPS_ROWS;
     using Row = WindowHalf;  // (channel hs - ti) ws - tj, -ti, -tj
     using Col = WindowHalf;  // (n cs hs + qy + oy) ws + qx + ox, qy + oy, qx + ox
     __device__ PhaseScattered(const Image& image, const Phase& phase, const PhaseTaps& taps)

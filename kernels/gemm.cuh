@@ -10,7 +10,7 @@
 // makes those halves once, before the K loop, and only the K side's half in the loop. row() and col() are plain
 // arithmetic, made for any index; at() is called only inside the operand. ROW_CONTIGUOUS says whether neighbouring
 // columns are neighbours in memory, which orders the loads so that neighbouring threads read neighbouring addresses.
-// A reader may also step the half on the K side from one slice to the next (COL_STEPS; see Slice): a window's taps
+// A reader may also step the half on the K side from one slice to the next (STEPS; see Slice): a window's taps
 // that divide TILE_K, where the next slice holds the same taps of the next channels, one add instead of a split.
 //
 // Tile. A block of GEMM_THREADS = 16 x 16 threads computes a TILE_M x TILE_N tile of C, THREAD_M x THREAD_N =
@@ -93,24 +93,18 @@ struct Rows {
     __device__ float at(int row, int col) const { return read(v, y, row + col, act, alpha); }
 };
 
-// Stepping halves. A reader whose column halves can step declares COL_STEPS = true and two functions:
+// Stepping halves. A reader whose column halves can step declares STEPS = STEPS_COLS and two functions:
 // col_steps(), whether col(c + TILE_K) = col_step(col(c)) for every c of this launch, and col_step(), that move
-// (ROW_STEPS, row_steps() and row_step() likewise for rows). Readers that declare nothing do not step.
+// (STEPS_ROWS, row_steps() and row_step() likewise for rows). Steps<V>::value: what V declares, STEPS_NONE if
+// nothing.
+enum : int { STEPS_NONE = 0, STEPS_ROWS = 1, STEPS_COLS = 2 };
 template <class V, class = void>
-struct ColSteps {
-    static constexpr bool value = false;
+struct Steps {
+    static constexpr int value = STEPS_NONE;
 };
 template <class V>
-struct ColSteps<V, decltype(void(V::COL_STEPS))> {
-    static constexpr bool value = V::COL_STEPS;
-};
-template <class V, class = void>
-struct RowSteps {
-    static constexpr bool value = false;
-};
-template <class V>
-struct RowSteps<V, decltype(void(V::ROW_STEPS))> {
-    static constexpr bool value = V::ROW_STEPS;
+struct Steps<V, decltype(void(V::STEPS))> {
+    static constexpr int value = V::STEPS;
 };
 
 // The transpose of an operand: element (r, c) is m's (c, r).
@@ -118,7 +112,8 @@ template <class M>
 struct Transposed {
     M m;
     static constexpr bool ROW_CONTIGUOUS = !M::ROW_CONTIGUOUS;
-    static constexpr bool COL_STEPS = RowSteps<M>::value;
+    static constexpr int STEPS = (Steps<M>::value & STEPS_ROWS ? STEPS_COLS : 0) |
+                                 (Steps<M>::value & STEPS_COLS ? STEPS_ROWS : 0);
     using Row = typename M::Col;
     using Col = typename M::Row;
     __device__ Row row(int r) const { return m.col(r); }
@@ -202,7 +197,7 @@ __device__ __forceinline__ void read_fragment(const float* row, int t, float* ou
 template <int TILE, class View>
 struct Slice {
     static constexpr bool K_CONTIGUOUS = View::ROW_CONTIGUOUS;
-    static constexpr bool STEPS = ColSteps<View>::value;
+    static constexpr bool STEPS = Steps<View>::value & STEPS_COLS;
     static constexpr int LOADS = TILE * TILE_K / GEMM_THREADS;
     static constexpr int XS = K_CONTIGUOUS ? LOADS : 1;
     static constexpr int KS = K_CONTIGUOUS ? 1 : LOADS;

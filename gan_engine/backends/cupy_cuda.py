@@ -283,20 +283,16 @@ def gemm_pair_plans(first, second, multiprocessors=DEFAULT_MULTIPROCESSORS):
     their blocks fit in grid z together, else the slower one's plan, and the other's fastest split that fits at
     that tile."""
     plans = [gemm_plan(m, n, k, layers, multiprocessors, 1, kernel) for kernel, m, n, k, layers in (first, second)]
-    depth = [product[4] for product in (first, second)]  # grid z a split takes
 
-    def fits(one, other):
-        return one.splits * depth[0] + other.splits * depth[1] <= MAX_GRID_Z
+    def fits(pair):  # in grid z: each product's splits x layers
+        return sum(plan.splits * product[4] for plan, product in zip(pair, (first, second))) <= MAX_GRID_Z
 
-    if plans[0].tile != plans[1].tile or not fits(*plans):
+    if plans[0].tile != plans[1].tile or not fits(plans):
         slow = int(plans[1].us > plans[0].us)
         kernel, m, n, k, layers = (first, second)[1 - slow]
-
-        def in_order(p):  # p in the other product's place
-            return (p, plans[slow]) if slow == 1 else (plans[slow], p)
-
-        plans[1 - slow] = min((p for p in gemm_plans(m, n, k, layers, multiprocessors, 1, kernel)
-                               if p.tile == plans[slow].tile and fits(*in_order(p))), key=lambda p: p.us)
+        pairs = ([p, plans[1]] if slow else [plans[0], p] for p in gemm_plans(m, n, k, layers, multiprocessors, 1,
+                                                                              kernel) if p.tile == plans[slow].tile)
+        plans = min((pair for pair in pairs if fits(pair)), key=lambda pair: pair[1 - slow].us)
     return plans
 
 
@@ -350,22 +346,21 @@ def dense_backward(x, W, y, dy, activation="identity", alpha=0.2, dW=None, db=No
     check_array("y", y, (n, o))
     check_array("dy", dy, (n, o))
     code, alpha = np.int32(activation_code(activation)), np.float32(alpha)
-    if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
-        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
-        check_array("dx", dx, (n, i))
-        _gemm_pair("dense", "dense_backward_kernel", ("dense_backward_dw_kernel", rows, o, n, 1),
-                   ("dense_backward_dx_kernel", n, i, o, 1), (
-                       x, y, dy, W, dW_arg, db_arg, dx, np.int32(n), np.int32(i), np.int32(o), has_dw, has_db, code,
-                       alpha))
-        return dx
-    if dW is not None or db is not None:
-        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
-        _gemm("dense", "dense_backward_dw_kernel", rows, o, n, (
-            x, y, dy, dW_arg, db_arg, np.int32(n), np.int32(i), np.int32(o), has_dw, has_db, code, alpha))
+    sizes = (np.int32(n), np.int32(i), np.int32(o))
+    weights = dW is not None or db is not None
+    if weights:
+        (dW, db, has_dw, has_db), rows = _weight_grads(dW, (i, o), db, o)
     if dx is not None:
         check_array("dx", dx, (n, i))
-        _gemm("dense", "dense_backward_dx_kernel", n, i, o, (
-            y, dy, W, dx, np.int32(n), np.int32(i), np.int32(o), code, alpha))
+    if weights and dx is not None and GEMM_PAIRS:
+        _gemm_pair("dense", "dense_backward_kernel", ("dense_backward_dw_kernel", rows, o, n, 1),
+                   ("dense_backward_dx_kernel", n, i, o, 1), (x, y, dy, W, dW, db, dx, *sizes, has_dw, has_db, code,
+                                                              alpha))
+        return dx
+    if weights:
+        _gemm("dense", "dense_backward_dw_kernel", rows, o, n, (x, y, dy, dW, db, *sizes, has_dw, has_db, code, alpha))
+    if dx is not None:
+        _gemm("dense", "dense_backward_dx_kernel", n, i, o, (y, dy, W, dx, *sizes, code, alpha))
     return dx
 
 
@@ -408,19 +403,19 @@ def maxout_backward(x, W, dy, argmax, pieces, dW=None, db=None, dx=None):
     check_array("dy", dy, (n, units))
     check_array("argmax", argmax, (n, units), np.int32)
     sizes = (np.int32(n), np.int32(i), np.int32(units), np.int32(pieces))
-    if (dW is not None or db is not None) and dx is not None and GEMM_PAIRS:
-        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
-        check_array("dx", dx, (n, i))
-        _gemm_pair("dense", "maxout_backward_kernel", ("maxout_backward_dw_kernel", rows, width, n, 1),
-                   ("maxout_backward_dx_kernel", n, i, width, 1), (
-                       x, dy, argmax, W, dW_arg, db_arg, dx, *sizes, has_dw, has_db))
-        return dx
-    if dW is not None or db is not None:
-        (dW_arg, db_arg, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
-        _gemm("dense", "maxout_backward_dw_kernel", rows, width, n, (
-            x, dy, argmax, dW_arg, db_arg, *sizes, has_dw, has_db))
+    weights = dW is not None or db is not None
+    if weights:
+        (dW, db, has_dw, has_db), rows = _weight_grads(dW, (i, width), db, width)
     if dx is not None:
         check_array("dx", dx, (n, i))
+    if weights and dx is not None and GEMM_PAIRS:
+        _gemm_pair("dense", "maxout_backward_kernel", ("maxout_backward_dw_kernel", rows, width, n, 1),
+                   ("maxout_backward_dx_kernel", n, i, width, 1), (x, dy, argmax, W, dW, db, dx, *sizes, has_dw,
+                                                                   has_db))
+        return dx
+    if weights:
+        _gemm("dense", "maxout_backward_dw_kernel", rows, width, n, (x, dy, argmax, dW, db, *sizes, has_dw, has_db))
+    if dx is not None:
         _gemm("dense", "maxout_backward_dx_kernel", n, i, width, (dy, argmax, W, dx, *sizes))
     return dx
 
@@ -496,9 +491,10 @@ def _window_backward(x, W, y, dy, window, transposed, activation, alpha, dW, db,
         check_array("dW", dW, W.shape)
     if dx is not None:
         check_array("dx", dx, x.shape)
-    if dW is not None and dx is not None and GEMM_PAIRS and _window_product(onto, window) is not None:
+    dx_product = _window_product(onto, window)  # None: the thin kernel, no GEMM to pair
+    if dW is not None and dx is not None and GEMM_PAIRS and dx_product is not None:
         _gemm_pair("conv", "conv_transpose2d_backward_kernel" if transposed else "conv2d_backward_kernel",
-                   weight_grad, _window_product(onto, window), (x, y, dy, W, dW, _unused(), dx, *window, code, alpha))
+                   weight_grad, dx_product, (x, y, dy, W, dW, _unused(), dx, *window, code, alpha))
         return dx
     if dW is not None:
         small, big, acts = ((x, x), (dy, y), (0, code)) if transposed else ((dy, y), (x, x), (code, 0))
